@@ -1,0 +1,191 @@
+"""One entry point for every registration method, used by the CLI, the Slicer logic and the benchmarks.
+
+``register(fixed, moving, method=...)`` validates the inputs, resolves the device, runs the method
+and returns a :class:`RegistrationResult`; ``write_outputs`` saves it. A method is a module with a
+``run(fixed, moving, context) -> MethodOutput`` function, listed in :data:`METHODS`.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .core.device import resolve_device
+from .core.errors import InputError
+from .core.image import Image
+from .core.io import write_image
+from .core.jacobian import jacobian_determinant, jacobian_statistics
+from .core.progress import Progress, as_progress
+from .core.transforms import CompositeTransform, DisplacementField, LinearTransform, RigidTransform, write_transform
+from .core.validation import check_overlap, check_volume
+from .core.warp import warp
+
+#: method name -> module holding ``run``; the description is shown by ``--help`` and in Slicer.
+METHODS = {
+    "mi": ("DeepRegistrationLib.rigid.mi_method", "rigid, normalized mutual information (Powell)"),
+    "cnn": ("DeepRegistrationLib.rigid.cnn_method", "rigid, learned CNN metric (Sedghi et al. 2018)"),
+    "diffeo": ("DeepRegistrationLib.deformable.diffeo_method", "deformable, diffeomorphic patch-wise (LDDMM)"),
+    "dirnet": ("DeepRegistrationLib.deformable.dirnet_method", "deformable, DIRNet B-spline ConvNet"),
+    "deepsim": ("DeepRegistrationLib.deformable.deepsim_method", "deformable, U-Net trained with DeepSim"),
+}
+RIGID_METHODS = ("mi", "cnn")
+
+
+@dataclass
+class RegistrationContext:
+    """What a method gets besides the two images."""
+
+    device: object
+    progress: Progress
+    initial_transform: object
+    options: dict = field(default_factory=dict)
+    fixed_mask: Optional[Image] = None
+    moving_mask: Optional[Image] = None
+
+
+@dataclass
+class MethodOutput:
+    """What a method returns: the fixed->moving transform, optionally its inverse, and report entries."""
+
+    transform: object
+    inverse: object = None
+    report: dict = field(default_factory=dict)
+
+
+@dataclass
+class RegistrationResult:
+    transform: object
+    warped: Image
+    report: dict
+    inverse: object = None
+    jacobian: Optional[Image] = None
+    fixed: Optional[Image] = None
+    moving: Optional[Image] = None
+
+    def inverse_warped(self) -> Image:
+        """The fixed image resampled onto the moving grid with the inverse transform."""
+        if self.inverse is None:
+            raise InputError("this result has no inverse transform")
+        return warp(self.fixed, self.moving.grid, self.inverse)
+
+
+def method_module(method: str):
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    return importlib.import_module(METHODS[method][0])
+
+
+def _deformation_field(transform, grid) -> Optional[DisplacementField]:
+    if isinstance(transform, DisplacementField) and transform.grid.same_as(grid):
+        return transform
+    if isinstance(transform, (DisplacementField, CompositeTransform)):
+        return DisplacementField.from_transform(transform, grid)
+    return None
+
+
+def transform_report(transform) -> dict:
+    """Parameters and matrix of a linear transform (LPS, fixed -> moving)."""
+    if isinstance(transform, RigidTransform):
+        return {"transform_type": "Euler3DTransform", "parameters": transform.parameters.tolist(),
+                "angles_deg": np.degrees(transform.angles_rad).tolist(), "translation_mm": transform.translation_mm.tolist(),
+                "center_mm": transform.center_mm.tolist(), "matrix_lps": transform.matrix4().tolist()}
+    if isinstance(transform, LinearTransform):
+        return {"transform_type": "AffineTransform", "matrix_lps": transform.matrix4().tolist()}
+    return {"transform_type": type(transform).__name__}
+
+
+def register(fixed: Image, moving: Image, method: str = "mi", device: str = "auto", progress=None,
+             initial_transform=None, fixed_mask: Image = None, moving_mask: Image = None, **options) -> RegistrationResult:
+    """Register ``moving`` to ``fixed``; the result's transform maps fixed points to moving points."""
+    module = method_module(method)
+    check_volume(fixed, "fixed image")
+    check_volume(moving, "moving image")
+    for mask, name in ((fixed_mask, "fixed mask"), (moving_mask, "moving mask")):
+        if mask is not None and mask.grid.ndim != 3:
+            raise InputError(f"{name} must be 3D")
+    check_overlap(fixed, moving, initial_transform)
+    torch_device = resolve_device(device)
+    progress = as_progress(progress)
+    if initial_transform is None:
+        initial_transform = RigidTransform(center_mm=fixed.grid.center_physical())
+    ctx = RegistrationContext(torch_device, progress, initial_transform, dict(options), fixed_mask, moving_mask)
+
+    t0 = time.perf_counter()
+    out = module.run(fixed, moving, ctx)
+    t_method = time.perf_counter() - t0
+    progress(0.97, "resampling")
+    t1 = time.perf_counter()
+    warped = warp(moving, fixed.grid, out.transform, device=torch_device)
+    t_warp = time.perf_counter() - t1
+
+    from .rigid.mi import nmi_value
+    report = {
+        "method": method, "method_description": METHODS[method][1], "device": str(torch_device),
+        "fixed_grid": fixed.grid.to_dict(), "moving_grid": moving.grid.to_dict(),
+        "nmi64_before": nmi_value(fixed, moving, initial_transform, 64, torch_device),
+        "nmi64_after": nmi_value(fixed, moving, out.transform, 64, torch_device),
+        **transform_report(out.transform), **out.report,
+    }
+    jac_img = None
+    field_fwd = _deformation_field(out.transform, fixed.grid)
+    if field_fwd is not None and method not in RIGID_METHODS:
+        det = jacobian_determinant(field_fwd)
+        jac_img = Image(det, fixed.grid)
+        report.update(jacobian_statistics(det))
+        if out.inverse is not None:
+            report["inverse_consistency_mm"] = inverse_consistency_mm(out.transform, out.inverse, fixed.grid)
+    report["seconds_method"] = t_method
+    report["seconds_resample"] = t_warp
+    report["seconds_total"] = time.perf_counter() - t0
+    progress(1.0, "done")
+    return RegistrationResult(out.transform, warped, report, out.inverse, jac_img, fixed, moving)
+
+
+def inverse_consistency_mm(forward, inverse, grid) -> dict:
+    """‖φ⁻¹(φ(x)) − x‖ over the fixed grid (mm): mean and max."""
+    import torch
+
+    from .core.warp import physical_grid_points
+
+    pts = physical_grid_points(grid, dtype=torch.float64)
+    err = (inverse.transform_points_torch(forward.transform_points_torch(pts)) - pts).norm(dim=-1)
+    return {"mean": float(err.mean()), "max": float(err.max())}
+
+
+def write_outputs(result: RegistrationResult, out_transform=None, out_volume=None, report=None, out_inverse=None,
+                  out_jacobian=None, out_inverse_volume=None) -> dict:
+    """Write what was asked for; returns {kind: path}. Each file is written atomically."""
+    written = {}
+    if out_inverse is not None and result.inverse is None:
+        raise InputError("--out-inverse: this method produced no inverse transform")
+    if out_jacobian is not None and result.jacobian is None:
+        raise InputError("--out-jacobian: this method produced no deformation field (rigid methods have det J = 1)")
+    if out_transform:
+        write_transform(result.transform, out_transform)
+        written["transform"] = str(out_transform)
+    if out_inverse:
+        write_transform(result.inverse, out_inverse)
+        written["inverse"] = str(out_inverse)
+    if out_volume:
+        write_image(result.warped, out_volume)
+        written["volume"] = str(out_volume)
+    if out_inverse_volume:
+        write_image(result.inverse_warped(), out_inverse_volume)
+        written["inverse_volume"] = str(out_inverse_volume)
+    if out_jacobian:
+        write_image(result.jacobian, out_jacobian)
+        written["jacobian"] = str(out_jacobian)
+    if report:
+        path = Path(report)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps({**result.report, "outputs": written}, indent=2))
+        os.replace(tmp, path)
+        written["report"] = str(path)
+    return written

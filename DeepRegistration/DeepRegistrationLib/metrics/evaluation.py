@@ -1,0 +1,40 @@
+"""Evaluation of registration results: Dice, Sedghi et al.'s rigid errors, target registration error."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..core.transforms import RigidTransform
+
+
+def dice_per_label(a: np.ndarray, b: np.ndarray, labels=None) -> dict:
+    """Dice 2|A∩B| / (|A| + |B|) for each non-zero label (those of ``a`` by default)."""
+    if labels is None:
+        labels = [int(v) for v in np.unique(a) if v != 0]
+    out = {}
+    for lab in labels:
+        x, y = a == lab, b == lab
+        denom = x.sum() + y.sum()
+        out[int(lab)] = float(2.0 * np.logical_and(x, y).sum() / denom) if denom else float("nan")
+    return out
+
+
+def rigid_errors(estimated: RigidTransform, true: RigidTransform) -> dict:
+    """Sedghi et al. Table 1 errors: ‖Δt‖, |Δt_x|, |Δt_y|, |Δt_z| (mm) and |Δθ_x|, |Δθ_y|, |Δθ_z| (degrees).
+
+    Both transforms are expressed about the same centre (the true transform's) before differencing,
+    so translation errors do not depend on where each one put its centre.
+    """
+    est = RigidTransform.from_matrix4(estimated.matrix4(), true.center_mm)
+    dt = est.translation_mm - true.translation_mm
+    dtheta = np.degrees(np.abs(np.angle(np.exp(1j * (est.angles_rad - true.angles_rad)))))
+    return {
+        "t_norm_mm": float(np.linalg.norm(dt)),
+        "t_x_mm": float(abs(dt[0])), "t_y_mm": float(abs(dt[1])), "t_z_mm": float(abs(dt[2])),
+        "theta_x_deg": float(dtheta[0]), "theta_y_deg": float(dtheta[1]), "theta_z_deg": float(dtheta[2]),
+    }
+
+
+def target_registration_error(fixed_points_mm: np.ndarray, moving_points_mm: np.ndarray, fixed_to_moving) -> dict:
+    """Distances between T(fixed landmark) and the corresponding moving landmark (mm)."""
+    d = np.linalg.norm(fixed_to_moving.transform_points(fixed_points_mm) - moving_points_mm, axis=-1)
+    return {"tre_mean_mm": float(d.mean()), "tre_max_mm": float(d.max()), "tre_per_point_mm": d.tolist()}

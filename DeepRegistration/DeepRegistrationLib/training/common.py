@@ -1,0 +1,137 @@
+"""What every training command shares: pair lists, atomic checkpoints, torchrun/DDP, progress bars."""
+from __future__ import annotations
+
+import csv
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ..core.errors import InputError
+
+PAIR_COLUMNS = ("fixed", "moving")
+OPTIONAL_COLUMNS = ("fixed_mask", "moving_mask", "fixed_labels", "moving_labels")
+
+
+def read_pairs_csv(path) -> list:
+    """Rows of a CSV with a header naming at least ``fixed,moving`` (optionally masks and label maps).
+
+    Relative paths are taken relative to the CSV's folder. Returns a list of dicts.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"pairs CSV not found: {path}")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not all(c in reader.fieldnames for c in PAIR_COLUMNS):
+            raise InputError(f"{path}: the header must name the columns 'fixed' and 'moving' (got {reader.fieldnames})")
+        rows = []
+        for n, row in enumerate(reader, start=2):
+            entry = {}
+            for key in PAIR_COLUMNS + OPTIONAL_COLUMNS:
+                value = (row.get(key) or "").strip()
+                if not value:
+                    if key in PAIR_COLUMNS:
+                        raise InputError(f"{path}, line {n}: empty '{key}'")
+                    continue
+                p = Path(value)
+                entry[key] = p if p.is_absolute() else (path.parent / p)
+                if not entry[key].exists():
+                    raise InputError(f"{path}, line {n}: {key} file not found: {entry[key]}")
+            rows.append(entry)
+    if not rows:
+        raise InputError(f"{path} lists no pairs")
+    return rows
+
+
+def write_pairs_csv(path, rows: list) -> None:
+    """Write a pairs CSV (the inverse of :func:`read_pairs_csv`)."""
+    keys = [k for k in PAIR_COLUMNS + OPTIONAL_COLUMNS if any(k in r for r in rows)]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: str(r[k]) for k in keys if k in r})
+
+
+def atomic_save(obj: dict, path) -> None:
+    """torch.save to a temporary file in the same folder, then rename: never a half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path) -> dict:
+    """A checkpoint written by :func:`atomic_save` (tensors and plain values only)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"checkpoint not found: {path}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@dataclass
+class Distributed:
+    """The process group when run under ``torchrun`` (NCCL on GPUs, gloo on the CPU), else one process."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """DistributedDataParallel around ``model`` when distributed, else the model itself."""
+        if not self.enabled:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def mean(self, value: float) -> float:
+        """Average a number over ranks (for logging the loss of all ranks)."""
+        if not self.enabled:
+            return float(value)
+        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return float(t.item() / self.world_size)
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+@contextmanager
+def distributed(device_name: str = "auto"):
+    """Context giving a :class:`Distributed`; sets up and tears down the process group under torchrun."""
+    from ..core.device import resolve_device
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        yield Distributed(0, 1, resolve_device(device_name))
+        return
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = resolve_device(device_name).type == "cuda"
+    if use_cuda:
+        torch.cuda.set_device(local)
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    try:
+        yield Distributed(rank, world, torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu"))
+    finally:
+        dist.destroy_process_group()
+
+
+def progress_bar(total: int, description: str, enabled: bool = True):
+    """A tqdm bar (ETA included) on the main process only."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, disable=not enabled, dynamic_ncols=True)
