@@ -33,7 +33,8 @@ class MISettings:
 class NMIObjective:
     """NMI between fixed samples and the moving image read at T(x) for a fixed set of points x."""
 
-    def __init__(self, fixed: Image, moving: Image, bins: int, max_points: int, seed: int, device, fixed_mask=None):
+    def __init__(self, fixed: Image, moving: Image, bins: int, max_points: int, seed: int, device, fixed_mask=None,
+                 linear_binning: bool = True):
         self.device = torch.device(device)
         pts = physical_grid_points(fixed.grid, device=self.device)
         values = torch.as_tensor(fixed.array, device=self.device, dtype=torch.float32)
@@ -48,6 +49,7 @@ class NMIObjective:
         self.moving = moving
         self.moving_volume = torch.as_tensor(moving.array, device=self.device, dtype=torch.float32)[None]
         self.bins = bins
+        self.linear_binning = linear_binning
 
     def __call__(self, transform: RigidTransform) -> float:
         with torch.no_grad():
@@ -56,7 +58,7 @@ class NMIObjective:
             if int(inside.sum()) < 64:
                 return 1.0
             sampled = sample_at_points(self.moving_volume, self.moving.grid, mapped)[0]
-            return float(nmi(self.fixed_values, sampled, self.bins, mask=inside))
+            return float(nmi(self.fixed_values, sampled, self.bins, mask=inside, linear=self.linear_binning))
 
 
 def register_nmi(fixed: Image, moving: Image, initial: RigidTransform, device, settings: MISettings = None,
@@ -82,5 +84,6 @@ def register_nmi(fixed: Image, moving: Image, initial: RigidTransform, device, s
 
 
 def nmi_value(fixed: Image, moving: Image, transform, bins: int, device) -> float:
-    """NMI over the whole fixed grid (the number reported before and after registration)."""
-    return NMIObjective(fixed, moving, bins, max_points=np.iinfo(np.int64).max, seed=0, device=device)(transform)
+    """NMI (hard binning) over the whole fixed grid: the number reported before and after registration."""
+    return NMIObjective(fixed, moving, bins, max_points=np.iinfo(np.int64).max, seed=0, device=device,
+                        linear_binning=False)(transform)

@@ -1,0 +1,159 @@
+"""Rigid registration with a learned CNN metric (Sedghi et al. 2018, eq. 2) and metric-set files.
+
+F(θ) = Σₙ M(u(pₙ), v(T_θ(pₙ))): n patch centres are drawn once per registration in the fixed
+foreground (fixed seed, so F is deterministic); the fixed patches are read once, the moving patches
+are read with ``grid_sample`` at the T_θ-mapped patch point grids; M is the network's log-likelihood
+ratio. F is maximized with Powell over the 6 rigid parameters, one metric stage after the other
+(coarse to fine).
+
+A *metric set* is one model file holding every stage of a multi-stage training (F1 ... Fk): state
+dict keys ``stage{k}.<param>`` and metadata ``stages`` (one entry per stage: level, spacing, patch
+size, dither variance, architecture). Several files given together are used one after the other.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..core.errors import InputError
+from ..core.image import Image
+from ..core.progress import Progress
+from ..core.transforms import RigidTransform
+from ..core.warp import sample_at_points
+from ..models.model_file import build_checked, load_model, save_model
+from ..networks.metric_cnn import MetricCNN
+from ..training.metric_patches import LevelVolume, patch_offsets, prepare_level, rigid_torch
+from .powell import PowellSettings, maximize_rigid
+
+KIND = "cnn-metric"
+
+
+@dataclass
+class MetricStage:
+    """One trained metric F(l, σ²): its network and the resolution its patches are read at."""
+
+    network: MetricCNN
+    spacing_mm: float
+    patch_size: int
+    info: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.info.get("label", f"F(l={self.info.get('level')}, σ²={self.info.get('dither_variance_mm2')})")
+
+
+def save_metric_set(path, networks: list, stage_infos: list, metadata: dict) -> Path:
+    """Write the stages trained so far as one model file (see the module docstring)."""
+    state = {}
+    for k, net in enumerate(networks, start=1):
+        state.update({f"stage{k}.{name}": t for name, t in net.state_dict().items()})
+    last = stage_infos[-1]
+    meta = {**metadata, "kind": KIND, "architecture": last["architecture"], "patch_size": last["patch_size"],
+            "spacing_mm": last["spacing_mm"], "stages": stage_infos}
+    return save_model(path, state, meta)
+
+
+def load_metric_set(name_or_path, device="cpu") -> list:
+    """The stages of a metric-set file, as :class:`MetricStage` s; wrong files are refused with InputError."""
+    state, meta = load_model(name_or_path, KIND)
+    stages_meta = meta.get("stages")
+    if not isinstance(stages_meta, list) or not stages_meta:
+        raise InputError(f"{name_or_path}: a cnn-metric file must list its stages in the metadata")
+    stages = []
+    for k, info in enumerate(stages_meta, start=1):
+        for key in ("architecture", "patch_size", "spacing_mm", "level", "dither_variance_mm2"):
+            if key not in info:
+                raise InputError(f"{name_or_path}: stage {k} metadata lacks {key!r}")
+        prefix = f"stage{k}."
+        sub = {n[len(prefix):]: t for n, t in state.items() if n.startswith(prefix)}
+        net = build_checked(MetricCNN(info["architecture"]), sub, f"{name_or_path} stage {k}").to(device)
+        label = f"{Path(str(name_or_path)).stem} F{k}(l={info['level']:g}, σ²={info['dither_variance_mm2']:g})"
+        stages.append(MetricStage(net, float(info["spacing_mm"]), int(info["patch_size"]), {**info, "label": label}))
+    unused = [n for n in state if not any(n.startswith(f"stage{k}.") for k in range(1, len(stages) + 1))]
+    if unused:
+        raise InputError(f"{name_or_path}: weights {unused[:3]} belong to no listed stage")
+    return stages
+
+
+def load_metric_models(names, device="cpu") -> list:
+    """Stages of every given model (bundled names or paths), in the order given."""
+    stages = []
+    for name in names:
+        stages += load_metric_set(name, device)
+    return stages
+
+
+class PatchObjective:
+    """Fixed patches at n foreground centres (drawn once, fixed seed); moving patches read at T(p)."""
+
+    def __init__(self, fixed: LevelVolume, moving: LevelVolume, patch_size: int, spacing_mm: float,
+                 n_patches: int, seed: int):
+        self.fixed, self.moving = fixed, moving
+        self.device = fixed.volume.device
+        self.patch_size = patch_size
+        g = torch.Generator().manual_seed(seed)
+        fg = fixed.foreground_points
+        idx = torch.randperm(fg.shape[0], generator=g)[:n_patches].to(self.device)
+        self.centres = fg[idx]
+        self.points = self.centres[:, None, :] + patch_offsets(patch_size, spacing_mm).to(self.device)
+        self.fixed_patches = self._read(fixed, self.points)
+
+    def _read(self, volume: LevelVolume, points: torch.Tensor) -> torch.Tensor:
+        p = self.patch_size
+        return sample_at_points(volume.volume, volume.grid, points)[0].reshape(-1, p, p, p)
+
+    def moving_patches(self, transform) -> torch.Tensor:
+        a, b = rigid_torch(transform, self.device)
+        return self._read(self.moving, self.points @ a.T + b)
+
+    def pairs(self, transform) -> torch.Tensor:
+        """(n, 2, P, P, P): the fixed patches and the moving patches under ``transform``."""
+        return torch.stack([self.fixed_patches, self.moving_patches(transform)], dim=1)
+
+
+class CNNMetricObjective(PatchObjective):
+    """F(θ) = Σₙ M(u(pₙ), v(T_θ(pₙ))) (eq. 2), M the log-likelihood ratio of the stage's network."""
+
+    def __init__(self, stage: MetricStage, fixed: LevelVolume, moving: LevelVolume, n_patches: int, seed: int,
+                 batch: int = 256):
+        super().__init__(fixed, moving, stage.patch_size, stage.spacing_mm, n_patches, seed)
+        self.network = stage.network.eval()
+        self.batch = batch
+
+    def __call__(self, transform) -> float:
+        with torch.no_grad():
+            pairs = self.pairs(transform)
+            return float(sum(self.network.score(pairs[i:i + self.batch]).sum() for i in range(0, len(pairs), self.batch)))
+
+
+@dataclass
+class CNNSettings:
+    patches: int = 256
+    seed: int = 0
+    powell: PowellSettings = field(default_factory=lambda: PowellSettings(max_evaluations=400))
+
+
+def register_cnn(fixed: Image, moving: Image, stages: list, initial: RigidTransform, device,
+                 settings: CNNSettings = None, progress: Progress = None, fixed_mask: Image = None) -> tuple:
+    """Maximize eq. 2 stage after stage; returns (fixed->moving RigidTransform, per-stage infos).
+
+    Each stage reads both images at its own spacing (anti-aliased, normalized as in training), so
+    inputs of any spacing work; the transform stays in the images' physical space.
+    """
+    settings = settings or CNNSettings()
+    progress = progress or Progress()
+    transform, infos = initial, []
+    for n, stage in enumerate(stages):
+        f = prepare_level(fixed, stage.spacing_mm, device, fixed_mask)
+        m = prepare_level(moving, stage.spacing_mm, device)
+        objective = CNNMetricObjective(stage, f, m, settings.patches, settings.seed)
+        t0 = time.perf_counter()
+        transform, info = maximize_rigid(objective, transform, settings.powell,
+                                         progress.sub(n / len(stages), (n + 1) / len(stages)),
+                                         f"CNN metric stage {n + 1}/{len(stages)}: {stage.label}")
+        info["seconds"] = time.perf_counter() - t0
+        infos.append(info)
+    return transform, infos

@@ -1,0 +1,63 @@
+"""Offline sample data (as DATA.md describes it) and the test-case generators."""
+import numpy as np
+import pytest
+
+from DeepRegistrationLib.core.errors import InputError
+from DeepRegistrationLib.core.jacobian import jacobian_determinant, jacobian_statistics
+from DeepRegistrationLib.data import sources
+from DeepRegistrationLib.data.synthetic import gradient_magnitude, random_rigid, smooth_random_field
+from DeepRegistrationLib.rigid.pyramid import downsample
+
+
+def test_spm_templates_share_one_grid():
+    t1, t2, pd = (sources.spm_avg152(m) for m in ("T1", "T2", "PD"))
+    assert t1.grid.size == (91, 109, 91) and np.allclose(t1.grid.spacing, 2.0)
+    assert t1.grid.same_as(t2.grid) and t1.grid.same_as(pd.grid)
+    assert np.corrcoef(t1.array.ravel(), t2.array.ravel())[0, 1] < 0.9  # different contrasts
+
+
+def test_icbm152_maps():
+    t1, gm = sources.icbm152("t1"), sources.icbm152("gm")
+    assert t1.grid.size == (197, 233, 189) and np.allclose(t1.grid.spacing, 1.0)
+    assert t1.grid.same_as(gm.grid)
+    with pytest.raises(InputError, match="choose t1, gm or wm"):
+        sources.icbm152("csf")
+
+
+def test_cache_dir_honours_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEEPREGISTRATION_CACHE", str(tmp_path / "c"))
+    assert sources.cache_dir() == tmp_path / "c" and (tmp_path / "c").is_dir()
+
+
+def test_debian_sources_missing_say_how_to_get_them(monkeypatch, tmp_path):
+    monkeypatch.setattr(sources, "MRICRON", tmp_path / "nowhere")
+    monkeypatch.setenv("DEEPREGISTRATION_CACHE", str(tmp_path / "c"))
+    with pytest.raises(InputError, match="apt-get install mricron-data"):
+        sources.colin27()
+
+
+def test_random_rigid_follows_sedghi_distribution():
+    rng = np.random.default_rng(0)
+    ts = [random_rigid(rng, np.zeros(3)) for _ in range(400)]
+    t = np.abs(np.array([x.translation_mm for x in ts]))
+    a = np.array([x.angles_rad for x in ts])
+    assert t.min() >= 1.0 and t.max() <= 20.0 and abs(t.mean() - 10.5) < 0.8
+    assert np.abs(a).max() <= 0.2 and abs(a.mean()) < 0.02
+    signs = np.sign(np.array([x.translation_mm for x in ts]))
+    assert 0.4 < (signs > 0).mean() < 0.6
+
+
+def test_smooth_random_field_is_diffeomorphic():
+    grid = downsample(sources.spm_avg152("T1"), 2).grid
+    field = smooth_random_field(grid, np.random.default_rng(1), max_displacement_mm=6.0)
+    stats = jacobian_statistics(jacobian_determinant(field))
+    assert stats["folding_voxels"] == 0
+    assert np.abs(field.displacement_mm).max() > 1.0
+
+
+def test_gradient_magnitude_is_edges():
+    t1 = downsample(sources.spm_avg152("T1"), 2)
+    gm = gradient_magnitude(t1, 2.0)
+    assert gm.grid.same_as(t1.grid) and gm.array.min() >= 0
+    flat = t1.array < 0.05 * t1.array.max()
+    assert gm.array[flat].mean() < gm.array.mean()
