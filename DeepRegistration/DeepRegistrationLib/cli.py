@@ -16,6 +16,8 @@ COMMAND_MODULES = (
     "DeepRegistrationLib.commands.register",
     "DeepRegistrationLib.commands.demo",
     "DeepRegistrationLib.commands.data",
+    "DeepRegistrationLib.commands.train_metric",
+    "DeepRegistrationLib.commands.response",
 )
 
 

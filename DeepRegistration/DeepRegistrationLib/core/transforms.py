@@ -139,11 +139,12 @@ class DisplacementField:
     """φ(x) = x + u(x), u sampled on ``grid`` (z-first array (nz, ny, nx, 3), LPS mm).
 
     Between voxels u is interpolated linearly; outside the grid u is zero, as in ITK's
-    ``DisplacementFieldTransform``.
+    ``DisplacementFieldTransform``. Treat the array as read-only: a copy on the GPU is kept for reuse.
     """
 
     displacement_mm: np.ndarray
     grid: Grid
+    _on_device: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         self.displacement_mm = np.asarray(self.displacement_mm, dtype=np.float32)
@@ -153,9 +154,12 @@ class DisplacementField:
             )
 
     def transform_points_torch(self, points: torch.Tensor) -> torch.Tensor:
-        field = torch.as_tensor(self.displacement_mm, device=points.device).permute(3, 0, 1, 2).to(points.dtype)
+        key = str(points.device)
+        if key not in self._on_device:
+            self._on_device = {key: torch.as_tensor(self.displacement_mm, device=points.device).permute(3, 0, 1, 2)}
+        field = self._on_device[key]
         u = sample_at_points(field, self.grid, points, mode="bilinear", padding_mode="zeros")
-        return points + u.movedim(0, -1)
+        return points + u.movedim(0, -1).to(points.dtype)
 
     def transform_points(self, points: np.ndarray) -> np.ndarray:
         return self.transform_points_torch(torch.as_tensor(np.asarray(points, dtype=np.float64))).numpy()

@@ -31,6 +31,32 @@ def physical_grid_points(grid: Grid, device=None, dtype=torch.float32, z_range=N
     return (index @ m[:3, :3].T + m[:3, 3]).to(dtype)
 
 
+def physical_points_at(grid: Grid, flat_indices: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """LPS coordinates (N, 3) of the voxels with the given flat indices into the z-first array."""
+    nx, ny, _ = grid.size
+    flat = flat_indices.to(torch.int64)
+    index = torch.stack([flat % nx, (flat // nx) % ny, flat // (nx * ny)], dim=-1).to(torch.float64)
+    m = torch.as_tensor(grid.index_to_physical_matrix(), device=flat.device, dtype=torch.float64)
+    return (index @ m[:3, :3].T + m[:3, 3]).to(dtype)
+
+
+def sample_voxel_indices(grid: Grid, max_points: int, seed: int = 0, mask: np.ndarray = None, device=None):
+    """Flat indices of at most ``max_points`` voxels (all of them if fewer), drawn with a fixed seed.
+
+    With a mask, only voxels where it is non-zero. Never builds a full-grid coordinate array.
+    """
+    g = torch.Generator().manual_seed(seed)
+    if mask is not None:
+        candidates = torch.as_tensor(np.flatnonzero(np.asarray(mask).reshape(-1)))
+        if candidates.numel() > max_points:
+            candidates = candidates[torch.randperm(candidates.numel(), generator=g)[:max_points]]
+        return torch.sort(candidates).values.to(device)
+    n = grid.num_voxels
+    if n <= max_points:
+        return torch.arange(n, device=device)
+    return torch.sort(torch.randperm(n, generator=g)[:max_points]).values.to(device)
+
+
 def physical_to_normalized(grid: Grid, points_lps: torch.Tensor) -> torch.Tensor:
     """LPS points (..., 3) to grid_sample coordinates (..., 3), x-first, align_corners=True."""
     m = np.linalg.inv(grid.index_to_physical_matrix())

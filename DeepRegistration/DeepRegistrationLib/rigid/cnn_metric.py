@@ -4,7 +4,7 @@ F(θ) = Σₙ M(u(pₙ), v(T_θ(pₙ))): n patch centres are drawn once per regi
 foreground (fixed seed, so F is deterministic); the fixed patches are read once, the moving patches
 are read with ``grid_sample`` at the T_θ-mapped patch point grids; M is the network's log-likelihood
 ratio. F is maximized with Powell over the 6 rigid parameters, one metric stage after the other
-(coarse to fine).
+(coarse to fine), within a search region around each stage's start pose (:class:`SearchRegion`).
 
 A *metric set* is one model file holding every stage of a multi-stage training (F1 ... Fk): state
 dict keys ``stage{k}.<param>`` and metadata ``stages`` (one entry per stage: level, spacing, patch
@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..core.errors import InputError
@@ -129,11 +130,41 @@ class CNNMetricObjective(PatchObjective):
             return float(sum(self.network.score(pairs[i:i + self.batch]).sum() for i in range(0, len(pairs), self.batch)))
 
 
+class SearchRegion:
+    """Keeps Powell within ±``translation_mm`` and ±``rotation_rad`` of a stage's start pose.
+
+    Outside, F is lowered by ``penalty`` per mm of excess (rotation excess as arc length at the
+    optimizer's rotation radius). The learned metric has only seen patch pairs inside the anatomy,
+    so far outside the images its value means nothing; this bounds the line searches there.
+    """
+
+    def __init__(self, objective, start: RigidTransform, translation_mm: float, rotation_rad: float,
+                 radius_mm: float, penalty: float = 1e4):
+        self.objective, self.start = objective, start
+        self.t, self.r, self.radius, self.penalty = translation_mm, rotation_rad, radius_mm, penalty
+        self.start_value = None
+
+    def excess_mm(self, transform: RigidTransform) -> float:
+        dt = np.abs(transform.translation_mm - self.start.translation_mm) - self.t
+        dr = (np.abs(transform.angles_rad - self.start.angles_rad) - self.r) * self.radius
+        return float(np.clip(dt, 0, None).sum() + np.clip(dr, 0, None).sum())
+
+    def __call__(self, transform: RigidTransform) -> float:
+        excess = self.excess_mm(transform)
+        if excess > 0:
+            if self.start_value is None:
+                self.start_value = float(self.objective(self.start))
+            return self.start_value - self.penalty * excess
+        return self.objective(transform)
+
+
 @dataclass
 class CNNSettings:
     patches: int = 256
     seed: int = 0
     powell: PowellSettings = field(default_factory=lambda: PowellSettings(max_evaluations=400))
+    search_translation_mm: float = 30.0
+    search_rotation_rad: float = 0.35
 
 
 def register_cnn(fixed: Image, moving: Image, stages: list, initial: RigidTransform, device,
@@ -149,7 +180,9 @@ def register_cnn(fixed: Image, moving: Image, stages: list, initial: RigidTransf
     for n, stage in enumerate(stages):
         f = prepare_level(fixed, stage.spacing_mm, device, fixed_mask)
         m = prepare_level(moving, stage.spacing_mm, device)
-        objective = CNNMetricObjective(stage, f, m, settings.patches, settings.seed)
+        objective = SearchRegion(CNNMetricObjective(stage, f, m, settings.patches, settings.seed), transform,
+                                 settings.search_translation_mm, settings.search_rotation_rad,
+                                 settings.powell.rotation_radius_mm)
         t0 = time.perf_counter()
         transform, info = maximize_rigid(objective, transform, settings.powell,
                                          progress.sub(n / len(stages), (n + 1) / len(stages)),

@@ -15,7 +15,7 @@ import torch
 from ..core.image import Image
 from ..core.progress import Progress
 from ..core.transforms import RigidTransform
-from ..core.warp import inside_mask, physical_grid_points, sample_at_points
+from ..core.warp import inside_mask, physical_points_at, sample_at_points, sample_voxel_indices
 from ..metrics.similarity import nmi
 from .powell import PowellSettings, maximize_rigid
 from .pyramid import downsample
@@ -30,22 +30,20 @@ class MISettings:
     powell: PowellSettings = field(default_factory=PowellSettings)
 
 
+#: Voxels used for the NMI reported before and after registration (all of them below this count).
+REPORT_POINTS = 2 ** 22
+
+
 class NMIObjective:
     """NMI between fixed samples and the moving image read at T(x) for a fixed set of points x."""
 
     def __init__(self, fixed: Image, moving: Image, bins: int, max_points: int, seed: int, device, fixed_mask=None,
                  linear_binning: bool = True):
         self.device = torch.device(device)
-        pts = physical_grid_points(fixed.grid, device=self.device)
-        values = torch.as_tensor(fixed.array, device=self.device, dtype=torch.float32)
-        keep = torch.ones(values.shape, dtype=torch.bool, device=self.device) if fixed_mask is None else \
-            torch.as_tensor(fixed_mask > 0, device=self.device)
-        pts, values = pts[keep], values[keep]
-        if pts.shape[0] > max_points:
-            g = torch.Generator().manual_seed(seed)
-            idx = torch.randperm(pts.shape[0], generator=g)[:max_points].to(self.device)
-            pts, values = pts[idx], values[idx]
-        self.points, self.fixed_values = pts, values
+        idx = sample_voxel_indices(fixed.grid, max_points, seed,
+                                   None if fixed_mask is None else fixed_mask > 0, self.device)
+        self.points = physical_points_at(fixed.grid, idx)
+        self.fixed_values = torch.as_tensor(fixed.array, device=self.device, dtype=torch.float32).reshape(-1)[idx]
         self.moving = moving
         self.moving_volume = torch.as_tensor(moving.array, device=self.device, dtype=torch.float32)[None]
         self.bins = bins
@@ -84,6 +82,7 @@ def register_nmi(fixed: Image, moving: Image, initial: RigidTransform, device, s
 
 
 def nmi_value(fixed: Image, moving: Image, transform, bins: int, device) -> float:
-    """NMI (hard binning) over the whole fixed grid: the number reported before and after registration."""
-    return NMIObjective(fixed, moving, bins, max_points=np.iinfo(np.int64).max, seed=0, device=device,
+    """NMI (hard binning) over the fixed grid (at most 2^22 voxels, drawn with a fixed seed, on large
+    volumes): the number reported before and after registration."""
+    return NMIObjective(fixed, moving, bins, max_points=REPORT_POINTS, seed=0, device=device,
                         linear_binning=False)(transform)

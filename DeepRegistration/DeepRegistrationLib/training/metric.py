@@ -170,6 +170,7 @@ class MetricTrainer:
         steps = self.steps_per_epoch() * config.epochs * len(config.stages)
         self.report = Reporter(steps, reporter_json, dist_ctx.is_main and show_progress)
         self.global_step = 0
+        self.stage_networks, self.last_transforms = [], []
 
     def steps_per_epoch(self) -> int:
         return max(1, math.ceil(self.c.pairs_per_epoch / (self.c.batch_size * self.d.world_size)))
@@ -318,7 +319,7 @@ class MetricTrainer:
                 optimizer.step()
                 self.global_step += 1
                 acc = float((logits.argmax(1) == y).float().mean())
-                run_loss = float(loss) if step == 0 else 0.9 * run_loss + 0.1 * float(loss)
+                run_loss = float(loss.detach()) if step == 0 else 0.9 * run_loss + 0.1 * float(loss.detach())
                 run_acc = acc if step == 0 else 0.9 * run_acc + 0.1 * acc
                 if step % 10 == 0 or step == self.steps_per_epoch() - 1:
                     self.report("step", self.global_step, epoch=state.epoch, loss=run_loss, accuracy=run_acc,
@@ -349,6 +350,7 @@ class MetricTrainer:
                     message=f"stage {k + 1}: re-registering {len(self.pairs)} pairs with its metric")
         stage = MetricStage(net, spacing, self.c.patch_size, info)
         state.transforms = self.realign(stage, self.transforms_of(state))
+        self.last_transforms = state.transforms
         state.realignment.append({"stage": k + 1, "parameters": state.transforms,
                                   "centers_mm": [c.tolist() for c in self.centres]})
         state.finished.append(state.best_state)
@@ -356,6 +358,7 @@ class MetricTrainer:
         nets = [MetricCNN(i["architecture"]) for i in state.stage_infos]
         for n_, sd in zip(nets, state.finished):
             n_.load_state_dict(sd)
+        self.stage_networks = nets
         if self.d.is_main:
             save_metric_set(self.out, nets, state.stage_infos, self.metadata())
         self.write_realignment(state)

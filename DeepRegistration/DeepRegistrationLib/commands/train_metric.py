@@ -1,0 +1,96 @@
+"""``deepregistration train-metric``: learn a multimodal metric from roughly aligned pairs (Sedghi et al. 2018)."""
+from __future__ import annotations
+
+import signal
+
+import torch
+
+from ..core.device import DEVICE_CHOICES
+from ..core.errors import InputError
+from ..training.common import distributed, read_pairs_csv
+from ..training.metric import MetricTrainer, MetricTrainingConfig, load_pairs, parse_stages
+
+PAPER = "(paper's value)"
+
+
+def add_command(sub) -> None:
+    d = MetricTrainingConfig()
+    p = sub.add_parser(
+        "train-metric", help="train a CNN similarity metric from roughly aligned image pairs",
+        description="Train the 2-channel 3D CNN metric of Sedghi et al. 2018 on (fixed, moving) pairs that are only "
+                    "roughly aligned, in multi-resolution multi-shot stages F(l, sigma^2): after each stage the pairs "
+                    "are re-registered with that stage's metric (transforms in CHECKPOINT_DIR/realignment.csv). "
+                    "The output is one model file holding every stage (use it with register --method cnn --model). "
+                    "Runs under torchrun (DistributedDataParallel; gloo on the CPU).")
+    p.add_argument("--pairs", required=True, help="CSV with header fixed,moving[,fixed_mask,moving_mask]")
+    p.add_argument("--out", required=True, help="metric-set model file to write (.pt)")
+    p.add_argument("--checkpoint-dir", help="atomic checkpoints and realignment records (default: next to --out)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs per stage (default {d.epochs})")
+    p.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_CHOICES)} (default auto)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--progress-json", action="store_true", help="one JSON object per line instead of a bar")
+    p.add_argument("--stages", default=",".join(f"{a:g}:{b:g}" for a, b in d.stages),
+                   help="level:dither-variance(mm^2) per stage (default 4:100,2:25,2:15,1:8 " + PAPER + ")")
+    p.add_argument("--base-spacing-mm", type=float, default=d.base_spacing_mm,
+                   help="spacing of level 1 (default 1 mm " + PAPER + ")")
+    p.add_argument("--patch-size", type=int, default=d.patch_size, help="patch edge in voxels (default 17 " + PAPER + ")")
+    p.add_argument("--channels", default=",".join(map(str, d.channels)),
+                   help="widths of the 3 conv layers (default 16,32,32; not given in the paper)")
+    p.add_argument("--dropout", type=float, default=d.dropout, help="default 0.5 " + PAPER)
+    p.add_argument("--learning-rate", type=float, default=d.learning_rate, help="Adam, default 0.01 " + PAPER)
+    p.add_argument("--lr-decay", type=float, default=d.lr_decay, help="per epoch, default 0.8 " + PAPER)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="L2, default 0.01 " + PAPER)
+    p.add_argument("--pairs-per-epoch", type=int, default=d.pairs_per_epoch,
+                   help="patch pairs per epoch (default 100000: 10 epochs give the paper's 1 million per stage)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="per process (default 64)")
+    p.add_argument("--dithers", type=int, default=d.dithers_per_location,
+                   help="dither draws m per location (default 100 " + PAPER + ")")
+    p.add_argument("--min-negative-distance-mm", type=float, default=None,
+                   help="minimum distance of a negative pair's patch centres (default half the patch extent)")
+    p.add_argument("--no-symmetrize", action="store_true", help="no random cube rotations/flips (paper: on)")
+    p.add_argument("--validation-fraction", type=float, default=d.validation_fraction)
+    p.add_argument("--validation-pairs", type=int, default=d.validation_pairs,
+                   help="patch pairs in the fixed validation set used for model selection")
+    p.add_argument("--realign-patches", type=int, default=d.realign_patches, help="n of eq. 2 for re-registration")
+    p.add_argument("--realign-evaluations", type=int, default=d.realign_evaluations,
+                   help="Powell evaluations per pair and stage for re-registration")
+    p.add_argument("--description", default="", help="training data description stored in the model metadata")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args) -> MetricTrainingConfig:
+    try:
+        channels = tuple(int(c) for c in args.channels.split(","))
+    except ValueError:
+        raise InputError(f"--channels expects comma-separated integers, got {args.channels!r}") from None
+    for name in ("epochs", "patch_size", "pairs_per_epoch", "batch_size", "dithers", "validation_pairs"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.patch_size < 5:
+        raise InputError("--patch-size must be at least 5 voxels")
+    return MetricTrainingConfig(
+        stages=parse_stages(args.stages), base_spacing_mm=args.base_spacing_mm, patch_size=args.patch_size,
+        channels=channels, dropout=args.dropout, learning_rate=args.learning_rate, lr_decay=args.lr_decay,
+        weight_decay=args.weight_decay, epochs=args.epochs, pairs_per_epoch=args.pairs_per_epoch,
+        batch_size=args.batch_size, dithers_per_location=args.dithers,
+        min_negative_distance_mm=args.min_negative_distance_mm, symmetrize=not args.no_symmetrize,
+        validation_fraction=args.validation_fraction, validation_pairs=args.validation_pairs,
+        realign_patches=args.realign_patches, realign_evaluations=args.realign_evaluations, seed=args.seed,
+        description=args.description)
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
+def run(args) -> int:
+    config = config_from_args(args)
+    pairs = load_pairs(read_pairs_csv(args.pairs))
+    signal.signal(signal.SIGTERM, _terminate)
+    with distributed(args.device) as d:
+        if d.device.type == "cpu" and d.enabled:
+            torch.set_num_threads(1)
+        trainer = MetricTrainer(pairs, config, args.out, args.checkpoint_dir, d, args.progress_json)
+        trainer.train(args.resume)
+    return 0

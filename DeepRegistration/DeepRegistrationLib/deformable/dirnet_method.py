@@ -1,0 +1,122 @@
+"""``--method dirnet``: one-pass deformable registration with a trained DIRNet (de Vos et al. 2017).
+
+Both images are resampled onto the model's grid (its spacing and size, centred on the fixed image,
+the fixed image's axes; the moving image through the initial transform), normalized as in training,
+and the network predicts B-spline control points once. The dense displacement is turned into LPS
+millimetres and returned on the fixed image's grid (zero outside the model's field of view), composed
+with the initial transform. A 2D model registers every slice along the fixed image's third index axis
+on its own (in-plane displacement only), as the paper registers 2D slices.
+
+Without ``--model`` the bundled 3D brain-T1 model is used and the report says so.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter
+
+from ..api import MethodOutput, RegistrationContext
+from ..core.errors import InputError
+from ..core.image import Grid, Image
+from ..core.transforms import DisplacementField, LinearTransform, compose
+from ..core.warp import warp
+from ..models.model_file import build_checked, load_model, resolve_model_path
+from ..networks.dirnet import DIRNet, DIRNetConfig
+
+MODEL_KIND = "dirnet"
+DEFAULT_MODEL = "dirnet_brain_t1_3d"
+#: Intensity normalization of every input (stated in model metadata).
+NORMALIZATION = "per image: (I - p1) / (p99 - p1) clipped to [0, 1], percentiles over the model grid"
+OPTIONS = ("models",)
+
+
+def normalize_intensity(array: np.ndarray) -> np.ndarray:
+    """Map the 1st..99th percentile of ``array`` to [0, 1] and clip."""
+    lo, hi = np.percentile(array, [1.0, 99.0])
+    return np.clip((array - lo) / max(hi - lo, 1e-6), 0.0, 1.0).astype(np.float32)
+
+
+def model_grid(reference: Grid, size_xyz, spacing_mm) -> Grid:
+    """A grid of the model's size and spacing, centred on ``reference`` with its axes.
+
+    ``size_xyz``/``spacing_mm`` with two entries (2D model) keep the reference's third axis.
+    """
+    size = list(size_xyz) + list(reference.size[len(size_xyz):])
+    spacing = np.concatenate([np.asarray(spacing_mm, dtype=np.float64), reference.spacing[len(size_xyz):]])
+    half = reference.direction @ (spacing * (np.asarray(size) - 1) / 2.0)
+    return Grid(tuple(size), spacing, reference.center_physical() - half, reference.direction)
+
+
+def resample_to(image: Image, grid: Grid, fixed_to_image=None) -> Image:
+    """``image`` on ``grid`` (linear), Gaussian-smoothed first (σ = half the new spacing) where coarser."""
+    sigma_vox = [0.5 * g / s if g > 1.5 * s else 0.0
+                 for g, s in zip(reversed(grid.spacing.tolist()), reversed(image.grid.spacing.tolist()))]
+    source = image.with_array(gaussian_filter(image.array, sigma_vox)) if any(sigma_vox) else image
+    return warp(source, grid, fixed_to_image)
+
+
+def load_dirnet(name_or_path, device="cpu"):
+    """``(network, metadata)`` of a DIRNet model file, in eval mode on ``device``."""
+    state, meta = load_model(name_or_path, MODEL_KIND)
+    try:
+        config = DIRNetConfig(**meta["architecture"]["config"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"{name_or_path}: DIRNet architecture metadata is unusable ({err})") from None
+    net = build_checked(DIRNet(config), state, str(name_or_path))
+    return net.to(device), meta
+
+
+def displacement_mm(u_vox: np.ndarray, grid: Grid) -> np.ndarray:
+    """Voxel displacements (..., 3), x-first index components, to LPS millimetres on ``grid``."""
+    return (u_vox @ (grid.direction @ np.diag(grid.spacing)).T).astype(np.float32)
+
+
+@torch.no_grad()
+def predict_field(net: DIRNet, fixed: Image, moving: Image, grid: Grid, device) -> DisplacementField:
+    """Displacement (LPS mm) on ``grid`` mapping fixed points to moving points; both images already on ``grid``."""
+    f = torch.as_tensor(normalize_intensity(fixed.array), device=device)
+    m = torch.as_tensor(normalize_intensity(moving.array), device=device)
+    if net.config.ndim == 3:
+        u, _ = net.displacement(f[None, None], m[None, None])
+        u_vox = u[0].movedim(0, -1).cpu().numpy()
+    else:
+        u, _ = net.displacement(f[:, None], m[:, None])  # slices along the third axis as a batch
+        u2 = u.movedim(1, -1).cpu().numpy()
+        u_vox = np.concatenate([u2, np.zeros(u2.shape[:-1] + (1,), np.float32)], axis=-1)
+    return DisplacementField(displacement_mm(u_vox, grid), grid)
+
+
+def is_identity(transform) -> bool:
+    return isinstance(transform, LinearTransform) and np.allclose(transform.matrix4(), np.eye(4), atol=1e-9)
+
+
+def run(fixed: Image, moving: Image, ctx: RegistrationContext) -> MethodOutput:
+    unknown = set(ctx.options) - set(OPTIONS)
+    if unknown:
+        raise InputError(f"unknown option(s) for --method dirnet: {', '.join(sorted(unknown))} "
+                         "(the network takes no options; choose it with --model)")
+    models = ctx.options.get("models") or []
+    if len(models) > 1:
+        raise InputError(f"--method dirnet takes one --model, got {len(models)}")
+    report = {}
+    name = models[0] if models else DEFAULT_MODEL
+    if not models:
+        report["model_note"] = (f"no --model given: using the bundled 3D brain-T1 DIRNet '{DEFAULT_MODEL}' "
+                                "(trained on synthetic deformations of the SPM avg152 T1 template)")
+    ctx.progress(0.05, "loading model")
+    net, meta = load_dirnet(name, ctx.device)
+    grid = model_grid(fixed.grid, meta["patch_size"], meta["spacing_mm"])
+    net.config.control_shape(grid.shape[-net.config.ndim:])
+    ctx.progress(0.15, "resampling to the model grid")
+    initial = None if is_identity(ctx.initial_transform) else ctx.initial_transform
+    fixed_m = resample_to(fixed, grid)
+    moving_m = resample_to(moving, grid, initial)
+    ctx.progress(0.4, "predicting the deformation")
+    field = predict_field(net, fixed_m, moving_m, grid, ctx.device)
+    ctx.progress(0.7, "field on the fixed grid")
+    on_fixed = DisplacementField.from_transform(field, fixed.grid, ctx.device)
+    transform = on_fixed if initial is None else compose(on_fixed, initial)
+    report.update({"model": str(resolve_model_path(name)), "model_dimension": net.config.ndim,
+                   "model_grid": grid.to_dict(), "control_grid": list(net.config.control_shape(grid.shape[-net.config.ndim:])),
+                   "spline_order": net.config.spline_order})
+    return MethodOutput(transform, None, report)

@@ -1,0 +1,54 @@
+"""Response-function figures (Sedghi et al. 2018, Fig. 2): several metrics and stages on one figure."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..rigid.response import PARAMETERS, UNITS
+
+
+def save_response_plot(rows: list, path, title: str = "", normalize: bool = True, panels: list = None) -> Path:
+    """One panel per rigid parameter, one curve per metric. With ``normalize`` each metric is scaled to
+    [0, 1] over all its values (so metrics with different units share an axis, and the relative
+    sharpness of a metric across parameters is kept). ``panels`` puts several groups of rows side by
+    side: a list of (panel title, rows)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = panels or [(title, rows)]
+    params = [p for p in PARAMETERS if any(r["parameter"] == p for _, g in groups for r in g)]
+    fig, axes = plt.subplots(len(groups), len(params), figsize=(2.6 * len(params), 2.6 * len(groups)), squeeze=False)
+    for gi, (gtitle, grows) in enumerate(groups):
+        metrics = list(dict.fromkeys(r["metric"] for r in grows))
+        for metric in metrics:
+            vals = np.array([r["value"] for r in grows if r["metric"] == metric])
+            lo, hi = vals.min(), vals.max()
+            for pi, p in enumerate(params):
+                pts = sorted((r["offset"], r["value"]) for r in grows if r["metric"] == metric and r["parameter"] == p)
+                if not pts:
+                    continue
+                x, y = np.array(pts).T
+                if normalize:
+                    y = (y - lo) / max(hi - lo, 1e-12)
+                axes[gi, pi].plot(x, y, label=metric)
+        for pi, p in enumerate(params):
+            ax = axes[gi, pi]
+            ax.axvline(0.0, color="0.6", lw=0.8, ls="--")
+            ax.set_xlabel(f"{p} ({UNITS[p]})", fontsize=8)
+            ax.tick_params(labelsize=7)
+            if pi == 0:
+                ax.set_ylabel(("normalized " if normalize else "") + "metric", fontsize=8)
+                if gtitle:
+                    ax.set_title(gtitle, fontsize=8, loc="left")
+        axes[gi, 0].legend(fontsize=6, loc="lower left")
+    if title and panels:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

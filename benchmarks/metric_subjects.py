@@ -1,0 +1,85 @@
+"""Make misregistered multimodal 'subjects' from the SPM avg152 templates (offline data) for the learned metric.
+
+Each subject i: one smooth random deformation (data.synthetic.smooth_random_field) applied to the
+exactly aligned SPM avg152 T1 and T2 (so they stay aligned), then the same intensity jitter draw
+(data.synthetic.intensity_jitter, same seed for both modalities). The moving modality is T2
+(task t1-t2) or the gradient magnitude of the subject's T1 (task t1-gm,
+data.synthetic.gradient_magnitude). The moving image is then misregistered by a rigid transform
+from Sedghi et al.'s distributions: translations U{lo, hi} mm per axis with random sign, rotations
+U{-r, r} rad. Training and test subjects use disjoint seeds (train: seed*1000 + i, test:
+seed*1000 + 500 + i), so no test subject's deformation or misregistration is seen in training.
+
+Writes OUT/{train,test}/subject_XX_{fixed,moving}.nii.gz, OUT/{train,test}.csv (pairs CSV) and
+OUT/{train,test}_truth.json (true fixed->moving rigid transforms).
+
+    python benchmarks/metric_subjects.py --task t1-t2 --out /tmp/t1t2 --train 8 --test 8
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from DeepRegistrationLib.core.io import write_image
+from DeepRegistrationLib.core.warp import warp
+from DeepRegistrationLib.data import sources
+from DeepRegistrationLib.data.synthetic import gradient_magnitude, intensity_jitter, random_rigid, smooth_random_field
+from DeepRegistrationLib.training.common import write_pairs_csv
+
+TASKS = {"t1-t2": ((1.0, 20.0), 0.2), "t1-gm": ((1.0, 10.0), 0.1)}
+
+
+def make_subject(t1, t2, task: str, seed: int, translation_mm, rotation_rad):
+    rng = np.random.default_rng(seed)
+    field = smooth_random_field(t1.grid, rng, max_displacement_mm=4.0, control_spacing_mm=30.0)
+    jitter_seed = int(rng.integers(1 << 31))
+    fixed = intensity_jitter(warp(t1, t1.grid, field), np.random.default_rng(jitter_seed))
+    if task == "t1-t2":
+        other = intensity_jitter(warp(t2, t2.grid, field), np.random.default_rng(jitter_seed))
+    else:
+        other = gradient_magnitude(fixed)
+    true = random_rigid(rng, t1.grid.center_physical(), translation_mm, rotation_rad)
+    moving = warp(other, other.grid, true.inverse())  # moving(T(x)) = other(x): T is the true fixed->moving map
+    return fixed, moving, true
+
+
+def make_split(out: Path, split: str, count: int, seed0: int, task: str, translation_mm, rotation_rad) -> Path:
+    t1, t2 = sources.spm_avg152("T1"), sources.spm_avg152("T2")
+    rows, truth = [], []
+    for i in range(count):
+        fixed, moving, true = make_subject(t1, t2, task, seed0 + i, translation_mm, rotation_rad)
+        f, m = out / split / f"subject_{i:02d}_fixed.nii.gz", out / split / f"subject_{i:02d}_moving.nii.gz"
+        write_image(fixed, f)
+        write_image(moving, m)
+        rows.append({"fixed": f, "moving": m})
+        truth.append({"fixed": str(f), "moving": str(m), "seed": seed0 + i, "angles_rad": true.angles_rad.tolist(),
+                      "translation_mm": true.translation_mm.tolist(), "center_mm": true.center_mm.tolist()})
+    write_pairs_csv(out / f"{split}.csv", rows)
+    (out / f"{split}_truth.json").write_text(json.dumps(truth, indent=1))
+    return out / f"{split}.csv"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", choices=list(TASKS), default="t1-t2")
+    p.add_argument("--out", required=True)
+    p.add_argument("--train", type=int, default=8)
+    p.add_argument("--test", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-translation-mm", type=float, help="override the task's upper translation bound")
+    args = p.parse_args(argv)
+    (lo, hi), rot = TASKS[args.task]
+    if args.max_translation_mm is not None:
+        hi = args.max_translation_mm
+    out = Path(args.out)
+    for split, count, seed0 in (("train", args.train, args.seed * 1000), ("test", args.test, args.seed * 1000 + 500)):
+        if count:
+            print(make_split(out, split, count, seed0, args.task, (lo, hi), rot))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Training the learned metric end to end (tiny), resume checks, and DDP with two CPU processes."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from DeepRegistrationLib.core.errors import InputError
+from DeepRegistrationLib.core.transforms import RigidTransform
+from DeepRegistrationLib.data import sources
+from DeepRegistrationLib.data.synthetic import intensity_jitter
+from DeepRegistrationLib.models.model_file import read_metadata
+from DeepRegistrationLib.rigid.cnn_metric import CNNMetricObjective, load_metric_set
+from DeepRegistrationLib.training.common import Distributed
+from DeepRegistrationLib.training.metric import MetricTrainer, MetricTrainingConfig, PairData, parse_stages
+from DeepRegistrationLib.training.metric_patches import prepare_level
+
+
+def tiny_pairs():
+    """Aligned SPM T1/T2 and a jittered copy: two (fixed, moving) pairs."""
+    t1, t2 = sources.spm_avg152("T1"), sources.spm_avg152("T2")
+    rng = np.random.default_rng(0)
+    return [PairData(t1, t2, name="spm T1|T2"),
+            PairData(intensity_jitter(t1, rng), intensity_jitter(t2, rng), name="jittered T1|T2")]
+
+
+def tiny_config(**kw):
+    base = dict(stages=((1.0, 4.0),), base_spacing_mm=4.0, patch_size=9, channels=(4, 8, 8), learning_rate=0.003,
+                weight_decay=0.0, epochs=3, pairs_per_epoch=2048, batch_size=64, dithers_per_location=4,
+                validation_pairs=512, realign_patches=32, realign_evaluations=40, seed=0)
+    base.update(kw)
+    return MetricTrainingConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("metric") / "tiny.pt"
+    trainer = MetricTrainer(tiny_pairs(), tiny_config(), out, None, Distributed(), show_progress=False)
+    trainer.train()
+    return out, trainer
+
+
+def test_tiny_training_separates_aligned_from_shifted(trained):
+    out, trainer = trained
+    meta = read_metadata(out)
+    assert meta["kind"] == "cnn-metric" and meta["stages"][0]["level"] == 1.0
+    assert meta["training"]["train_pairs"] and meta["training"]["validation_pairs"]
+    assert meta["stages"][0]["validation_accuracy"] > 0.75  # chance is 0.5
+    stage = load_metric_set(out)[0]
+    t1, t2 = sources.spm_avg152("T1"), sources.spm_avg152("T2")
+    objective = CNNMetricObjective(stage, prepare_level(t1, 4.0), prepare_level(t2, 4.0), 128, 0)
+    c = t1.grid.center_physical()
+    aligned = objective(RigidTransform(center_mm=c))
+    for shift in ([12.0, 0, 0], [0, -12.0, 0], [0, 0, 12.0]):
+        assert aligned > objective(RigidTransform(translation_mm=shift, center_mm=c))
+    ckpt_dir = out.parent / "tiny_checkpoints"
+    assert (ckpt_dir / "realignment.csv").read_text().count("\n") == 3  # header + 2 pairs
+    assert (ckpt_dir / "metric_checkpoint.pt").exists()
+
+
+def test_resume_refuses_other_settings_and_continues_finished_run(trained):
+    out, trainer = trained
+    other = MetricTrainer(tiny_pairs(), tiny_config(patch_size=11), out, None, Distributed(), show_progress=False)
+    with pytest.raises(InputError, match="other settings"):
+        other.train(resume=True)
+    before = out.read_bytes()
+    same = MetricTrainer(tiny_pairs(), tiny_config(), out, None, Distributed(), show_progress=False)
+    same.train(resume=True)  # every stage is done: nothing is retrained, the model file is untouched
+    assert out.read_bytes() == before
+    with pytest.raises(InputError, match="level:dither"):
+        parse_stages("4-100")
+
+
+def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           str(Path(__file__).parent / "metric_ddp_worker.py"), str(tmp_path)]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["world"] == r1["world"] == 2
+    for k in r0["weights"]:
+        assert torch.equal(r0["weights"][k], r1["weights"][k]), k
+    assert torch.equal(r0["transforms"], r1["transforms"])
+    assert (tmp_path / "set.pt").exists() and read_metadata(tmp_path / "set.pt")["training"]["world_size"] == 2
