@@ -32,7 +32,8 @@ from DeepRegistrationLib.training.common import write_pairs_csv
 TASKS = {"t1-t2": ((1.0, 20.0), 0.2), "t1-gm": ((1.0, 10.0), 0.1)}
 
 
-def make_subject(t1, t2, task: str, seed: int, translation_mm, rotation_rad):
+def make_subject(t1, t2, task: str, seed: int, translation_mm, rotation_rad, rigid=None):
+    """(fixed, moving, true fixed->moving transform); ``rigid(rng, centre)`` replaces the random misregistration."""
     rng = np.random.default_rng(seed)
     field = smooth_random_field(t1.grid, rng, max_displacement_mm=4.0, control_spacing_mm=30.0)
     jitter_seed = int(rng.integers(1 << 31))
@@ -41,7 +42,8 @@ def make_subject(t1, t2, task: str, seed: int, translation_mm, rotation_rad):
         other = intensity_jitter(warp(t2, t2.grid, field), np.random.default_rng(jitter_seed))
     else:
         other = gradient_magnitude(fixed)
-    true = random_rigid(rng, t1.grid.center_physical(), translation_mm, rotation_rad)
+    centre = t1.grid.center_physical()
+    true = rigid(rng, centre) if rigid else random_rigid(rng, centre, translation_mm, rotation_rad)
     moving = warp(other, other.grid, true.inverse())  # moving(T(x)) = other(x): T is the true fixed->moving map
     return fixed, moving, true
 

@@ -57,7 +57,8 @@ def test_symmetry_is_the_same_for_both_patches(t1_level):
     plain = PatchPairSampler(SamplerSettings(patch_size=7, spacing_mm=4.0, symmetrize=False))
     offsets = patch_offsets(7, 4.0)
     key = {tuple(np.round(o, 3)): i for i, o in enumerate(offsets.numpy())}
-    a, b = torch.as_tensor(t.matrix4()[:3, :3], dtype=torch.float32), torch.as_tensor(t.matrix4()[:3, 3], dtype=torch.float32)
+    m = torch.as_tensor(t.matrix4(), dtype=torch.float32)
+    a, b = m[:3, :3], m[:3, 3]
     assert len(set(k.tolist())) > 4
     for n in range(16):
         pts = centres[n] + offsets

@@ -87,3 +87,28 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
         assert torch.equal(r0["weights"][k], r1["weights"][k]), k
     assert torch.equal(r0["transforms"], r1["transforms"])
     assert (tmp_path / "set.pt").exists() and read_metadata(tmp_path / "set.pt")["training"]["world_size"] == 2
+
+
+def test_train_metric_command_progress_json(tmp_path, capsys):
+    from DeepRegistrationLib.cli import main
+    from DeepRegistrationLib.core.io import write_image
+    import json
+
+    t1, t2 = sources.spm_avg152("T1"), sources.spm_avg152("T2")
+    write_image(t1, tmp_path / "t1.nii.gz")
+    write_image(t2, tmp_path / "t2.nii.gz")
+    (tmp_path / "pairs.csv").write_text("fixed,moving\nt1.nii.gz,t2.nii.gz\nt1.nii.gz,t2.nii.gz\n")
+    args = ["train-metric", "--pairs", str(tmp_path / "pairs.csv"), "--out", str(tmp_path / "m.pt"), "--epochs", "1",
+            "--device", "cpu", "--progress-json", "--stages", "1:4", "--base-spacing-mm", "6", "--patch-size", "7",
+            "--channels", "4,4,4", "--pairs-per-epoch", "128", "--validation-pairs", "64", "--dithers", "2",
+            "--realign-patches", "8", "--realign-evaluations", "10"]
+    assert main(args) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {e["event"] for e in events} >= {"stage", "step", "epoch", "realign", "done"}
+    assert events[-1] == {**events[-1], "event": "done", "model": str(tmp_path / "m.pt")}
+    assert all(0.0 <= e["fraction"] <= 1.0 for e in events)
+    epoch = [e for e in events if e["event"] == "epoch"][0]
+    assert {"loss", "accuracy", "val_loss", "val_metric"} <= set(epoch)
+    assert (tmp_path / "m_checkpoints" / "realignment.json").exists()
+    assert main(["train-metric", "--pairs", str(tmp_path / "pairs.csv"), "--out", str(tmp_path / "x.pt"),
+                 "--stages", "4-100"]) == 2

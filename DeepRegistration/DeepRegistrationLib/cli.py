@@ -18,6 +18,8 @@ COMMAND_MODULES = (
     "DeepRegistrationLib.commands.data",
     "DeepRegistrationLib.commands.train_metric",
     "DeepRegistrationLib.commands.response",
+    "DeepRegistrationLib.commands.train_dirnet",
+    "DeepRegistrationLib.commands.train_diffeo",
 )
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 import shlex
 import sys
 
-import torch
-
 from ..core.errors import InputError
 from ..networks.dirnet import POOLINGS, VARIANTS, DIRNetConfig
 from ..training.dirnet import DIRNetTraining, VolumePairs, train
@@ -97,8 +95,6 @@ def settings_from_args(args) -> DIRNetTraining:
 
 def run(args) -> int:
     settings = settings_from_args(args)
-    if args.device in ("auto", "cpu") and not torch.cuda.is_available():
-        torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
     data = VolumePairs.from_template(settings) if args.synthetic else VolumePairs.from_csv(args.pairs, settings)
     command = "deepregistration " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     out = train(settings, data, args.out, args.checkpoint_dir, args.resume, args.device, args.progress_json, command)

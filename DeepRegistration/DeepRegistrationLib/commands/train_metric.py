@@ -34,7 +34,8 @@ def add_command(sub) -> None:
                    help="level:dither-variance(mm^2) per stage (default 4:100,2:25,2:15,1:8 " + PAPER + ")")
     p.add_argument("--base-spacing-mm", type=float, default=d.base_spacing_mm,
                    help="spacing of level 1 (default 1 mm " + PAPER + ")")
-    p.add_argument("--patch-size", type=int, default=d.patch_size, help="patch edge in voxels (default 17 " + PAPER + ")")
+    p.add_argument("--patch-size", type=int, default=d.patch_size,
+                   help="patch edge in voxels (default 17 " + PAPER + ")")
     p.add_argument("--channels", default=",".join(map(str, d.channels)),
                    help="widths of the 3 conv layers (default 16,32,32; not given in the paper)")
     p.add_argument("--dropout", type=float, default=d.dropout, help="default 0.5 " + PAPER)
@@ -55,6 +56,8 @@ def add_command(sub) -> None:
     p.add_argument("--realign-patches", type=int, default=d.realign_patches, help="n of eq. 2 for re-registration")
     p.add_argument("--realign-evaluations", type=int, default=d.realign_evaluations,
                    help="Powell evaluations per pair and stage for re-registration")
+    p.add_argument("--no-final-realign", action="store_true",
+                   help="skip re-registering the pairs with the last stage (only recorded, not trained on)")
     p.add_argument("--description", default="", help="training data description stored in the model metadata")
     p.set_defaults(func=run)
 
@@ -76,8 +79,15 @@ def config_from_args(args) -> MetricTrainingConfig:
         batch_size=args.batch_size, dithers_per_location=args.dithers,
         min_negative_distance_mm=args.min_negative_distance_mm, symmetrize=not args.no_symmetrize,
         validation_fraction=args.validation_fraction, validation_pairs=args.validation_pairs,
-        realign_patches=args.realign_patches, realign_evaluations=args.realign_evaluations, seed=args.seed,
-        description=args.description)
+        realign_patches=args.realign_patches, realign_evaluations=args.realign_evaluations,
+        realign_after_last_stage=not args.no_final_realign, seed=args.seed,
+        description=args.description, command=command_line(args))
+
+
+def command_line(args) -> str:
+    """The parsed command, for the model's provenance record."""
+    options = {k: v for k, v in sorted(vars(args).items()) if k not in ("func", "command")}
+    return "deepregistration train-metric " + " ".join(f"--{k.replace('_', '-')}={v}" for k, v in options.items())
 
 
 def _terminate(signum, frame):

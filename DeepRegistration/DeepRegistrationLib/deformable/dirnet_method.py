@@ -106,7 +106,7 @@ def run(fixed: Image, moving: Image, ctx: RegistrationContext) -> MethodOutput:
     ctx.progress(0.05, "loading model")
     net, meta = load_dirnet(name, ctx.device)
     grid = model_grid(fixed.grid, meta["patch_size"], meta["spacing_mm"])
-    net.config.control_shape(grid.shape[-net.config.ndim:])
+    control = net.config.control_shape(grid.shape[-net.config.ndim:])
     ctx.progress(0.15, "resampling to the model grid")
     initial = None if is_identity(ctx.initial_transform) else ctx.initial_transform
     fixed_m = resample_to(fixed, grid)
@@ -117,6 +117,6 @@ def run(fixed: Image, moving: Image, ctx: RegistrationContext) -> MethodOutput:
     on_fixed = DisplacementField.from_transform(field, fixed.grid, ctx.device)
     transform = on_fixed if initial is None else compose(on_fixed, initial)
     report.update({"model": str(resolve_model_path(name)), "model_dimension": net.config.ndim,
-                   "model_grid": grid.to_dict(), "control_grid": list(net.config.control_shape(grid.shape[-net.config.ndim:])),
+                   "model_grid": grid.to_dict(), "control_grid_zyx": list(control),
                    "spline_order": net.config.spline_order})
     return MethodOutput(transform, None, report)

@@ -22,12 +22,13 @@ OPTIONS = {"patches": int, "seed": int, "max_evaluations": int, "search_translat
 def settings_from_options(options: dict) -> CNNSettings:
     unknown = set(options) - set(OPTIONS) - {"models"}
     if unknown:
-        raise InputError(f"unknown option(s) for --method cnn: {', '.join(sorted(unknown))} (known: {', '.join(OPTIONS)})")
+        raise InputError(f"unknown option(s) for --method cnn: {', '.join(sorted(unknown))} "
+                         f"(known: {', '.join(OPTIONS)})")
     try:
         values = {k: OPTIONS[k](options[k]) for k in OPTIONS if k in options}
     except ValueError as err:
         raise InputError(f"--method cnn: bad option value ({err})") from None
-    s = CNNSettings(powell=PowellSettings(max_evaluations=values.pop("max_evaluations", 400)))
+    s = CNNSettings(powell=PowellSettings(max_evaluations=values.pop("max_evaluations", 300)))
     for k, v in values.items():
         setattr(s, k, v)
     if s.patches < 1:

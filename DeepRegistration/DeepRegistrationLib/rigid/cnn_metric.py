@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..core.errors import InputError
 from ..core.image import Image
 from ..core.progress import Progress
 from ..core.transforms import RigidTransform
-from ..core.warp import sample_at_points
+from ..core.warp import physical_to_normalized
 from ..models.model_file import build_checked, load_model, save_model
 from ..networks.metric_cnn import MetricCNN
 from ..training.metric_patches import LevelVolume, patch_offsets, prepare_level, rigid_torch
@@ -87,8 +88,19 @@ def load_metric_models(names, device="cpu") -> list:
     return stages
 
 
+def normalized_affine(grid, device) -> tuple:
+    """(N, n0) with grid_sample coordinates = N x + n0 for LPS points x (from core.warp's conversion)."""
+    basis = torch.cat([torch.zeros(1, 3), torch.eye(3)]).double()
+    mapped = physical_to_normalized(grid, basis)
+    return (mapped[1:] - mapped[0]).T.float().to(device), mapped[0].float().to(device)
+
+
 class PatchObjective:
-    """Fixed patches at n foreground centres (drawn once, fixed seed); moving patches read at T(p)."""
+    """Fixed patches at n foreground centres (drawn once, fixed seed); moving patches read at T(p).
+
+    A patch point is p = c + o (centre c, offset o), so T(p) = (A c + b) + A o: the mapped point grids
+    are the mapped centres plus the rotated offsets, composed with the moving grid's normalization.
+    """
 
     def __init__(self, fixed: LevelVolume, moving: LevelVolume, patch_size: int, spacing_mm: float,
                  n_patches: int, seed: int):
@@ -99,16 +111,22 @@ class PatchObjective:
         fg = fixed.foreground_points
         idx = torch.randperm(fg.shape[0], generator=g)[:n_patches].to(self.device)
         self.centres = fg[idx]
-        self.points = self.centres[:, None, :] + patch_offsets(patch_size, spacing_mm).to(self.device)
-        self.fixed_patches = self._read(fixed, self.points)
+        self.offsets = patch_offsets(patch_size, spacing_mm).to(self.device)
+        self.normalization = normalized_affine(moving.grid, self.device)
+        self.fixed_patches = self._read(fixed.volume, normalized_affine(fixed.grid, self.device),
+                                        torch.eye(3, device=self.device), torch.zeros(3, device=self.device))
 
-    def _read(self, volume: LevelVolume, points: torch.Tensor) -> torch.Tensor:
+    def _read(self, volume: torch.Tensor, normalization: tuple, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        n, n0 = normalization
+        na = n @ a
+        coords = (self.centres @ na.T + (n @ b + n0))[:, None, :] + (self.offsets @ na.T)[None]
         p = self.patch_size
-        return sample_at_points(volume.volume, volume.grid, points)[0].reshape(-1, p, p, p)
+        out = F.grid_sample(volume[None], coords.reshape(1, 1, 1, -1, 3), align_corners=True)
+        return out.reshape(-1, p, p, p)
 
     def moving_patches(self, transform) -> torch.Tensor:
         a, b = rigid_torch(transform, self.device)
-        return self._read(self.moving, self.points @ a.T + b)
+        return self._read(self.moving.volume, self.normalization, a, b)
 
     def pairs(self, transform) -> torch.Tensor:
         """(n, 2, P, P, P): the fixed patches and the moving patches under ``transform``."""
@@ -127,7 +145,8 @@ class CNNMetricObjective(PatchObjective):
     def __call__(self, transform) -> float:
         with torch.no_grad():
             pairs = self.pairs(transform)
-            return float(sum(self.network.score(pairs[i:i + self.batch]).sum() for i in range(0, len(pairs), self.batch)))
+            chunks = range(0, len(pairs), self.batch)
+            return float(sum(self.network.score(pairs[i:i + self.batch]).sum() for i in chunks))
 
 
 class SearchRegion:
@@ -160,9 +179,9 @@ class SearchRegion:
 
 @dataclass
 class CNNSettings:
-    patches: int = 256
+    patches: int = 128
     seed: int = 0
-    powell: PowellSettings = field(default_factory=lambda: PowellSettings(max_evaluations=400))
+    powell: PowellSettings = field(default_factory=lambda: PowellSettings(max_evaluations=300))
     search_translation_mm: float = 30.0
     search_rotation_rad: float = 0.35
 

@@ -126,3 +126,12 @@ def write_response_csv(rows: list, path) -> Path:
 def read_response_csv(path) -> list:
     with open(path, newline="") as f:
         return [{**r, "offset": float(r["offset"]), "value": float(r["value"])} for r in csv.DictReader(f)]
+
+
+def nmi_and_cnn_panels(fixed: Image, moving: Image, pose: RigidTransform, model: str, device="cpu",
+                       patches: int = 64, steps: int = 31) -> list:
+    """Side-by-side panels [(title, rows)] of NMI and of every stage of a CNN metric set around ``pose``."""
+    nmi_rows = response_functions(build_metrics("nmi", fixed, moving, patches, device=device), pose, steps=steps)
+    cnn_rows = response_functions(build_metrics(f"cnn:{model}", fixed, moving, patches, device=device), pose,
+                                  steps=steps)
+    return [("NMI (60 bins)", nmi_rows), (f"CNN metric {model}", cnn_rows)]

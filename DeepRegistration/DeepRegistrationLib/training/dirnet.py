@@ -214,7 +214,7 @@ def train(settings: DIRNetTraining, data: VolumePairs, out, checkpoint_dir=None,
                 loss.backward()
                 optimizer.step()
                 step += 1
-                loss_value = dist.mean(float(loss))
+                loss_value = dist.mean(loss.item())
                 if dist.is_main:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss_value:.4f}")

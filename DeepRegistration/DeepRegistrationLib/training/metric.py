@@ -75,8 +75,10 @@ class MetricTrainingConfig:
     validation_pairs: int = 2048                 # ours: size of the fixed validation patch-pair set
     realign_patches: int = 256                   # ours: n of eq. 2 when re-registering the pairs
     realign_evaluations: int = 300               # ours: Powell budget per pair and stage
+    realign_after_last_stage: bool = True        # re-register with the final stage too (for the record)
     seed: int = 0
     description: str = ""
+    command: str = ""                            # the command line that ran the training (provenance)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -200,8 +202,9 @@ class MetricTrainer:
         if not path.exists():
             raise InputError(f"--resume: no checkpoint in {self.ckpt_dir}")
         ckpt = load_checkpoint(path)
-        saved = {k: v for k, v in ckpt["config"].items() if k not in ("epochs", "description")}
-        current = {k: v for k, v in self.c.to_dict().items() if k not in ("epochs", "description")}
+        free = ("epochs", "description", "command")
+        saved = {k: v for k, v in ckpt["config"].items() if k not in free}
+        current = {k: v for k, v in self.c.to_dict().items() if k not in free}
         if saved != current:
             diff = sorted(k for k in current if saved.get(k) != current[k])
             raise InputError(f"--resume: the checkpoint was made with other settings ({', '.join(diff)})")
@@ -269,7 +272,8 @@ class MetricTrainer:
                 "training": {"method": "Sedghi et al. 2018 semi-supervised deep metric (multi-shot)",
                              "config": self.c.to_dict(), "pairs": [p.name for p in self.pairs],
                              "train_pairs": self.train_idx, "validation_pairs": self.val_idx,
-                             "description": self.c.description, "world_size": self.d.world_size}}
+                             "description": self.c.description, "command": self.c.command,
+                             "world_size": self.d.world_size}}
 
     def train(self, resume: bool = False) -> Path:
         torch.manual_seed(self.c.seed)
@@ -346,13 +350,14 @@ class MetricTrainer:
                 "dithers_per_location": sampler_settings.dithers_per_location,
                 "min_negative_distance_mm": sampler_settings.min_negative_distance_mm,
                 "symmetrize": sampler_settings.symmetrize, "validation_accuracy": state.best_accuracy}
-        self.report("realign", self.global_step, epoch=state.epoch,
-                    message=f"stage {k + 1}: re-registering {len(self.pairs)} pairs with its metric")
-        stage = MetricStage(net, spacing, self.c.patch_size, info)
-        state.transforms = self.realign(stage, self.transforms_of(state))
+        if k + 1 < len(self.c.stages) or self.c.realign_after_last_stage:
+            self.report("realign", self.global_step, epoch=state.epoch,
+                        message=f"stage {k + 1}: re-registering {len(self.pairs)} pairs with its metric")
+            stage = MetricStage(net, spacing, self.c.patch_size, info)
+            state.transforms = self.realign(stage, self.transforms_of(state))
+            state.realignment.append({"stage": k + 1, "parameters": state.transforms,
+                                      "centers_mm": [c.tolist() for c in self.centres]})
         self.last_transforms = state.transforms
-        state.realignment.append({"stage": k + 1, "parameters": state.transforms,
-                                  "centers_mm": [c.tolist() for c in self.centres]})
         state.finished.append(state.best_state)
         state.stage_infos.append(info)
         nets = [MetricCNN(i["architecture"]) for i in state.stage_infos]

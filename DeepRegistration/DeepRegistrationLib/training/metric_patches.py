@@ -1,7 +1,8 @@
 """Patch pairs for the learned metric (Sedghi et al. 2018, §2.1), sampled on the fly with ``grid_sample``.
 
 Volumes are brought to a resampling *level*: Gaussian anti-aliasing with σ = spacing/2 (proportional
-to the downsampling factor l), resampling at the level's spacing, and intensities mapped to [0, 1].
+to the downsampling factor l), resampling at the level's spacing (axes that are already coarser are
+left as they are), and intensities mapped to [0, 1].
 A patch is a P³ grid of points spaced like the level, centred on a physical point c, axis-aligned in
 LPS. For a pair (u, v) with the current fixed->moving estimate T:
 
@@ -24,21 +25,26 @@ from scipy import ndimage
 
 from ..core.errors import InputError
 from ..core.image import Grid, Image
-from ..core.warp import physical_grid_points, sample_at_points, warp
+from ..core.warp import sample_at_points, warp
 
 INTENSITY_NORMALIZATION = "linear map of [min, 99.5th percentile] to [0, 1], clipped, after anti-aliasing"
 FOREGROUND_DEFAULT = "automatic: Gaussian (4 mm) smoothed image > 0.15 x its 99th percentile, holes filled"
 
 
 def anti_aliased_resample(image: Image, spacing_mm: float) -> Image:
-    """Gaussian σ = spacing/2 mm on every axis that is coarsened (σ ∝ level, §2.1), then linear resampling."""
-    spacing = np.full(3, float(spacing_mm))
-    sigma_mm = np.where(spacing > image.grid.spacing * 1.0001, 0.5 * spacing, 0.0)
+    """Gaussian σ = spacing/2 mm on every axis that is coarsened (σ ∝ level, §2.1), then linear resampling.
+
+    Axes already at or coarser than ``spacing_mm`` keep their spacing: patches are read at physical
+    points by trilinear interpolation, so upsampling a volume first would only cost time and memory.
+    """
+    target = np.maximum(float(spacing_mm), image.grid.spacing)
+    coarsen = target > image.grid.spacing * 1.0001
     array = image.array.astype(np.float32)
-    if np.any(sigma_mm > 0):
-        array = ndimage.gaussian_filter(array, (sigma_mm / image.grid.spacing)[::-1], mode="nearest")
-    grid = image.grid.with_spacing(spacing)
-    return warp(image.with_array(array), grid)
+    if not coarsen.any():
+        return image.with_array(array)
+    sigma_mm = np.where(coarsen, 0.5 * target, 0.0)
+    array = ndimage.gaussian_filter(array, (sigma_mm / image.grid.spacing)[::-1], mode="nearest")
+    return warp(image.with_array(array), image.grid.with_spacing(target))
 
 
 def normalize_intensity(image: Image) -> Image:
@@ -82,7 +88,7 @@ def prepare_level(image: Image, spacing_mm: float, device="cpu", mask: Image = N
         if fg.sum() == 0:
             raise InputError("the foreground mask is empty at the metric's resolution")
     device = torch.device(device)
-    points = physical_grid_points(level.grid, dtype=torch.float32)[torch.as_tensor(fg)]
+    points = torch.as_tensor(level.grid.index_to_physical(np.argwhere(fg)[:, ::-1]), dtype=torch.float32)
     return LevelVolume(level, torch.as_tensor(level.array, device=device)[None], points.to(device))
 
 

@@ -20,33 +20,31 @@ def save_response_plot(rows: list, path, title: str = "", normalize: bool = True
 
     groups = panels or [(title, rows)]
     params = [p for p in PARAMETERS if any(r["parameter"] == p for _, g in groups for r in g)]
-    fig, axes = plt.subplots(len(groups), len(params), figsize=(2.6 * len(params), 2.6 * len(groups)), squeeze=False)
-    for gi, (gtitle, grows) in enumerate(groups):
-        metrics = list(dict.fromkeys(r["metric"] for r in grows))
-        for metric in metrics:
+    fig = plt.figure(figsize=(2.6 * len(params), 2.9 * len(groups)), layout="constrained")
+    rows_of_axes = fig.subfigures(len(groups), 1, squeeze=False)[:, 0]
+    for (gtitle, grows), subfig in zip(groups, rows_of_axes):
+        axes = subfig.subplots(1, len(params), squeeze=False)[0]
+        if gtitle:
+            subfig.suptitle(gtitle, fontsize=9)
+        for metric in dict.fromkeys(r["metric"] for r in grows):
             vals = np.array([r["value"] for r in grows if r["metric"] == metric])
             lo, hi = vals.min(), vals.max()
-            for pi, p in enumerate(params):
+            for ax, p in zip(axes, params):
                 pts = sorted((r["offset"], r["value"]) for r in grows if r["metric"] == metric and r["parameter"] == p)
                 if not pts:
                     continue
                 x, y = np.array(pts).T
-                if normalize:
-                    y = (y - lo) / max(hi - lo, 1e-12)
-                axes[gi, pi].plot(x, y, label=metric)
-        for pi, p in enumerate(params):
-            ax = axes[gi, pi]
+                ax.plot(x, (y - lo) / max(hi - lo, 1e-12) if normalize else y, label=metric)
+        for pi, (ax, p) in enumerate(zip(axes, params)):
             ax.axvline(0.0, color="0.6", lw=0.8, ls="--")
             ax.set_xlabel(f"{p} ({UNITS[p]})", fontsize=8)
             ax.tick_params(labelsize=7)
             if pi == 0:
                 ax.set_ylabel(("normalized " if normalize else "") + "metric", fontsize=8)
-                if gtitle:
-                    ax.set_title(gtitle, fontsize=8, loc="left")
-        axes[gi, 0].legend(fontsize=6, loc="lower left")
+        if len(set(r["metric"] for r in grows)) > 1:
+            axes[-1].legend(fontsize=6, loc="lower right")
     if title and panels:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)

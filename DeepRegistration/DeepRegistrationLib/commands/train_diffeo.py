@@ -1,0 +1,97 @@
+"""``deepregistration train-diffeo``: train the momentum U-Net of the patch-wise diffeomorphic method."""
+from __future__ import annotations
+
+import shlex
+import sys
+
+from ..core.errors import InputError
+from ..networks.momentum_unet import MomentumUNetConfig
+from ..training.diffeo import SIMILARITIES, DiffeoTraining, PairSource, train
+
+TEMPLATE_SOURCE = "spm-avg152-t1"
+
+
+def add_command(sub) -> None:
+    d = DiffeoTraining()
+    c = MomentumUNetConfig()
+    p = sub.add_parser("train-diffeo", help="train the momentum U-Net (patch-wise diffeomorphic LDDMM registration)",
+                       description="Unsupervised patch-wise training of the momentum U-Net (thesis ch. 3-4): loss "
+                                   "E = w<v,m> + 1/2 eps(I1 o phi^-1, I2) + 1/2 eps(I2 o phi, I1) (eq. 3.2), v = K^-1 * m "
+                                   "(L = alpha Lap + gamma Id, K = L^2, FFT with zero padding), phi = exp(v) by "
+                                   "scaling and squaring. Defaults are the thesis' values: 48^3 patches, batch 12, "
+                                   "4 volumes at a time, w = 1e-4, alpha = 20, gamma = 1, padding 12, N = 7, "
+                                   "normalized MSE a = 0.2.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--pairs", help="CSV with header fixed,moving (images resampled to --spacing-mm)")
+    src.add_argument("--synthetic", choices=[TEMPLATE_SOURCE],
+                     help="subjects made from the SPM avg152 T1 template by random diffeomorphisms (bundled model)")
+    p.add_argument("--out", required=True, help="model file to write (.pt)")
+    p.add_argument("--checkpoint-dir", help="atomic checkpoints (default: next to --out)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --checkpoint-dir")
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs (default {d.epochs}; the thesis used epoch 12)")
+    p.add_argument("--groups-per-epoch", type=int, default=d.groups_per_epoch,
+                   help=f"groups of --volumes-at-once pairs per epoch (default {d.groups_per_epoch})")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--progress-json", action="store_true", help="one JSON object per logged step on stdout")
+    p.add_argument("--similarity", choices=list(SIMILARITIES), default=d.similarity,
+                   help="epsilon of eq. 3.2: mse, nmse (eq. 3.5, a = 0.2) or lncc (default %(default)s)")
+    p.add_argument("--reg-weight", type=float, default=d.reg_weight, help="w of eq. 3.2 (thesis: 1e-4)")
+    p.add_argument("--alpha", type=float, default=d.alpha, help="kernel alpha (thesis: 20)")
+    p.add_argument("--gamma", type=float, default=d.gamma, help="kernel gamma (thesis: 1)")
+    p.add_argument("--fft-padding", type=int, default=d.padding, help="zero padding before the FFT (thesis: 12)")
+    p.add_argument("--integration-steps", type=int, default=d.steps, help="scaling and squaring steps (thesis: 7)")
+    p.add_argument("--patch-size", type=int, default=d.patch_size, help="training patch side in voxels (thesis: 48)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="patches per batch (thesis: 12)")
+    p.add_argument("--volumes-at-once", type=int, default=d.volumes_at_once,
+                   help="volume pairs the patches of a group come from (thesis: 4)")
+    p.add_argument("--patches-per-volume", type=int, default=d.patches_per_volume,
+                   help=f"random patches drawn from each volume of a group (default {d.patches_per_volume})")
+    p.add_argument("--spacing-mm", type=float, default=d.spacing_mm,
+                   help=f"isotropic model spacing (default {d.spacing_mm}; the thesis worked at ~0.7x0.7x1 mm)")
+    p.add_argument("--channels", type=int, default=c.channels, help=f"U-Net base channels (default {c.channels})")
+    p.add_argument("--dropout", type=float, default=c.dropout,
+                   help=f"dropout after the down-sampling steps and the first concatenation (default {c.dropout})")
+    p.add_argument("--lr", type=float, default=d.learning_rate,
+                   help=f"Adam learning rate (the thesis gives none; default {d.learning_rate})")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
+                   help="steps with a lower regularization weight at the start (thesis: needed for MSE; default 0)")
+    p.add_argument("--warmup-factor", type=float, default=d.warmup_factor,
+                   help=f"regularization weight factor during warm-up (default {d.warmup_factor})")
+    p.add_argument("--deform-max-mm", type=float, default=d.deform_max_mm,
+                   help="subject deformations: largest B-spline velocity coefficient (mm)")
+    p.add_argument("--deform-spacing-mm", type=float, default=d.deform_spacing_mm,
+                   help="subject deformations: control-point spacing (mm)")
+    p.add_argument("--subject-pool", type=int, default=d.subject_pool,
+                   help="draw this many synthetic subjects once and pair them at random (0: new subjects for every "
+                        "pair; a pool makes CPU training faster); validation subjects are always new")
+    p.add_argument("--no-augment", action="store_true", help="with --pairs: use the pairs as they are")
+    p.set_defaults(func=run)
+
+
+def settings_from_args(args) -> DiffeoTraining:
+    if args.patch_size % 4:
+        raise InputError(f"--patch-size {args.patch_size} must be a multiple of 4 (two down-sampling steps)")
+    if args.no_augment and args.synthetic:
+        raise InputError("--no-augment would train on identical copies of the template; use it with --pairs")
+    for name in ("epochs", "groups_per_epoch", "batch_size", "volumes_at_once", "patches_per_volume", "channels"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1")
+    return DiffeoTraining(
+        config=MomentumUNetConfig(channels=args.channels, dropout=args.dropout), similarity=args.similarity,
+        reg_weight=args.reg_weight, alpha=args.alpha, gamma=args.gamma, padding=args.fft_padding,
+        steps=args.integration_steps, patch_size=args.patch_size, batch_size=args.batch_size,
+        volumes_at_once=args.volumes_at_once, patches_per_volume=args.patches_per_volume, spacing_mm=args.spacing_mm,
+        learning_rate=args.lr, epochs=args.epochs, groups_per_epoch=args.groups_per_epoch,
+        warmup_steps=args.warmup_steps, warmup_factor=args.warmup_factor, deform_max_mm=args.deform_max_mm,
+        deform_spacing_mm=args.deform_spacing_mm, subject_pool=args.subject_pool, augment=not args.no_augment, seed=args.seed)
+
+
+def run(args) -> int:
+    settings = settings_from_args(args)
+    data = PairSource.from_template(settings) if args.synthetic else PairSource.from_csv(args.pairs, settings)
+    command = "deepregistration " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    out = train(settings, data, args.out, args.checkpoint_dir, args.resume, args.device, args.progress_json, command)
+    if not args.progress_json:
+        print(f"diffeomorphic momentum model written to {out}")
+    return 0

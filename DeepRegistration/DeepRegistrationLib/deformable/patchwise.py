@@ -1,0 +1,165 @@
+"""Whole-volume prediction from patches (thesis §3.3.1 "Patch-wise Training and Prediction").
+
+The network predicts the momentum of one tile at a time; of each tile only the centre is kept (``discard``
+voxels per side are dropped, 12 by default), except on the sides where a tile touches the volume border,
+where its outer part is kept too (the thesis: "only the 24 center-most voxels are used from each patch
+except for the patches at the volume borders"). The kept parts tile the volume exactly. The assembled
+whole-volume momentum is then smoothed (v = K⁻¹ * m) and integrated (scaling and squaring) on the whole
+volume, so the regularization crosses tile borders and the result is one diffeomorphism.
+
+The network is fully convolutional, so tiles may be larger than the 48³ training patch (less of each tile
+is wasted). Network memory is bounded by the tile (and ``tile_batch``); the whole-volume part holds a few
+3-channel fields and runs its compositions in z-slabs.
+
+Also here: the input preparation shared by training and prediction (intensity normalization, resampling
+to the model spacing) and the per-tile momentum-magnitude marginals of the thesis' Fig. 5.3.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter
+
+from ..core.errors import InputError
+from ..core.image import Grid, Image
+from ..core.warp import warp
+from . import lddmm
+
+MODEL_KIND = "diffeo"
+#: Intensity normalization of every input (stated in model metadata).
+NORMALIZATION = "per image: (I - p1) / (p99 - p1) clipped to [0, 1], percentiles over the model grid"
+DISCARD = 12
+
+
+def normalize_intensity(array: np.ndarray) -> np.ndarray:
+    """Map the 1st..99th percentile of ``array`` to [0, 1] and clip."""
+    lo, hi = np.percentile(array, [1.0, 99.0])
+    return np.clip((array - lo) / max(hi - lo, 1e-6), 0.0, 1.0).astype(np.float32)
+
+
+def resample_to(image: Image, grid: Grid, fixed_to_image=None) -> Image:
+    """``image`` on ``grid`` (linear), Gaussian-smoothed first (σ = half the new spacing) where coarser."""
+    sigma_vox = [0.5 * g / s if g > 1.5 * s else 0.0
+                 for g, s in zip(reversed(grid.spacing.tolist()), reversed(image.grid.spacing.tolist()))]
+    source = image.with_array(gaussian_filter(image.array.astype(np.float32), sigma_vox)) if any(sigma_vox) else image
+    return warp(source, grid, fixed_to_image)
+
+
+def tile_layout(n: int, tile: int, discard: int) -> list:
+    """Along one axis of length ``n`` >= ``tile``: [(start, keep_from, keep_to)], keep_* relative to the volume."""
+    core = tile - 2 * discard
+    out, start = [], 0
+    while True:
+        start = min(start, n - tile)
+        last = start + tile >= n
+        out.append((start, 0 if start == 0 else start + discard, n if last else start + tile - discard))
+        if last:
+            return out
+        start += core
+
+
+def check_tile(tile: int, discard: int, divisor: int) -> None:
+    if tile % divisor:
+        raise InputError(f"tile size {tile} must be a multiple of {divisor} (the network's down-sampling)")
+    if tile <= 2 * discard:
+        raise InputError(f"tile size {tile} must exceed twice the discarded border ({discard} voxels per side)")
+
+
+class MomentumMarginals:
+    """Voxel-wise mean and standard deviation of |m| over all predicted tiles (thesis §4.2, Fig. 5.3)."""
+
+    def __init__(self, tile: int):
+        self.count = 0
+        self.sum = np.zeros((tile,) * 3, np.float64)
+        self.sum_sq = np.zeros((tile,) * 3, np.float64)
+
+    def add(self, momentum: torch.Tensor) -> None:
+        magnitude = momentum.norm(dim=1).double().cpu().numpy()
+        self.count += magnitude.shape[0]
+        self.sum += magnitude.sum(axis=0)
+        self.sum_sq += (magnitude ** 2).sum(axis=0)
+
+    def mean(self) -> np.ndarray:
+        return self.sum / max(self.count, 1)
+
+    def std(self) -> np.ndarray:
+        return np.sqrt(np.maximum(self.sum_sq / max(self.count, 1) - self.mean() ** 2, 0.0))
+
+
+@torch.no_grad()
+def predict_momentum(net, fixed: np.ndarray, moving: np.ndarray, tile: int = 48, discard: int = DISCARD,
+                     device="cpu", tile_batch: int = 1, marginals: MomentumMarginals = None,
+                     progress=None) -> torch.Tensor:
+    """Whole-volume momentum (1, 3, nz, ny, nx) from ``tile``³ tiles of the normalized arrays (z-first)."""
+    check_tile(tile, discard, net.DIVISOR)
+    shape = fixed.shape
+    pad = [(max(tile - n, 0) // 2, max(tile - n, 0) - max(tile - n, 0) // 2) for n in shape]
+    f = np.pad(fixed, pad) if any(sum(p) for p in pad) else fixed
+    m = np.pad(moving, pad) if any(sum(p) for p in pad) else moving
+    momentum = torch.zeros((1, 3, *f.shape), dtype=torch.float32, device=device)
+    tiles = list(itertools.product(*[tile_layout(n, tile, discard) for n in f.shape]))
+    for first in range(0, len(tiles), tile_batch):
+        chunk = tiles[first:first + tile_batch]
+        sl = [tuple(slice(s, s + tile) for s, _, _ in t) for t in chunk]
+        ft = torch.as_tensor(np.stack([f[s] for s in sl]))[:, None].to(device)
+        mt = torch.as_tensor(np.stack([m[s] for s in sl]))[:, None].to(device)
+        out = net(ft, mt).float()
+        if marginals is not None:
+            marginals.add(out)
+        for k, t in enumerate(chunk):
+            keep = tuple(slice(a - s, b - s) for s, a, b in t)
+            dest = tuple(slice(a, b) for _, a, b in t)
+            momentum[(0, slice(None), *dest)] = out[(k, slice(None), *keep)]
+        if progress is not None:
+            progress(min(1.0, (first + len(chunk)) / len(tiles)), "predicting momentum")
+    crop = tuple(slice(lo, lo + n) for (lo, _), n in zip(pad, shape))
+    return momentum[(slice(None), slice(None), *crop)].contiguous()
+
+
+@torch.no_grad()
+def integrate(momentum: torch.Tensor, spacing_zyx, alpha: float = lddmm.ALPHA, gamma: float = lddmm.GAMMA,
+              padding: int = lddmm.PADDING, steps: int = lddmm.STEPS) -> tuple:
+    """Whole-volume v = K⁻¹ * m, then φ = exp(v), φ⁻¹ = exp(−v): displacements in voxels (1, 3, ...)."""
+    v = lddmm.velocity_to_voxels(lddmm.smooth(momentum, spacing_zyx, alpha, gamma, padding), spacing_zyx)
+    return exponentials(v, steps)
+
+
+@torch.no_grad()
+def exponentials(v: torch.Tensor, steps: int = lddmm.STEPS) -> tuple:
+    """(exp(v), exp(−v)) in z-slabs; ``v`` is negated in place to save a field's worth of memory."""
+    slab = lddmm.slab_for(v.shape)
+    forward = lddmm.exponential(v, steps, slab)
+    inverse = lddmm.exponential(v.neg_(), steps, slab)
+    return forward, inverse
+
+
+def predict_fields(net, fixed: np.ndarray, moving: np.ndarray, spacing_zyx, lddmm_params: dict, tile: int = 48,
+                   discard: int = DISCARD, device="cpu", tile_batch: int = 1, marginals=None, progress=None) -> tuple:
+    """(φ, φ⁻¹, timings): voxel displacements (1, 3, nz, ny, nx), x-first, on the arrays' grid."""
+    t0 = time.perf_counter()
+    momentum = predict_momentum(net, fixed, moving, tile, discard, device, tile_batch, marginals,
+                                progress.sub(0.0, 0.8) if progress is not None else None)
+    t1 = time.perf_counter()
+    if progress is not None:
+        progress(0.85, "smoothing and integrating")
+    velocity = lddmm.velocity_to_voxels(lddmm.smooth(momentum, spacing_zyx, lddmm_params["alpha"],
+                                                     lddmm_params["gamma"], lddmm_params["padding"]), spacing_zyx)
+    del momentum                                    # only the velocity and the two fields from here on
+    forward, inverse = exponentials(velocity, lddmm_params["steps"])
+    t2 = time.perf_counter()
+    return forward, inverse, {"seconds_momentum": t1 - t0, "seconds_integration": t2 - t1}
+
+
+def voxels_to_lps_mm(u_vox: torch.Tensor, grid: Grid) -> np.ndarray:
+    """(1, 3, nz, ny, nx) x-first voxel displacement to a z-first (nz, ny, nx, 3) LPS-mm array, slab by slab."""
+    matrix = torch.as_tensor(grid.direction @ np.diag(grid.spacing), dtype=torch.float32, device=u_vox.device)
+    out = np.empty((*u_vox.shape[2:], 3), np.float32)
+    slab = lddmm.slab_for(u_vox.shape)
+    for z0 in range(0, u_vox.shape[2], slab):
+        part = u_vox[0, :, z0:z0 + slab].movedim(0, -1)
+        out[z0:z0 + slab] = (part @ matrix.T).cpu().numpy()
+    return out
+

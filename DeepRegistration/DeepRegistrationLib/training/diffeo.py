@@ -1,0 +1,377 @@
+"""Patch-wise unsupervised training of the momentum U-Net (thesis §3.3, §4.4).
+
+Loss (eq. 3.2) on a patch pair (I₁ fixed, I₂ moving), with v = K⁻¹ * m, φ = exp(v), φ⁻¹ = exp(−v):
+
+    E = w·⟨v, m⟩ + ½ ε(I₁∘φ⁻¹, I₂) + ½ ε(I₂∘φ, I₁)
+
+⟨v, m⟩ is taken as the mean over voxels of Σ_c v_c m_c (the thesis' L² product on the patch grid,
+divided by the voxel count so that w does not depend on the patch size). ε is a *dissimilarity*
+``similarity(a, b, mask) -> scalar`` (larger = less similar): MSE, the normalized MSE x²/(a² + x²)
+with a = 0.2 (eq. 3.5), local NCC, or any callable with that signature (e.g. a learned metric).
+Voxels whose warped position leaves the patch are masked out (Fig. 3.5).
+
+Patches of 48³ voxels, batches of 12, drawn from 4 volume pairs at a time in random order (§4.4).
+Regularization warm-up: the weight starts at ``warmup_factor``·w for ``warmup_steps`` steps (the
+thesis had to start MSE training with a lower regularization and raise it after one epoch).
+
+Pairs come from a pairs CSV (both images resampled to the model spacing on the fixed image's grid,
+then random "subject" deformations and intensity changes as augmentation unless switched off) or,
+for the bundled model, from the SPM avg152 T1 template: each image of a pair is the template under its
+own random diffeomorphism (data.synthetic.smooth_random_field) with its own gamma and noise
+(intensity_jitter). Validation pairs use seeds no training pair uses; testing (benchmarks) uses the
+ICBM 2009a template, a different population average, so train and test subjects are apart.
+"""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..core.errors import Cancelled, InputError
+from ..core.image import Image
+from ..core.io import read_image
+from ..core.warp import warp
+from ..data import sources
+from ..data.synthetic import intensity_jitter, smooth_random_field
+from ..deformable import lddmm
+from ..deformable.patchwise import MODEL_KIND, NORMALIZATION, normalize_intensity, resample_to
+from ..deformable.spatial_transformer import inside_fraction_mask, warp_voxels
+from ..models.model_file import save_model
+from ..networks.momentum_unet import MomentumUNet, MomentumUNetConfig
+from .common import atomic_save, distributed, load_checkpoint, progress_bar, read_pairs_csv
+
+CHECKPOINT_NAME = "diffeo_last.pt"
+NMSE_A = 0.2
+
+
+def _masked_mean(values: torch.Tensor, mask) -> torch.Tensor:
+    if mask is None:
+        return values.mean()
+    mask = mask.expand_as(values)
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def mse(a: torch.Tensor, b: torch.Tensor, mask=None) -> torch.Tensor:
+    """Mean squared error over the voxels where ``mask`` is 1."""
+    return _masked_mean((a - b) ** 2, mask)
+
+
+def normalized_mse(a: torch.Tensor, b: torch.Tensor, mask=None, scale: float = NMSE_A) -> torch.Tensor:
+    """Eq. 3.5: mean of x²/(a² + x²), x = a − b, a = 0.2 (intensities normalized to [0, 1])."""
+    x2 = (a - b) ** 2
+    return _masked_mean(x2 / (scale ** 2 + x2), mask)
+
+
+def local_ncc(a: torch.Tensor, b: torch.Tensor, mask=None, window: int = 9) -> torch.Tensor:
+    """1 − mean local normalized cross-correlation² in ``window``³ neighbourhoods (VoxelMorph's form).
+
+    Only voxels inside the patch count in a window (means are divided by the in-patch voxel count).
+    """
+    if mask is not None:
+        a, b = a * mask, b * mask
+    kernel = torch.ones(1, 1, window, window, window, dtype=a.dtype, device=a.device)
+    pad = window // 2
+    count = F.conv3d(torch.ones_like(a[:1, :1]), kernel, padding=pad)   # windows are cut at the patch border
+
+    def local_mean(x):
+        return F.conv3d(x, kernel, padding=pad) / count
+
+    ma, mb = local_mean(a), local_mean(b)
+    cov = local_mean(a * b) - ma * mb
+    va = (local_mean(a * a) - ma * ma).clamp(min=0)
+    vb = (local_mean(b * b) - mb * mb).clamp(min=0)
+    cc = cov * cov / (va * vb + 1e-5)
+    return 1.0 - _masked_mean(cc, mask)
+
+
+SIMILARITIES = {"mse": mse, "nmse": normalized_mse, "lncc": local_ncc}
+
+
+@dataclass
+class DiffeoTraining:
+    """Training settings; defaults are the thesis' values (§4.4) where it gives them."""
+
+    config: MomentumUNetConfig = field(default_factory=MomentumUNetConfig)
+    similarity: str = "nmse"
+    reg_weight: float = 1e-4
+    alpha: float = lddmm.ALPHA
+    gamma: float = lddmm.GAMMA
+    padding: int = lddmm.PADDING
+    steps: int = lddmm.STEPS
+    patch_size: int = 48
+    batch_size: int = 12
+    volumes_at_once: int = 4
+    patches_per_volume: int = 12
+    spacing_mm: float = 2.0
+    learning_rate: float = 1e-4
+    epochs: int = 12
+    groups_per_epoch: int = 4
+    warmup_steps: int = 0
+    warmup_factor: float = 0.1
+    validation_pairs: int = 2
+    deform_max_mm: float = 4.0
+    deform_spacing_mm: float = 24.0
+    subject_pool: int = 0
+    augment: bool = True
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["config"] = self.config.to_dict()
+        return d
+
+    def reg_weight_at(self, step: int) -> float:
+        return self.reg_weight * (self.warmup_factor if step < self.warmup_steps else 1.0)
+
+    @property
+    def batches_per_group(self) -> int:
+        return math.ceil(self.volumes_at_once * self.patches_per_volume / self.batch_size)
+
+
+def diffeo_loss(momentum: torch.Tensor, fixed: torch.Tensor, moving: torch.Tensor, settings: DiffeoTraining,
+                similarity: Callable, reg_weight: float) -> tuple:
+    """Eq. 3.2 on a batch of patches; returns (E, {"reg", "sim_forward", "sim_inverse"}) with floats."""
+    spacing = [settings.spacing_mm] * 3
+    v_mm = lddmm.smooth(momentum, spacing, settings.alpha, settings.gamma, settings.padding)
+    u, u_inv = lddmm.forward_and_inverse(lddmm.velocity_to_voxels(v_mm, spacing), settings.steps)
+    moving_warped = warp_voxels(moving, u, padding_mode="zeros")          # I₂∘φ on the fixed patch
+    fixed_warped = warp_voxels(fixed, u_inv, padding_mode="zeros")        # I₁∘φ⁻¹ on the moving patch
+    sim_forward = similarity(moving_warped, fixed, inside_fraction_mask(u))
+    sim_inverse = similarity(fixed_warped, moving, inside_fraction_mask(u_inv))
+    reg = (v_mm * momentum).sum(dim=1).mean()
+    total = reg_weight * reg + 0.5 * sim_inverse + 0.5 * sim_forward
+    return total, {"reg": float(reg.detach()), "sim_forward": float(sim_forward.detach()),
+                   "sim_inverse": float(sim_inverse.detach())}
+
+
+class PairSource:
+    """Volume pairs on the model spacing, normalized to [0, 1]; ``group(rng)`` gives the next volumes."""
+
+    def __init__(self, pairs: list, settings: DiffeoTraining, description: str, synthesize: bool):
+        self.pairs, self.settings, self.description, self.synthesize = pairs, settings, description, synthesize
+        self.pool = []
+
+    @classmethod
+    def from_template(cls, settings: DiffeoTraining) -> "PairSource":
+        t1 = sources.spm_avg152("T1")
+        grid = t1.grid.with_spacing([settings.spacing_mm] * 3)
+        base = resample_to(t1, grid)
+        base = base.with_array(normalize_intensity(base.array))
+        return cls([(base, base)], settings, "SPM avg152 T1 (2 mm) subjects: random diffeomorphisms "
+                   f"(B-spline velocity, control spacing {settings.deform_spacing_mm} mm, |c| <= "
+                   f"{settings.deform_max_mm} mm), gamma 0.8-1.25, 1 % noise", True)
+
+    @classmethod
+    def from_csv(cls, path, settings: DiffeoTraining) -> "PairSource":
+        pairs = []
+        for row in read_pairs_csv(path):
+            fixed = read_image(row["fixed"], "fixed image")
+            moving = read_image(row["moving"], "moving image")
+            grid = fixed.grid.with_spacing([settings.spacing_mm] * 3)
+            if min(grid.size) < settings.patch_size:
+                raise InputError(f"{row['fixed']}: at {settings.spacing_mm} mm the image is {grid.size} voxels, "
+                                 f"smaller than the {settings.patch_size}³ training patch")
+            f, m = resample_to(fixed, grid), resample_to(moving, grid)
+            pairs.append((f.with_array(normalize_intensity(f.array)), m.with_array(normalize_intensity(m.array))))
+        return cls(pairs, settings, f"pairs of {path}", settings.augment)
+
+    def _deformed(self, image: Image, rng: np.random.Generator) -> Image:
+        s = self.settings
+        return warp(image, image.grid, smooth_random_field(image.grid, rng, s.deform_max_mm, s.deform_spacing_mm))
+
+    def _pooled(self, index: int, rng: np.random.Generator) -> Image:
+        """With ``subject_pool`` > 0 subjects are deformations drawn once (seeded) and reused across pairs."""
+        while len(self.pool) <= index:
+            k = len(self.pool)
+            fixed, _ = self.pairs[k % len(self.pairs)]
+            self.pool.append(self._deformed(fixed, np.random.default_rng([self.settings.seed, 7, k])))
+        return self.pool[index]
+
+    def pair(self, rng: np.random.Generator, fresh: bool = False) -> tuple:
+        """A (fixed, moving) pair of arrays; ``fresh`` draws new subjects even when a pool is used (validation)."""
+        fixed, moving = self.pairs[int(rng.integers(len(self.pairs)))]
+        if not self.synthesize:
+            return fixed.array, moving.array
+        n = self.settings.subject_pool
+        if n > 1 and not fresh:
+            i, j = rng.choice(n, 2, replace=False)
+            fixed, moving = self._pooled(int(i), rng), self._pooled(int(j), rng)
+        else:
+            fixed, moving = self._deformed(fixed, rng), self._deformed(moving, rng)
+        return intensity_jitter(fixed, rng).array, intensity_jitter(moving, rng).array
+
+    def group(self, rng: np.random.Generator) -> list:
+        return [self.pair(rng) for _ in range(self.settings.volumes_at_once)]
+
+
+def random_patches(volumes: list, settings: DiffeoTraining, rng: np.random.Generator) -> tuple:
+    """``patches_per_volume`` random 48³ patch pairs from each volume pair, shuffled: (N, 1, p, p, p) × 2."""
+    p = settings.patch_size
+    fixed, moving = [], []
+    for f, m in volumes:
+        for _ in range(settings.patches_per_volume):
+            z, y, x = (int(rng.integers(0, n - p + 1)) for n in f.shape)
+            fixed.append(f[z:z + p, y:y + p, x:x + p])
+            moving.append(m[z:z + p, y:y + p, x:x + p])
+    order = rng.permutation(len(fixed))
+    stack = lambda arrays: torch.as_tensor(np.stack([arrays[i] for i in order]))[:, None].float()  # noqa: E731
+    return stack(fixed), stack(moving)
+
+
+def model_metadata(settings: DiffeoTraining, training: dict) -> dict:
+    return {
+        "kind": MODEL_KIND,
+        "architecture": {"name": "momentum U-Net with dilated convolutions (thesis Fig. 3.4)",
+                         "config": settings.config.to_dict()},
+        "patch_size": [settings.patch_size] * 3, "spacing_mm": [settings.spacing_mm] * 3,
+        "intensity_normalization": NORMALIZATION,
+        "lddmm": {"alpha": settings.alpha, "gamma": settings.gamma, "padding": settings.padding,
+                  "steps": settings.steps},
+        "training": training,
+    }
+
+
+class _StopFlag:
+    def __init__(self):
+        self.stop = False
+
+    def __call__(self, signum, frame):
+        self.stop = True
+
+
+def _emit(progress_json: bool, **event) -> None:
+    if progress_json:
+        print(json.dumps(event), flush=True)
+
+
+def _comparable(settings: dict) -> dict:
+    return {k: v for k, v in settings.items() if k != "epochs"}
+
+
+def resolve_similarity(similarity) -> Callable:
+    if callable(similarity):
+        return similarity
+    if similarity not in SIMILARITIES:
+        raise InputError(f"unknown similarity {similarity!r}: choose one of {', '.join(SIMILARITIES)}")
+    return SIMILARITIES[similarity]
+
+
+def train(settings: DiffeoTraining, data: PairSource, out, checkpoint_dir=None, resume: bool = False,
+          device: str = "auto", progress_json: bool = False, command: str = "", similarity=None) -> Path:
+    """Train and write the model file ``out``. ``similarity`` overrides ``settings.similarity`` with a callable."""
+    sim = resolve_similarity(similarity if similarity is not None else settings.similarity)
+    out = Path(out)
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else out.parent / f"{out.stem}_checkpoints"
+    ckpt_path = checkpoint_dir / CHECKPOINT_NAME
+    with distributed(device) as dist:
+        if settings.batch_size % dist.world_size:
+            raise InputError(f"--batch-size {settings.batch_size} is not divisible by the {dist.world_size} processes")
+        torch.manual_seed(settings.seed)
+        net = MomentumUNet(settings.config).to(dist.device)
+        optimizer = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
+        step, history = 0, []
+        if resume:
+            ckpt = load_checkpoint(ckpt_path)
+            if _comparable(ckpt["settings"]) != _comparable(settings.to_dict()):
+                raise InputError(f"{ckpt_path} was written with other settings; resume with the same options "
+                                 "(only --epochs may change)")
+            net.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            step, history = int(ckpt["step"]), list(ckpt["history"])
+        model = dist.wrap(net)
+        val_rng = np.random.default_rng([settings.seed, 10 ** 6])
+        val_fixed, val_moving = random_patches([data.pair(val_rng, fresh=True) for _ in range(settings.validation_pairs)],
+                                               settings, val_rng)
+        steps_per_epoch = settings.groups_per_epoch * settings.batches_per_group
+        total = settings.epochs * steps_per_epoch
+        per_rank = settings.batch_size // dist.world_size
+        flag = _StopFlag()
+        previous = signal.signal(signal.SIGTERM, flag)
+
+        def save_checkpoint():
+            if dist.is_main:
+                atomic_save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                             "history": history, "settings": settings.to_dict()}, ckpt_path)
+
+        bar = progress_bar(total, "train-diffeo", dist.is_main and not progress_json)
+        bar.update(step)
+        t0 = time.perf_counter()
+        try:
+            while step < total:
+                group_index = step // settings.batches_per_group
+                rng = np.random.default_rng([settings.seed, dist.rank, group_index])
+                fixed_all, moving_all = random_patches(data.group(rng), settings, rng)
+                first = step % settings.batches_per_group
+                for b in range(first, settings.batches_per_group):
+                    lo = b * settings.batch_size + dist.rank * per_rank
+                    fixed = fixed_all[lo:lo + per_rank].to(dist.device)
+                    moving = moving_all[lo:lo + per_rank].to(dist.device)
+                    model.train()
+                    loss, parts = diffeo_loss(model(fixed, moving), fixed, moving, settings, sim,
+                                              settings.reg_weight_at(step))
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    step += 1
+                    loss_value = dist.mean(loss.item())
+                    if dist.is_main:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{loss_value:.4f}")
+                        _emit(progress_json, event="step", epoch=(step - 1) // steps_per_epoch, step=step,
+                              fraction=step / total, loss=loss_value, message="")
+                    if step % steps_per_epoch == 0:
+                        val = validation_loss(net, val_fixed, val_moving, settings, sim, dist.device)
+                        history.append({"step": step, "loss": loss_value, "val_loss": val, **parts})
+                        save_checkpoint()
+                        if dist.is_main:
+                            _emit(progress_json, event="epoch", epoch=step // steps_per_epoch, step=step,
+                                  fraction=step / total, loss=loss_value, val_loss=val,
+                                  message=f"validation loss {val:.5f}")
+                    if flag.stop:
+                        raise Cancelled("training stopped by SIGTERM")
+                    if step >= total:
+                        break
+        except (KeyboardInterrupt, Cancelled):
+            save_checkpoint()
+            raise
+        finally:
+            bar.close()
+            signal.signal(signal.SIGTERM, previous)
+        seconds = time.perf_counter() - t0
+        if dist.is_main:
+            training = {"command": command, "data": data.description, "steps": step,
+                        "batch_size": settings.batch_size, "optimizer": f"Adam, lr {settings.learning_rate}",
+                        "loss": f"eq. 3.2, w = {settings.reg_weight}, similarity "
+                                f"{settings.similarity if similarity is None else getattr(sim, '__name__', 'custom')}",
+                        "seconds_this_run": round(seconds, 1), "processes": dist.world_size,
+                        "final_val_loss": history[-1]["val_loss"] if history else None,
+                        "history": history, "settings": settings.to_dict(),
+                        "split": "trained on subjects made from the SPM avg152 T1 template only; ICBM 2009a "
+                                 "subjects kept for testing" if data.synthesize and "SPM" in data.description
+                        else "the pairs of the CSV"}
+            save_model(out, net.state_dict(), model_metadata(settings, training))
+            _emit(progress_json, event="done", epoch=settings.epochs, step=step, fraction=1.0,
+                  loss=history[-1]["loss"] if history else float("nan"), message="done", model=str(out))
+        dist.barrier()
+    return out
+
+
+@torch.no_grad()
+def validation_loss(net: MomentumUNet, fixed: torch.Tensor, moving: torch.Tensor, settings: DiffeoTraining,
+                    similarity: Callable, device) -> float:
+    """Eq. 3.2 (full regularization weight) of the network in eval mode on the fixed validation patches."""
+    net.eval()
+    losses = []
+    for lo in range(0, fixed.shape[0], settings.batch_size):
+        f, m = fixed[lo:lo + settings.batch_size].to(device), moving[lo:lo + settings.batch_size].to(device)
+        losses.append(float(diffeo_loss(net(f, m), f, m, settings, similarity, settings.reg_weight)[0]) * f.shape[0])
+    net.train()
+    return sum(losses) / fixed.shape[0]

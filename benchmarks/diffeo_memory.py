@@ -1,0 +1,91 @@
+"""Peak memory of ``register(..., 'diffeo')`` on the CPU against volume size, extrapolated to 512³.
+
+Each size runs in its own process (so ``ru_maxrss`` is that run's peak resident memory): a cube of N³
+voxels at the model's spacing (2 mm, so the network works on all N³ voxels, the hard case), made by
+resampling the ICBM 2009a T1 to N³ voxels (test data), against a copy shifted by two voxels and
+intensity-jittered. The script refuses sizes whose predicted peak (from the smaller sizes measured
+first) would exceed the memory ``free`` reports minus a reserve, since the machine is shared.
+A linear fit peak = a + b·voxels over the measured sizes gives the 512³ estimate.
+
+    python benchmarks/diffeo_memory.py --sizes 96,128,160,192
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+RESERVE_GB = 6.0
+
+
+def run_one(n: int, tile: int) -> dict:
+    import torch
+    from scipy.ndimage import zoom
+
+    from DeepRegistrationLib.api import register
+    from DeepRegistrationLib.core.image import Grid, Image
+    from DeepRegistrationLib.data import sources
+    from DeepRegistrationLib.data.synthetic import intensity_jitter
+
+    torch.set_num_threads(1)
+    t1 = sources.icbm152("t1")
+    arr = zoom(t1.array.astype(np.float32), [n / s for s in t1.array.shape], order=1)[:n, :n, :n]
+    grid = Grid((n, n, n), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0))
+    fixed = Image(arr, grid)
+    moving = intensity_jitter(Image(np.roll(arr, 2, axis=2), grid), np.random.default_rng(0))
+    del arr
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    t0 = time.perf_counter()
+    result = register(fixed, moving, "diffeo", tile=tile)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    return {"n": n, "peak_gb": peak, "inputs_peak_gb": base, "seconds": seconds,
+            "folding_voxels": result.report["folding_voxels"]}
+
+
+def free_gb() -> float:
+    with open("/proc/meminfo") as f:
+        info = {line.split(":")[0]: float(line.split()[1]) for line in f}
+    return info["MemAvailable"] / 2 ** 20
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="96,128,160,192")
+    parser.add_argument("--tile", type=int, default=64)
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one, args.tile)))
+        return
+    rows = []
+    for n in (int(s) for s in args.sizes.split(",")):
+        if len(rows) >= 2:
+            b, a = np.polyfit([r["n"] ** 3 for r in rows], [r["peak_gb"] for r in rows], 1)
+            predicted = a + b * n ** 3
+            if predicted > free_gb() - RESERVE_GB:
+                print(f"skipping {n}³: predicted {predicted:.1f} GB > available {free_gb():.1f} GB - {RESERVE_GB} GB")
+                continue
+        out = subprocess.run([sys.executable, __file__, "--one", str(n), "--tile", str(args.tile)], check=True,
+                             capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"{n}³ done: {rows[-1]}", flush=True)
+    b, a = np.polyfit([r["n"] ** 3 for r in rows], [r["peak_gb"] for r in rows], 1)
+    print(f"\nData: ICBM 2009a T1 resampled to N³ voxels at 2 mm (the model spacing) vs a shifted, jittered copy; "
+          f"tile {args.tile}³; CPU, 1 thread; peak RSS of the whole process (inputs included).\n")
+    print("| N³ | voxels | peak RSS (GB) | seconds | folding voxels |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['n']}³ | {r['n'] ** 3:,} | {r['peak_gb']:.2f} | {r['seconds']:.1f} | {r['folding_voxels']} |")
+    print(f"\nlinear fit: peak ≈ {a:.2f} GB + {b * 1e6:.3f} GB per million voxels → 512³ ≈ {a + b * 512 ** 3:.1f} GB "
+          f"(extrapolated, not measured; the budget is 24 GB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Tile size for whole-volume prediction: agreement with 48³ tiles (the training patch) and speed.
+
+Data (test split): one pair of subjects made from the nilearn ICBM 2009a T1 at 2 mm (99×117×95; the
+bundled model never saw ICBM data), as in benchmarks/diffeo_evaluation.py. For each tile size (12 voxels
+discarded per side) the momentum is predicted tile by tile and smoothed and integrated on the whole
+volume; the forward displacement is compared with the one from 48³ tiles (mean and max |Δu| in mm over
+the volume) and the momentum prediction is timed (best of ``--repeats``). The default is the fastest
+tile size whose field agrees with 48³ tiles: mean |Δu| < 0.05 mm and < 5 % of the mean |u|, and max |Δu|
+< 0.5 mm; prediction times within 10 % count as a tie, won by the smaller tile (less memory per tile).
+
+    python benchmarks/diffeo_tiles.py --tiles 48,64,80,96,128
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from DeepRegistrationLib.core.warp import warp
+from DeepRegistrationLib.data import sources
+from DeepRegistrationLib.data.synthetic import intensity_jitter, smooth_random_field
+from DeepRegistrationLib.deformable.diffeo_method import DEFAULT_MODEL, lddmm_parameters, load_momentum_net
+from DeepRegistrationLib.deformable.patchwise import integrate, normalize_intensity, predict_momentum, resample_to
+
+MEAN_TOLERANCE_MM = 0.05
+MAX_TOLERANCE_MM = 0.5
+RELATIVE_TOLERANCE = 0.05
+TIE = 1.10
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiles", default="48,64,80,96,128")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    tiles = [int(t) for t in args.tiles.split(",")]
+    t1 = resample_to(sources.icbm152("t1"), sources.icbm152("t1").grid.with_spacing([2.0] * 3))
+    subjects = []
+    for seed in (1000, 1001):
+        rng = np.random.default_rng(seed)
+        subjects.append(normalize_intensity(intensity_jitter(warp(t1, t1.grid, smooth_random_field(t1.grid, rng)),
+                                                             rng).array))
+    net, meta = load_momentum_net(DEFAULT_MODEL)
+    params = lddmm_parameters(meta)
+    rows, fields = [], {}
+    for tile in tiles:
+        best = float("inf")
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            momentum = predict_momentum(net, subjects[0], subjects[1], tile, 12)
+            best = min(best, time.perf_counter() - t0)
+        fields[tile] = integrate(momentum, [2.0] * 3, **params)[0] * 2.0
+        rows.append((tile, best))
+    ref = fields[48] if 48 in fields else fields[tiles[0]]
+    print(f"Data: one test pair of ICBM 2009a T1 subjects (2 mm, {t1.grid.size}); model {DEFAULT_MODEL}; "
+          f"{args.threads} CPU thread(s); 12 voxels discarded per tile side.\n")
+    print("| tile | kept per tile | momentum prediction (s) | speed-up vs 48³ | mean |Δu| vs 48³ (mm) | "
+          "max |Δu| (mm) | agrees |")
+    print("|---|---|---|---|---|---|---|")
+    t48 = dict(rows).get(48, rows[0][1])
+    agreeing = []
+    for tile, seconds in rows:
+        diff = (fields[tile] - ref).norm(dim=1)
+        ok = (float(diff.mean()) < min(MEAN_TOLERANCE_MM, RELATIVE_TOLERANCE * float(ref.norm(dim=1).mean()))
+              and float(diff.max()) < MAX_TOLERANCE_MM)
+        if ok:
+            agreeing.append((seconds, tile))
+        print(f"| {tile}³ | {100 * ((tile - 24) / tile) ** 3:.1f} % | {seconds:.2f} | {t48 / seconds:.2f} | "
+              f"{float(diff.mean()):.4f} | {float(diff.max()):.4f} | {'yes' if ok else 'no'} |")
+    print(f"\nmean |u| of the 48³ result: {float(ref.norm(dim=1).mean()):.3f} mm (max {float(ref.norm(dim=1).max()):.3f})")
+    if agreeing:
+        fastest = min(agreeing)[0]
+        print(f"fastest agreeing tile (ties within 10 % go to the smaller tile): "
+              f"{min(t for s, t in agreeing if s <= TIE * fastest)}³")
+    else:
+        print("no tile size agrees")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Whole-volume patch-wise prediction, ``--method diffeo`` end to end on a real pair, and the CLI."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from DeepRegistrationLib.api import register
+from DeepRegistrationLib.cli import main
+from DeepRegistrationLib.core.image import Grid, Image
+from DeepRegistrationLib.core.io import read_image, write_image
+from DeepRegistrationLib.core.transforms import read_transform
+from DeepRegistrationLib.core.warp import warp
+from DeepRegistrationLib.data import sources
+from DeepRegistrationLib.data.synthetic import smooth_random_field
+from DeepRegistrationLib.deformable.diffeo_method import DEFAULT_MODEL, lddmm_parameters, load_momentum_net
+from DeepRegistrationLib.deformable.patchwise import integrate, normalize_intensity, predict_momentum, resample_to, \
+    tile_layout
+from DeepRegistrationLib.metrics.evaluation import dice_per_label
+
+torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("n,tile,discard", [(91, 48, 12), (109, 64, 12), (48, 48, 12), (100, 32, 4)])
+def test_tile_layout_keeps_centres_and_covers_the_axis(n, tile, discard):
+    layout = tile_layout(n, tile, discard)
+    covered = np.zeros(n, int)
+    for start, lo, hi in layout:
+        assert 0 <= start and start + tile <= n and start <= lo < hi <= start + tile
+        assert lo == 0 or lo - start >= discard            # a discarded border unless at the volume border
+        assert hi == n or start + tile - hi >= discard
+        covered[lo:hi] += 1
+    assert covered.min() >= 1
+
+
+def _crop(image: Image, shape_zyx) -> Image:
+    """Centre crop keeping the physical position (origin moved)."""
+    start = [(n - s) // 2 for n, s in zip(image.grid.shape, shape_zyx)]
+    arr = image.array[tuple(slice(a, a + s) for a, s in zip(start, shape_zyx))]
+    origin = image.grid.index_to_physical(np.asarray(list(reversed(start)), float))
+    return Image(np.ascontiguousarray(arr), Grid(tuple(reversed(shape_zyx)), image.grid.spacing, origin,
+                                                 image.grid.direction))
+
+
+@pytest.fixture(scope="module")
+def case():
+    """Held-out subject: ICBM 2009a T1 (not used in training) at 2 mm, and a copy under a known diffeomorphism."""
+    grid = sources.icbm152("t1").grid.with_spacing([2.0, 2.0, 2.0])
+    t1 = _crop(resample_to(sources.icbm152("t1"), grid), (64, 80, 64))
+    gm = _crop(resample_to(sources.icbm152("gm"), grid), (64, 80, 64))
+    truth = smooth_random_field(t1.grid, np.random.default_rng(11), max_displacement_mm=4.0)
+    moving, moving_gm = warp(t1, t1.grid, truth), warp(gm, t1.grid, truth)
+    result = register(t1, moving, "diffeo")
+    return {"fixed": t1, "moving": moving, "fixed_gm": gm, "moving_gm": moving_gm, "result": result, "truth": truth}
+
+
+def test_end_to_end_regular_invertible_and_on_the_fixed_grid(case, capsys):
+    r = case["result"]
+    assert "bundled" in r.report["model_note"]
+    assert r.transform.grid.same_as(case["fixed"].grid) and r.inverse.grid.same_as(case["moving"].grid)
+    assert r.report["folding_voxels"] == 0 and r.report["jacobian_min"] > 0
+    assert r.report["inverse_consistency_mm"]["mean"] < 0.1
+    with capsys.disabled():
+        print(f"\ndiffeo on ICBM T1 (2 mm, 64x80x64): folding {r.report['folding_voxels']}, Jacobian "
+              f"[{r.report['jacobian_min']:.3f}, {r.report['jacobian_max']:.3f}], inverse consistency "
+              f"{r.report['inverse_consistency_mm']['mean']:.4f} mm (max {r.report['inverse_consistency_mm']['max']:.4f}), "
+              f"{r.report['seconds_total']:.1f} s")
+
+
+@pytest.mark.xfail(strict=True, reason="the bundled model (about 280 CPU training steps) is under-trained and does not "
+                                       "yet improve a real pair; see docs/diffeomorphic.md")
+def test_end_to_end_improves_mse_and_dice_without_folding(case, capsys):
+    r = case["result"]
+    fixed, moving = case["fixed"].array, case["moving"].array
+    warped_gm = warp(case["moving_gm"], case["fixed"].grid, r.transform).array
+    mse_before = float(np.mean((moving - fixed) ** 2))
+    mse_after = float(np.mean((r.warped.array - fixed) ** 2))
+    dice_before = dice_per_label(case["fixed_gm"].array > 0.5, case["moving_gm"].array > 0.5)[1]
+    dice_after = dice_per_label(case["fixed_gm"].array > 0.5, warped_gm > 0.5)[1]
+    with capsys.disabled():
+        print(f"\ndiffeo on ICBM T1 (2 mm, 64x80x64) with a known 4 mm deformation: MSE {mse_before:.1f} -> "
+              f"{mse_after:.1f}, GM Dice {dice_before:.4f} -> {dice_after:.4f}, folding {r.report['folding_voxels']}, "
+              f"Jacobian [{r.report['jacobian_min']:.3f}, {r.report['jacobian_max']:.3f}], inverse consistency "
+              f"{r.report['inverse_consistency_mm']['mean']:.4f} mm, {r.report['seconds_total']:.1f} s")
+    assert "bundled" in r.report["model_note"]
+    assert mse_after < 0.9 * mse_before
+    assert dice_after > dice_before + 0.01
+    assert r.report["folding_voxels"] == 0 and r.report["jacobian_min"] > 0
+    assert r.report["inverse_consistency_mm"]["mean"] < 0.1
+    assert r.report["nmi64_after"] > r.report["nmi64_before"]
+
+
+def test_stitching_agrees_between_tile_sizes(case):
+    net, meta = load_momentum_net(DEFAULT_MODEL)
+    f = normalize_intensity(case["fixed"].array)
+    m = normalize_intensity(case["moving"].array)
+    fields = {}
+    for tile in (48, 64):
+        momentum = predict_momentum(net, f, m, tile, 12)
+        fields[tile] = integrate(momentum, [2.0] * 3, **lddmm_parameters(meta))[0] * 2.0   # mm
+    diff = (fields[48] - fields[64]).norm(dim=1)
+    magnitude = fields[64].norm(dim=1)
+    assert float(magnitude.mean()) > 0.3                  # the model moves the image
+    assert float(diff.mean()) < 0.1 * float(magnitude.mean())
+    assert float(diff.max()) < 0.5 * float(magnitude.max())
+
+
+def test_cli_register_diffeo_writes_every_output(case, tmp_path, capsys):
+    """Inputs at 3 mm are resampled to the model's 2 mm; outputs come back on the images' own grids."""
+    grid3 = case["fixed"].grid.with_spacing([3.0, 3.0, 3.0])
+    write_image(warp(case["fixed"], grid3), tmp_path / "f.nii.gz")
+    write_image(warp(case["moving"], grid3), tmp_path / "m.nii.gz")
+    outs = {k: tmp_path / v for k, v in {"--out-transform": "T.h5", "--out-inverse": "Tinv.h5",
+                                         "--out-volume": "W.nrrd", "--out-jacobian": "J.nrrd",
+                                         "--out-inverse-volume": "Winv.nrrd", "--report": "R.json"}.items()}
+    args = ["register", str(tmp_path / "f.nii.gz"), str(tmp_path / "m.nii.gz"), "--method", "diffeo", "--quiet",
+            "--param", "tile=48"]
+    for k, v in outs.items():
+        args += [k, str(v)]
+    assert main(args) == 0
+    assert "bundled" in capsys.readouterr().out
+    assert all(p.exists() for p in outs.values())
+    report = json.loads(outs["--report"].read_text())
+    for key in ("folding_percent", "jacobian_mean", "jacobian_min", "jacobian_max", "inverse_consistency_mm",
+                "seconds_total", "seconds_momentum", "seconds_integration"):
+        assert key in report
+    assert report["folding_voxels"] == 0 and report["tile"] == 48
+    jac = read_image(outs["--out-jacobian"], "jacobian")
+    assert jac.grid.same_as(grid3) and float(jac.array.min()) > 0
+    assert read_image(outs["--out-volume"], "w").grid.same_as(grid3)
+    forward, inverse = read_transform(outs["--out-transform"]), read_transform(outs["--out-inverse"])
+    pts = grid3.index_to_physical(np.array([[5.0, 6.0, 7.0], [10.0, 12.0, 9.0]]))
+    assert np.abs(inverse.transform_points(forward.transform_points(pts)) - pts).max() < 0.3
+    assert main(args[:5] + ["--param", "tile=50"]) == 2          # bad tile: a clear error, nothing written

@@ -1,0 +1,118 @@
+"""Momentum U-Net, loss eq. 3.2 with out-of-patch masking, and the train-diffeo command."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from DeepRegistrationLib.cli import main
+from DeepRegistrationLib.core.image import Image
+from DeepRegistrationLib.core.io import write_image
+from DeepRegistrationLib.data import sources
+from DeepRegistrationLib.deformable.patchwise import resample_to
+from DeepRegistrationLib.models.model_file import load_model
+from DeepRegistrationLib.networks.momentum_unet import MomentumUNet, MomentumUNetConfig
+from DeepRegistrationLib.training.diffeo import DiffeoTraining, diffeo_loss, local_ncc, mse, normalized_mse
+from DeepRegistrationLib.training.common import write_pairs_csv
+
+torch.set_num_threads(1)
+
+
+def test_network_shapes_dropout_and_fully_convolutional():
+    torch.manual_seed(0)
+    net = MomentumUNet(MomentumUNetConfig(channels=4, dropout=0.1)).eval()
+    for side in (16, 24):
+        out = net(torch.rand(2, 1, side, side, side), torch.rand(2, 1, side, side, side))
+        assert out.shape == (2, 3, side, side, side)
+        assert float(out.detach().abs().max()) < 1e-2   # near-zero head: an untrained net is close to the identity
+    dropouts = [m for m in net.modules() if isinstance(m, torch.nn.Dropout3d)]
+    assert len(dropouts) == 3 and all(d.p == 0.1 for d in dropouts)   # two down-samplings + first concatenation
+    dilations = {m.dilation[0] for m in net.modules() if isinstance(m, torch.nn.Conv3d)}
+    assert {1, 2, 4} <= dilations
+
+
+def test_similarities_values():
+    a = torch.zeros(1, 1, 4, 4, 4)
+    b = torch.full_like(a, 0.2)
+    assert float(mse(a, b)) == pytest.approx(0.04)
+    assert float(normalized_mse(a, b)) == pytest.approx(0.5)   # eq. 3.5 is ½ at |x| = a = 0.2
+    mask = torch.zeros_like(a)
+    mask[..., :2] = 1
+    c = b.clone()
+    c[..., 2:] = 5.0                                             # masked-out voxels must not count
+    assert float(mse(a, c, mask)) == pytest.approx(0.04)
+    img = torch.rand(1, 1, 12, 12, 12)
+    assert float(local_ncc(img, 2 * img + 1)) < 1e-3 < float(local_ncc(img, torch.rand_like(img)))
+
+
+def test_loss_masks_voxels_warped_out_of_the_patch():
+    """A momentum that shifts by ~all the patch makes almost every warped voxel unknown (Fig. 3.5)."""
+    settings = DiffeoTraining(spacing_mm=1.0)
+    fixed = torch.rand(1, 1, 16, 16, 16)
+    seen = []
+
+    def recording(a, b, mask):
+        seen.append(float(mask.mean()))
+        return mse(a, b, mask)
+
+    zero = torch.zeros(1, 3, 16, 16, 16)
+    loss, parts = diffeo_loss(zero, fixed, fixed, settings, recording, 1e-4)
+    assert float(loss) < 1e-10 and seen == [1.0, 1.0]
+    shift = torch.zeros(1, 3, 16, 16, 16)
+    shift[:, 0] = 40.0                      # a large x momentum: v ≈ 40 mm everywhere (DC gain 1/γ² = 1)
+    seen.clear()
+    loss, parts = diffeo_loss(shift, fixed, fixed, settings, recording, 1e-4)
+    assert seen[0] < 0.5 and seen[1] < 0.5
+    assert parts["reg"] > 0
+
+
+def test_custom_similarity_is_used_for_both_directions():
+    calls = []
+
+    def custom(a, b, mask):
+        calls.append(a.shape)
+        return (a - b).abs().mean()
+
+    settings = DiffeoTraining(spacing_mm=2.0)
+    momentum = torch.randn(2, 3, 16, 16, 16, requires_grad=True)
+    loss, _ = diffeo_loss(momentum, torch.rand(2, 1, 16, 16, 16), torch.rand(2, 1, 16, 16, 16), settings, custom, 1e-4)
+    loss.backward()
+    assert len(calls) == 2 and momentum.grad is not None and float(momentum.grad.abs().sum()) > 0
+
+
+def test_warmup_lowers_the_regularization_first():
+    s = DiffeoTraining(warmup_steps=10, warmup_factor=0.1)
+    assert s.reg_weight_at(0) == pytest.approx(1e-5) and s.reg_weight_at(10) == pytest.approx(1e-4)
+
+
+@pytest.fixture(scope="module")
+def small_pairs(tmp_path_factory):
+    """Two real pairs at 4 mm: SPM avg152 T1/T1 shifted by a voxel (fast training data)."""
+    folder = tmp_path_factory.mktemp("diffeo_pairs")
+    t1 = sources.spm_avg152("T1")
+    grid = t1.grid.with_spacing([4.0, 4.0, 4.0])
+    img = resample_to(t1, grid)
+    shifted = Image(np.roll(img.array, 1, axis=2), grid)
+    write_image(img, folder / "a.nii.gz")
+    write_image(shifted, folder / "b.nii.gz")
+    write_pairs_csv(folder / "pairs.csv", [{"fixed": folder / "a.nii.gz", "moving": folder / "b.nii.gz"},
+                                           {"fixed": folder / "b.nii.gz", "moving": folder / "a.nii.gz"}])
+    return folder / "pairs.csv"
+
+
+def test_train_diffeo_cli_checkpoint_resume_and_model(small_pairs, tmp_path, capsys):
+    out = tmp_path / "m.pt"
+    common = ["train-diffeo", "--pairs", str(small_pairs), "--out", str(out), "--no-augment", "--spacing-mm", "4",
+              "--patch-size", "16", "--batch-size", "2", "--volumes-at-once", "2", "--patches-per-volume", "2",
+              "--groups-per-epoch", "1", "--channels", "2", "--progress-json", "--lr", "1e-3"]
+    assert main(common + ["--epochs", "1"]) == 0
+    first = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["event"] for e in first].count("step") == 2 and first[-1]["event"] == "done"
+    assert "val_loss" in [e for e in first if e["event"] == "epoch"][0]
+    assert main(common + ["--epochs", "2", "--resume"]) == 0
+    second = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["step"] for e in second if e["event"] == "step"] == [3, 4]
+    state, meta = load_model(out, "diffeo")
+    assert meta["training"]["steps"] == 4 and meta["spacing_mm"] == [4.0, 4.0, 4.0]
+    assert meta["lddmm"] == {"alpha": 20.0, "gamma": 1.0, "padding": 12, "steps": 7}
+    assert main(common + ["--epochs", "3", "--resume", "--reg-weight", "1e-3"]) == 2   # other settings: refused

@@ -1,0 +1,158 @@
+"""The MRML adapter against the real Slicer core (``slicer-core`` wheel): geometry, transforms, results."""
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+slicer = pytest.importorskip("slicer", reason="Slicer's core (the slicer-core wheel, CPython 3.11 on Linux) is not installed")
+vtk = pytest.importorskip("vtk")
+
+from DeepRegistrationLib import mrml  # noqa: E402
+from DeepRegistrationLib.core.errors import InputError  # noqa: E402
+from DeepRegistrationLib.core.image import Grid, Image  # noqa: E402
+from DeepRegistrationLib.core.io import write_image  # noqa: E402
+from DeepRegistrationLib.core.transforms import DisplacementField, RigidTransform  # noqa: E402
+from DeepRegistrationLib.core.warp import warp  # noqa: E402
+from DeepRegistrationLib.data import sources  # noqa: E402
+from DeepRegistrationLib.metrics.evaluation import rigid_errors  # noqa: E402
+from DeepRegistrationLib.rigid.pyramid import downsample  # noqa: E402
+
+F = np.array([-1.0, -1.0, 1.0])
+
+
+@pytest.fixture
+def scene():
+    s = slicer.vtkMRMLScene()
+    slicer.mrmlScene = s
+    return s
+
+
+def _load_with_slicer(path, scene):
+    logic = slicer.vtkSlicerVolumesLogic()
+    logic.SetMRMLScene(scene)
+    return logic.AddArchetypeVolume(str(path), "loaded")
+
+
+def test_volume_read_by_slicer_has_sitk_geometry(tmp_path, scene, smooth_volume):
+    write_image(smooth_volume, tmp_path / "oblique.nrrd")
+    node = _load_with_slicer(tmp_path / "oblique.nrrd", scene)
+    image = mrml.volume_node_to_image(node)
+    assert image.grid.same_as(smooth_volume.grid, tol=1e-4)
+    np.testing.assert_allclose(image.array, smooth_volume.array, atol=1e-5)
+    # a voxel's RAS position in Slicer is the LPS position of SimpleITK with x, y negated
+    itk = sitk.ReadImage(str(tmp_path / "oblique.nrrd"))
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    ras = m.MultiplyPoint((3, 5, 7, 1))[:3]
+    np.testing.assert_allclose(ras, F * itk.TransformIndexToPhysicalPoint((3, 5, 7)), atol=1e-4)
+
+
+def test_image_to_node_round_trip(scene, smooth_volume):
+    node = mrml.image_to_volume_node(smooth_volume, scene, "roundtrip")
+    back = mrml.volume_node_to_image(node)
+    assert back.grid.same_as(smooth_volume.grid, tol=1e-9)
+    np.testing.assert_array_equal(back.array, smooth_volume.array)
+
+
+def test_linear_transform_node_maps_points_like_library(scene):
+    t = RigidTransform([0.1, -0.2, 0.15], [4.0, -3.0, 7.0], [10.0, 20.0, -5.0])
+    node = mrml.transform_to_node(t, scene, "rigid")
+    pts_lps = np.random.default_rng(0).normal(size=(6, 3)) * 40
+    mapped_ras = mrml.transform_ras_points(node, pts_lps * F)
+    np.testing.assert_allclose(mapped_ras * F, t.transform_points(pts_lps), atol=1e-6)
+    back = mrml.node_to_transform(node)
+    np.testing.assert_allclose(back.matrix4(), t.matrix4(), atol=1e-9)
+
+
+def test_displacement_field_node_maps_points_like_library(scene, oblique_grid):
+    rng = np.random.default_rng(2)
+    from scipy.ndimage import gaussian_filter
+    u = np.stack([gaussian_filter(rng.normal(size=oblique_grid.shape), 2) * 5 for _ in range(3)], -1).astype(np.float32)
+    field = DisplacementField(u, oblique_grid)
+    node = mrml.transform_to_node(field, scene, "field", oblique_grid)
+    idx = np.array([[3, 4, 5], [10, 9, 7], [15.5, 3.25, 8.5]])
+    pts_lps = oblique_grid.index_to_physical(idx)
+    np.testing.assert_allclose(mrml.transform_ras_points(node, pts_lps * F) * F, field.transform_points(pts_lps),
+                               atol=1e-3)
+
+
+def test_slicer_convention_from_parent_plus_5mm_right(scene):
+    """SLICER.md's checked fact: u = +5 mm along R stored "from parent" maps (12,22,32) to (17,22,32)."""
+    grid = Grid((40, 40, 40), (1, 1, 1), (-30, -30, 0))
+    u = np.zeros((*grid.shape, 3), np.float32)
+    u[..., 0] = -5.0  # +5 mm along R is -5 mm along L
+    node = mrml.transform_to_node(DisplacementField(u, grid), scene, "r5", grid)
+    np.testing.assert_allclose(mrml.transform_ras_points(node, np.array([[12.0, 22.0, 32.0]]))[0], [17, 22, 32], atol=1e-6)
+
+
+def _small_pair():
+    t1, t2 = (downsample(sources.spm_avg152(m), 2) for m in ("T1", "T2"))
+    direction = RigidTransform([0.12, 0.05, -0.1]).rotation_matrix()
+    spacing = np.array([4.0, 3.5, 4.5])
+    size = (44, 54, 38)
+    center = t1.grid.center_physical()
+    fixed = warp(t1, Grid(size, spacing, center - direction @ (spacing * (np.array(size) - 1) / 2), direction), None)
+    true = RigidTransform([0.06, -0.05, 0.08], [6.0, -4.0, 3.0], center)
+    moving = warp(t2, t2.grid, true.inverse())
+    return fixed, moving, true
+
+
+def test_register_nodes_mi_end_to_end(scene):
+    fixed, moving, true = _small_pair()
+    fixed_node = mrml.image_to_volume_node(fixed, scene, "fixed")
+    moving_node = mrml.image_to_volume_node(moving, scene, "moving")
+    before = {n.GetID(): (slicer.util.arrayFromVolume(n).copy(), mrml.ijk_to_ras_matrix(mrml.grid_from_volume_node(n)))
+              for n in (fixed_node, moving_node)}
+    out_volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "registered")
+    nodes = mrml.register_nodes(fixed_node, moving_node, "mi", "cpu", output_volume_node=out_volume,
+                                options={"levels": "2,1", "max_points": 20000})
+    result = nodes["result"]
+    assert rigid_errors(result.transform, true)["t_norm_mm"] < 2.0
+    # transform node acts on RAS points as the library transform on LPS points
+    pts = fixed.grid.corners_physical()
+    np.testing.assert_allclose(mrml.transform_ras_points(nodes["transform"], pts * F) * F,
+                               result.transform.transform_points(pts), atol=1e-5)
+    assert moving_node.GetTransformNodeID() == nodes["transform"].GetID()
+    # the resampled volume lies on the fixed grid
+    out = mrml.volume_node_to_image(nodes["volume"])
+    assert out.grid.same_as(fixed.grid, tol=1e-6)
+    np.testing.assert_allclose(out.array, result.warped.array)
+    # inputs: voxels and geometry byte-identical
+    for n in (fixed_node, moving_node):
+        arr, m = before[n.GetID()]
+        assert np.array_equal(slicer.util.arrayFromVolume(n), arr)
+        assert np.array_equal(mrml.ijk_to_ras_matrix(mrml.grid_from_volume_node(n)), m)
+    table = nodes["report"].GetTable()
+    keys = [table.GetValue(r, 0).ToString() for r in range(table.GetNumberOfRows())]
+    assert "nmi64_after" in keys and "seconds_total" in keys
+
+
+def test_failed_or_cancelled_run_adds_no_nodes(scene):
+    fixed, moving, _ = _small_pair()
+    fixed_node = mrml.image_to_volume_node(fixed, scene, "fixed")
+    moving_node = mrml.image_to_volume_node(moving, scene, "moving")
+    n_nodes = scene.GetNumberOfNodes()
+    from DeepRegistrationLib.core.errors import Cancelled
+    from DeepRegistrationLib.core.progress import Progress
+    with pytest.raises(Cancelled):
+        mrml.register_nodes(fixed_node, moving_node, "mi", "cpu", progress=Progress(should_cancel=lambda: True))
+    with pytest.raises(InputError, match="unknown device"):
+        mrml.register_nodes(fixed_node, moving_node, "mi", "tpu")
+    assert scene.GetNumberOfNodes() == n_nodes
+    assert moving_node.GetTransformNodeID() is None
+
+
+def test_jacobian_volume_and_plot_chart(scene, oblique_grid):
+    det = Image(np.linspace(-0.5, 2.5, oblique_grid.num_voxels, dtype=np.float32).reshape(oblique_grid.shape), oblique_grid)
+    node = mrml.jacobian_to_volume_node(det, scene, "jac")
+    display = node.GetDisplayNode()
+    assert display.GetWindow() == pytest.approx(2.0) and display.GetLevel() == pytest.approx(1.0)
+    color = scene.GetNodeByID(display.GetColorNodeID())
+    rgba = [0.0] * 4
+    color.GetColor(0, rgba)
+    assert rgba[:3] == [0.0, 1.0, 0.0]  # folding highlighted
+    color.GetColor(128, rgba)
+    assert min(rgba[:3]) > 0.95  # white at det J = 1
+    chart, table = mrml.plot_chart_from_columns(scene, "response", "tx_mm", {"NMI": [1, 2, 3], "CNN": [3, 2, 1]},
+                                                [-1, 0, 1])
+    assert chart.GetNumberOfPlotSeriesNodes() == 2
+    assert table.GetTable().GetNumberOfColumns() == 3
