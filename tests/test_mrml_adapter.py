@@ -156,3 +156,16 @@ def test_jacobian_volume_and_plot_chart(scene, oblique_grid):
                                                 [-1, 0, 1])
     assert chart.GetNumberOfPlotSeriesNodes() == 2
     assert table.GetTable().GetNumberOfColumns() == 3
+
+
+def test_response_chart_nodes_peak_at_alignment(scene):
+    t1, t2 = (downsample(sources.spm_avg152(m), 2) for m in ("T1", "T2"))
+    fixed_node = mrml.image_to_volume_node(t1, scene, "t1")
+    moving_node = mrml.image_to_volume_node(t2, scene, "t2")
+    charts = mrml.response_chart_nodes(fixed_node, moving_node, None, "", "cpu", patches=32, steps=9)
+    assert len(charts) == 6
+    series = charts[0].GetNthPlotSeriesNode(0)
+    table = series.GetTableNode().GetTable()
+    x = [table.GetValue(r, 0).ToDouble() for r in range(table.GetNumberOfRows())]
+    y = [table.GetValue(r, 1).ToDouble() for r in range(table.GetNumberOfRows())]
+    assert x[int(np.argmax(y))] == pytest.approx(0.0)  # NMI peaks at the true (identity) pose in tx

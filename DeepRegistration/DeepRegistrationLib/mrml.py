@@ -247,17 +247,108 @@ def register_nodes(fixed_node, moving_node, method: str = "mi", device: str = "a
     masks = [volume_node_to_image(n, "mask") if n is not None else None for n in (fixed_mask_node, moving_mask_node)]
     result = register(fixed, moving, method, device, progress, initial, masks[0], masks[1], **(options or {}))
 
-    base = moving_node.GetName()
-    nodes = {"transform": transform_to_node(result.transform, scene, f"{base} to {fixed_node.GetName()} ({method})",
-                                            fixed.grid, output_transform_node)}
-    if place_moving_under_transform:
-        moving_node.SetAndObserveTransformNodeID(nodes["transform"].GetID())
-    if output_volume_node is not None:
-        nodes["volume"] = image_to_volume_node(result.warped, scene, f"{base} registered", output_volume_node)
-    if result.inverse is not None and not isinstance(result.transform, LinearTransform):
-        nodes["inverse"] = transform_to_node(result.inverse, scene, f"{base} inverse ({method})", moving.grid)
-    if result.jacobian is not None:
-        nodes["jacobian"] = jacobian_to_volume_node(result.jacobian, scene, f"{base} Jacobian determinant")
-    nodes["report"] = report_to_table_node(result.report, scene, f"{base} registration report ({method})")
+    nodes = result_to_nodes(scene, fixed_node, moving_node, method, result.transform, result.report, fixed.grid,
+                            moving.grid, result.warped, result.inverse, result.jacobian, output_transform_node,
+                            output_volume_node, place_moving_under_transform)
     nodes["result"] = result
     return nodes
+
+
+def result_to_nodes(scene, fixed_node, moving_node, method: str, transform, report: dict, fixed_grid: Grid,
+                    moving_grid: Grid, warped: Image = None, inverse=None, jacobian: Image = None,
+                    output_transform_node=None, output_volume_node=None, place_moving_under_transform=True) -> dict:
+    """The MRML nodes of a registration result (see :func:`register_nodes`)."""
+    base = moving_node.GetName()
+    nodes = {"transform": transform_to_node(transform, scene, f"{base} to {fixed_node.GetName()} ({method})",
+                                            fixed_grid, output_transform_node)}
+    if place_moving_under_transform:
+        moving_node.SetAndObserveTransformNodeID(nodes["transform"].GetID())
+    if output_volume_node is not None and warped is not None:
+        nodes["volume"] = image_to_volume_node(warped, scene, f"{base} registered", output_volume_node)
+    if inverse is not None and not isinstance(transform, LinearTransform):
+        nodes["inverse"] = transform_to_node(inverse, scene, f"{base} inverse ({method})", moving_grid)
+    if jacobian is not None:
+        nodes["jacobian"] = jacobian_to_volume_node(jacobian, scene, f"{base} Jacobian determinant")
+    nodes["report"] = report_to_table_node(report, scene, f"{base} registration report ({method})")
+    return nodes
+
+
+def nodes_from_outputs(scene, fixed_node, moving_node, method: str, outputs: dict, output_transform_node=None,
+                       output_volume_node=None) -> dict:
+    """Nodes from the files a background ``deepregistration register`` run wrote (``outputs``: kind -> path)."""
+    import json
+
+    from .core.io import read_image
+    from .core.transforms import read_transform
+
+    transform = read_transform(outputs["transform"])
+    report = json.loads(open(outputs["report"]).read())
+    fixed_grid, moving_grid = grid_from_volume_node(fixed_node), grid_from_volume_node(moving_node)
+    warped = read_image(outputs["volume"], "registered volume") if "volume" in outputs else None
+    inverse = read_transform(outputs["inverse"]) if "inverse" in outputs else None
+    jacobian = read_image(outputs["jacobian"], "Jacobian", require_volume=False) if "jacobian" in outputs else None
+    return result_to_nodes(scene, fixed_node, moving_node, method, transform, report, fixed_grid, moving_grid, warped,
+                           inverse, jacobian, output_transform_node, output_volume_node)
+
+
+def response_chart_nodes(fixed_node, moving_node, transform_node=None, cnn_model: str = "", device: str = "auto",
+                         patches: int = 64, steps: int = 21) -> list:
+    """Response functions (Sedghi et al., Fig. 2) around the current pose as one plot chart per rigid
+    parameter, with NMI and (given ``cnn_model``) every stage of the learned metric, each curve scaled
+    to [0, 1] so that their shapes compare on one axis."""
+    from .core.device import resolve_device
+    from .core.transforms import RigidTransform
+    from .rigid.response import PARAMETERS, UNITS, build_metrics, response_functions
+
+    scene = fixed_node.GetScene()
+    fixed = volume_node_to_image(fixed_node, "fixed volume")
+    moving = volume_node_to_image(moving_node, "moving volume")
+    center = fixed.grid.center_physical()
+    pose = RigidTransform(center_mm=center)
+    if transform_node is not None and transform_node.IsLinear():
+        pose = RigidTransform.from_matrix4(node_to_transform(transform_node).matrix4(), center)
+    device = resolve_device(device)
+    metrics = build_metrics("nmi", fixed, moving, patches, device=device)
+    if cnn_model:
+        metrics += build_metrics(f"cnn:{cnn_model}", fixed, moving, patches, device=device)
+    rows = response_functions(metrics, pose, steps=steps)
+    charts = []
+    for parameter in PARAMETERS:
+        curves = {}
+        offsets = None
+        for metric in metrics:
+            mine = [r for r in rows if r["parameter"] == parameter and r["metric"] == metric.label]
+            values = np.array([r["value"] for r in mine])
+            span = values.max() - values.min()
+            curves[metric.label] = (values - values.min()) / span if span > 0 else np.zeros_like(values)
+            offsets = [r["offset"] for r in mine]
+        chart, _ = plot_chart_from_columns(scene, f"response {parameter}", f"{parameter} ({UNITS[parameter]})",
+                                           curves, offsets, "metric (scaled to [0, 1])")
+        charts.append(chart)
+    return charts
+
+
+def patch_preview_node(fixed_node, moving_node, scene=None, pairs: int = 6, patch_size: int = 17,
+                       spacing_mm: float = 2.0, dither_variance_mm2: float = 0.0, seed: int = 0):
+    """A montage volume of sampled training patch pairs (middle slices): row r shows pair r as
+    [fixed | moving]; the first ``pairs`` rows are positives (corresponding), the rest negatives."""
+    import torch
+
+    from .core.transforms import RigidTransform
+    from .training.metric_patches import PatchPairSampler, SamplerSettings, prepare_level
+
+    scene = scene or fixed_node.GetScene()
+    fixed = prepare_level(volume_node_to_image(fixed_node, "fixed volume"), spacing_mm)
+    moving = prepare_level(volume_node_to_image(moving_node, "moving volume"), spacing_mm)
+    sampler = PatchPairSampler(SamplerSettings(patch_size, spacing_mm, dither_variance_mm2, 1,
+                                               min_negative_distance_mm=4 * patch_size * spacing_mm / 3))
+    generator = torch.Generator().manual_seed(seed)
+    identity = RigidTransform()
+    batch = torch.cat([sampler.positives(fixed, moving, identity, pairs, generator),
+                       sampler.negatives(fixed, moving, identity, pairs, generator)])
+    mid = patch_size // 2
+    rows = [torch.cat([pair[0, mid], torch.zeros(patch_size, 2), pair[1, mid]], dim=1) for pair in batch]
+    gap = torch.zeros(2, rows[0].shape[1])
+    montage = torch.cat([torch.cat([r, gap]) for r in rows]).numpy()[None].astype(np.float32)
+    grid = Grid((montage.shape[2], montage.shape[1], 1), (spacing_mm, spacing_mm, spacing_mm), (0.0, 0.0, 0.0))
+    return image_to_volume_node(Image(montage, grid), scene, "patch pairs (positives, then negatives)")

@@ -1,13 +1,26 @@
-"""A tqdm progress bar driven by the library's ``Progress`` callbacks."""
+"""Progress of long commands: a tqdm bar for people, or JSON lines for programs (the Slicer modules)."""
 from __future__ import annotations
 
+import json
+import sys
 from contextlib import contextmanager
 
 from ..core.progress import Progress
 
 
+def emit_json(**event) -> None:
+    """One JSON object per line on stdout, flushed: {"event": ..., "fraction": ..., "message": ...}."""
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
 @contextmanager
-def cli_progress(description: str, enabled: bool = True):
+def cli_progress(description: str, enabled: bool = True, as_json: bool = False):
+    """A :class:`Progress` that drives a tqdm bar (with ETA), or prints JSON progress lines."""
+    if as_json:
+        yield Progress(lambda fraction, message: emit_json(event="progress", fraction=round(fraction, 4),
+                                                           message=message))
+        return
     from tqdm.auto import tqdm
 
     bar = tqdm(total=1000, desc=description, disable=not enabled, dynamic_ncols=True,

@@ -8,7 +8,7 @@ from ..core.device import DEVICE_CHOICES
 from ..core.errors import InputError
 from ..core.io import read_image
 from ..core.transforms import read_transform
-from ._progress import cli_progress
+from ._progress import cli_progress, emit_json
 
 
 def parse_params(pairs) -> dict:
@@ -42,6 +42,8 @@ def add_command(sub) -> None:
     p.add_argument("--report", help="JSON report")
     p.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_CHOICES)} (default auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--progress-json", action="store_true",
+                   help="print progress and the outcome as JSON lines on stdout (for the Slicer module)")
     p.set_defaults(func=run)
 
 
@@ -54,13 +56,16 @@ def run(args) -> int:
     initial = read_transform(args.initial_transform) if args.initial_transform else None
     fixed_mask = read_image(args.fixed_mask, "fixed mask", require_volume=False) if args.fixed_mask else None
     moving_mask = read_image(args.moving_mask, "moving mask", require_volume=False) if args.moving_mask else None
-    with cli_progress(f"register ({args.method})", not args.quiet) as progress:
+    with cli_progress(f"register ({args.method})", not args.quiet, args.progress_json) as progress:
         result = register(fixed, moving, args.method, args.device, progress, initial, fixed_mask, moving_mask, **options)
-    if result.report.get("model_note"):
+    if result.report.get("model_note") and not args.progress_json:
         print(result.report["model_note"])
     written = write_outputs(result, args.out_transform, args.out_volume, args.report, args.out_inverse,
                             args.out_jacobian, args.out_inverse_volume)
     r = result.report
+    if args.progress_json:
+        emit_json(event="done", outputs=written, model_note=r.get("model_note", ""))
+        return 0
     print(f"{args.method}: NMI(64) {r['nmi64_before']:.4f} -> {r['nmi64_after']:.4f} in {r['seconds_total']:.1f} s "
           f"on {r['device']}")
     if "folding_percent" in r:

@@ -58,6 +58,20 @@ def bundled_model_names() -> list:
     return sorted(p.stem for p in BUNDLED_DIR.glob("*.pt"))
 
 
+def user_models_dir() -> Path:
+    """Where models trained by the user are saved by default (listed next to the bundled ones)."""
+    from ..data.sources import cache_dir
+
+    folder = cache_dir() / "models"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def available_models() -> list:
+    """Bundled model names, then the paths of the user's trained models."""
+    return bundled_model_names() + sorted(str(p) for p in user_models_dir().glob("*.pt"))
+
+
 def load_model(name_or_path, kind: str, map_location="cpu"):
     """Return ``(state_dict, metadata)`` of a model file of the given ``kind``; refuse anything else."""
     path = resolve_model_path(name_or_path)

@@ -12,7 +12,8 @@ figure; what we build from its description:
 - 2×2×2 transposed convolutions for up-sampling (the thesis' 3×3×3 in the second up-sampling was a
   mistake it reports, so we use the intended 2×2×2), skip concatenations, dropout after the first
   concatenation;
-- LeakyReLU(0.2) activations and a final 1×1×1 convolution initialised near zero, so an untrained
+- LeakyReLU(0.2) activations with He (Kaiming) initialisation, so features keep an O(1) scale through
+  the depth (with PyTorch's default initialisation they shrank ~40× and short CPU training stalled), and a final 1×1×1 convolution initialised near zero, so an untrained
   network predicts an almost-zero momentum (the identity transform); its output is multiplied by a
   fixed ``output_scale`` (10) because useful momenta are several millimetres while the smoothing K⁻¹
   damps them (a choice of ours for short CPU training, equivalent to a larger head learning rate).
@@ -67,6 +68,10 @@ class MomentumUNet(nn.Module):
         self.up1 = nn.ConvTranspose3d(2 * c, c, 2, stride=2)
         self.dec0 = _block(2 * c, c)
         self.head = nn.Conv3d(c, 3, 1)
+        for module in self.modules():
+            if isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)):
+                nn.init.kaiming_normal_(module.weight, a=0.2, nonlinearity="leaky_relu")
+                nn.init.zeros_(module.bias)
         nn.init.normal_(self.head.weight, std=1e-5)
         nn.init.zeros_(self.head.bias)
 

@@ -1,0 +1,325 @@
+import json
+import os
+import shutil
+import tempfile
+from typing import Annotated
+
+import vtk
+
+import slicer
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTableNode
+
+NETWORKS = ["metric", "diffeo", "dirnet", "deepsim"]
+COMMANDS = {"metric": "train-metric", "diffeo": "train-diffeo", "dirnet": "train-dirnet", "deepsim": "train-deepsim"}
+
+
+#
+# DeepMetricTraining
+#
+
+
+class DeepMetricTraining(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Deep Metric Training")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Registration")]
+        self.parent.dependencies = ["DeepRegistration"]
+        self.parent.contributors = ["DeepRegistration developers"]
+        self.parent.helpText = _(
+            "Train the learned multimodal metric (Sedghi et al. 2018: symmetrization, dithering, multi-resolution "
+            "multi-shot stages) and the registration networks (diffeomorphic patch-wise, DIRNet, DeepSim) from "
+            "roughly aligned image pairs. Training runs in a background process and can be stopped and resumed.")
+        self.parent.acknowledgementText = _("Part of the DeepRegistration extension.")
+
+
+#
+# Parameters (saved with the scene)
+#
+
+
+@parameterNodeWrapper
+class DeepMetricTrainingParameterNode:
+    fixedVolume: vtkMRMLScalarVolumeNode
+    movingVolume: vtkMRMLScalarVolumeNode
+    pairsCsv: str = ""
+    network: Annotated[str, Choice(NETWORKS)] = "metric"
+    stages: str = "4:100,2:25,2:15,1:8"
+    patchSize: Annotated[int, WithinRange(5, 64)] = 17
+    dithers: Annotated[int, WithinRange(1, 1000)] = 100
+    symmetrize: bool = True
+    epochs: Annotated[int, WithinRange(1, 1000)] = 4
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    outputModel: str = ""
+    curvesTable: vtkMRMLTableNode
+    realignmentTable: vtkMRMLTableNode
+
+
+#
+# Widget
+#
+
+
+class DeepMetricTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._job = None
+        self._timer = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/DeepMetricTraining.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = DeepMetricTrainingLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.startButton.connect("clicked(bool)", lambda: self.onStart(resume=False))
+        self.ui.resumeButton.connect("clicked(bool)", lambda: self.onStart(resume=True))
+        self.ui.stopButton.connect("clicked(bool)", self.onStop)
+        self.ui.previewButton.connect("clicked(bool)", self.onPreview)
+        self.ui.browsePairsButton.connect("clicked(bool)", self.onBrowsePairs)
+        self.ui.networkComboBox.connect("currentIndexChanged(int)", self.onNetworkChanged)
+        self.initializeParameterNode()
+        self.onNetworkChanged()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+        self.onStop()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self._updateButtons()
+
+    def _updateButtons(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        hasData = bool(p and (p.pairsCsv or (p.fixedVolume and p.movingVolume)))
+        running = self._job is not None
+        self.ui.startButton.enabled = hasData and bool(p.outputModel) and not running
+        self.ui.resumeButton.enabled = hasData and bool(p.outputModel) and not running
+        self.ui.stopButton.enabled = running
+        self.ui.previewButton.enabled = bool(p and p.fixedVolume and p.movingVolume)
+
+    def onNetworkChanged(self, index=None) -> None:
+        self.ui.metricOptionsCollapsibleButton.visible = self.ui.networkComboBox.currentText == "metric"
+
+    def onBrowsePairs(self) -> None:
+        path = slicer.qt.QFileDialog.getOpenFileName(self.parent, _("Pairs CSV"), "", "CSV (*.csv)")
+        if path:
+            self._parameterNode.pairsCsv = path
+
+    def onPreview(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Preview failed."), waitCursor=True):
+            node = self.logic.previewPatchPairs(p.fixedVolume, p.movingVolume, p.patchSize)
+            slicer.util.setSliceViewerLayers(background=node, fit=True)
+
+    def onStart(self, resume: bool) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Training could not start."), waitCursor=True):
+            from DeepRegistration import DeepRegistrationLogic
+            if not DeepRegistrationLogic.ensureDependencies():
+                return
+            self._job = self.logic.startTraining(self._parameterNode, resume)
+            self._timer = slicer.qt.QTimer()
+            self._timer.timeout.connect(self._poll)
+            self._timer.start(500)
+            self._updateButtons()
+
+    def _poll(self) -> None:
+        job = self._job
+        events = job.events()
+        self.logic.applyEvents(events, self._parameterNode)
+        for event in events:
+            if "fraction" in event:
+                self.ui.progressBar.value = int(100 * event["fraction"])
+            if event.get("message"):
+                self.ui.statusLabel.text = event["message"]
+        if job.running:
+            return
+        self._timer.stop()
+        with slicer.util.tryWithErrorDisplay(_("Training failed."), waitCursor=False):
+            if job.returncode != 0:
+                raise RuntimeError(job.error_message())
+            self.ui.statusLabel.text = _("Saved {path}; it is now listed in Deep Registration.").format(
+                path=self._parameterNode.outputModel)
+        self._job = None
+        self._updateButtons()
+
+    def onStop(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+            self.ui.statusLabel.text = _("Stopped; Resume continues from the last checkpoint.")
+        if self._timer is not None:
+            self._timer.stop()
+        self._job = None
+        if self._parameterNode:
+            self._updateButtons()
+
+
+#
+# Logic (works without the GUI)
+#
+
+
+class DeepMetricTrainingLogic(ScriptedLoadableModuleLogic):
+    """Prepare training data from the scene, run a ``deepregistration train-*`` command in the background,
+    and turn its JSON progress into table and plot nodes. Batch scripts can call :meth:`train` (blocking)."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.curveRows = []
+
+    def getParameterNode(self):
+        return DeepMetricTrainingParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def previewPatchPairs(fixedVolume, movingVolume, patchSize: int = 17):
+        from DeepRegistrationLib.mrml import patch_preview_node
+        return patch_preview_node(fixedVolume, movingVolume, patch_size=patchSize)
+
+    @staticmethod
+    def pairsCsvFromNodes(fixedVolume, movingVolume, folder: str) -> str:
+        """Write the scene pair to ``folder`` and a one-row pairs CSV next to it."""
+        from DeepRegistrationLib.core.io import write_image
+        from DeepRegistrationLib.mrml import volume_node_to_image
+        from DeepRegistrationLib.training.common import write_pairs_csv
+        write_image(volume_node_to_image(fixedVolume, "fixed volume"), os.path.join(folder, "fixed.nrrd"))
+        write_image(volume_node_to_image(movingVolume, "moving volume"), os.path.join(folder, "moving.nrrd"))
+        csv = os.path.join(folder, "pairs.csv")
+        write_pairs_csv(csv, [{"fixed": "fixed.nrrd", "moving": "moving.nrrd"}])
+        return csv
+
+    def trainingArguments(self, parameterNode, resume: bool, folder: str) -> list:
+        p = parameterNode
+        pairs = p.pairsCsv or self.pairsCsvFromNodes(p.fixedVolume, p.movingVolume, folder)
+        args = [COMMANDS[p.network], "--pairs", pairs, "--out", p.outputModel, "--epochs", str(p.epochs),
+                "--device", p.device, "--progress-json",
+                "--checkpoint-dir", os.path.splitext(p.outputModel)[0] + "_checkpoints"]
+        if resume:
+            args.append("--resume")
+        if p.network == "metric":
+            args += ["--stages", p.stages, "--patch-size", str(p.patchSize), "--dithers", str(p.dithers)]
+            if not p.symmetrize:
+                args.append("--no-symmetrize")
+        return args
+
+    def startTraining(self, parameterNode, resume: bool = False):
+        from DeepRegistrationLib.background import BackgroundCommand
+        from DeepRegistrationLib.models.model_file import user_models_dir
+        if not parameterNode.outputModel:
+            parameterNode.outputModel = str(user_models_dir() / f"{parameterNode.network}-{os.getpid()}.pt")
+        if not resume:
+            self.curveRows = []
+        folder = tempfile.mkdtemp(prefix="DeepMetricTraining-")
+        job = BackgroundCommand(self.trainingArguments(parameterNode, resume, folder),
+                                shutil.which("PythonSlicer")).start()
+        job.folder = folder
+        return job
+
+    def train(self, parameterNode, resume: bool = False) -> list:
+        """Blocking training (batch scripting); returns the progress events."""
+        job = self.startTraining(parameterNode, resume)
+        job.wait()
+        events = job.events()
+        self.applyEvents(events, parameterNode)
+        if job.returncode != 0:
+            raise RuntimeError(job.error_message())
+        return events
+
+    def applyEvents(self, events: list, parameterNode) -> None:
+        """Loss/accuracy curves into a table + plot chart; realignment corrections into a table."""
+        import numpy as np
+        from DeepRegistrationLib.mrml import plot_chart_from_columns
+        p = parameterNode
+        steps = [e for e in events if e.get("event") in ("step", "epoch") and "loss" in e]
+        if steps:
+            self.curveRows += [(e.get("step", len(self.curveRows)), e.get("loss", np.nan), e.get("accuracy", np.nan),
+                                e.get("val_loss", np.nan)) for e in steps]
+            array = np.array(self.curveRows, dtype=float)
+            if p.curvesTable:
+                slicer.mrmlScene.RemoveNode(p.curvesTable)
+            chart, table = plot_chart_from_columns(slicer.mrmlScene, "training curves", "step",
+                                                   {"loss": array[:, 1], "accuracy": array[:, 2],
+                                                    "validation loss": array[:, 3]}, array[:, 0])
+            p.curvesTable = table
+            if hasattr(slicer.modules, "plots"):
+                slicer.modules.plots.logic().ShowChartInLayout(chart)
+        for e in events:
+            if e.get("event") == "realign" and e.get("corrections"):
+                from DeepRegistrationLib.mrml import report_to_table_node
+                table = report_to_table_node({"stage": e.get("stage", ""), "pairs": e["corrections"]},
+                                             slicer.mrmlScene, "re-alignment corrections", p.realignmentTable)
+                p.realignmentTable = table
+            if e.get("event") == "done" and e.get("model"):
+                p.outputModel = e["model"]
+
+
+#
+# Self-test (run inside Slicer)
+#
+
+
+class DeepMetricTrainingTest(ScriptedLoadableModuleTest):
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_PreviewAndTinyTraining()
+
+    def test_PreviewAndTinyTraining(self):
+        """Preview patch pairs of a sample pair, then train a one-stage metric for one short epoch."""
+        from DeepRegistrationLib.data import sources
+        from DeepRegistrationLib.mrml import image_to_volume_node
+        self.delayDisplay("Loading sample data")
+        fixed = image_to_volume_node(sources.spm_avg152("T1"), slicer.mrmlScene, "T1")
+        moving = image_to_volume_node(sources.spm_avg152("T2"), slicer.mrmlScene, "T2")
+        logic = DeepMetricTrainingLogic()
+        preview = logic.previewPatchPairs(fixed, moving)
+        self.assertIsNotNone(preview.GetImageData())
+        p = logic.getParameterNode()
+        p.fixedVolume, p.movingVolume = fixed, moving
+        p.stages, p.epochs, p.dithers = "2:25", 1, 2
+        p.outputModel = os.path.join(tempfile.mkdtemp(), "metric.pt")
+        events = logic.train(p)
+        self.assertTrue(any(e.get("event") == "done" for e in events))
+        self.assertTrue(os.path.exists(p.outputModel))
+        self.delayDisplay("Test passed: " + json.dumps(events[-1]))
