@@ -169,3 +169,54 @@ def test_response_chart_nodes_peak_at_alignment(scene):
     x = [table.GetValue(r, 0).ToDouble() for r in range(table.GetNumberOfRows())]
     y = [table.GetValue(r, 1).ToDouble() for r in range(table.GetNumberOfRows())]
     assert x[int(np.argmax(y))] == pytest.approx(0.0)  # NMI peaks at the true (identity) pose in tx
+
+
+def test_background_register_then_nodes_from_outputs(scene, tmp_path):
+    """The GUI path: a background `deepregistration register --progress-json`, then its files into MRML."""
+    from DeepRegistrationLib.background import BackgroundCommand
+    fixed, moving, true = _small_pair()
+    write_image(fixed, tmp_path / "fixed.nrrd")
+    write_image(moving, tmp_path / "moving.nrrd")
+    fixed_node = mrml.image_to_volume_node(fixed, scene, "fixed")
+    moving_node = mrml.image_to_volume_node(moving, scene, "moving")
+    job = BackgroundCommand(["register", tmp_path / "fixed.nrrd", tmp_path / "moving.nrrd", "--method", "mi",
+                             "--device", "cpu", "--progress-json", "--param", "levels=2,1",
+                             "--param", "max_points=20000", "--out-transform", tmp_path / "T.h5",
+                             "--out-volume", tmp_path / "W.nrrd", "--report", tmp_path / "R.json"]).start()
+    assert job.wait(300) == 0, job.error_message()
+    events = job.events()
+    fractions = [e["fraction"] for e in events if e["event"] == "progress"]
+    assert fractions and fractions == sorted(fractions) and fractions[-1] == 1.0
+    done = [e for e in events if e["event"] == "done"][0]
+    out_volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "registered")
+    nodes = mrml.nodes_from_outputs(scene, fixed_node, moving_node, "mi", done["outputs"], None, out_volume)
+    transform = mrml.node_to_transform(nodes["transform"])
+    assert rigid_errors(RigidTransform.from_matrix4(transform.matrix4()), true)["t_norm_mm"] < 2.0
+    assert mrml.volume_node_to_image(nodes["volume"]).grid.same_as(fixed.grid, tol=1e-4)
+
+
+def test_background_cancel_writes_nothing(tmp_path):
+    from DeepRegistrationLib.background import BackgroundCommand
+    fixed, moving, _ = _small_pair()
+    write_image(fixed, tmp_path / "fixed.nrrd")
+    write_image(moving, tmp_path / "moving.nrrd")
+    job = BackgroundCommand(["register", tmp_path / "fixed.nrrd", tmp_path / "moving.nrrd", "--device", "cpu",
+                             "--progress-json", "--out-transform", tmp_path / "T.h5", "--report",
+                             tmp_path / "R.json"]).start()
+    import time
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(e["event"] == "progress" for e in job.events()):
+        time.sleep(0.2)
+    job.cancel()
+    assert job.returncode is not None and job.returncode != 0
+    assert not (tmp_path / "T.h5").exists() and not (tmp_path / "R.json").exists()
+
+
+def test_patch_preview_node(scene):
+    t1, t2 = (downsample(sources.spm_avg152(m), 1) for m in ("T1", "T2"))
+    node = mrml.patch_preview_node(mrml.image_to_volume_node(t1, scene, "t1"), mrml.image_to_volume_node(t2, scene, "t2"),
+                                   pairs=3, patch_size=9, spacing_mm=4.0)
+    montage = slicer.util.arrayFromVolume(node)
+    assert montage.shape == (1, 6 * (9 + 2), 9 + 2 + 9)
+    assert montage.max() > 0.2  # real patches, intensities normalized to [0, 1]
+    assert montage.max() <= 1.0 + 1e-6
