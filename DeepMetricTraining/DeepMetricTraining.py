@@ -4,6 +4,7 @@ import shutil
 import tempfile
 from typing import Annotated
 
+import qt
 import vtk
 
 import slicer
@@ -142,7 +143,7 @@ class DeepMetricTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.metricOptionsCollapsibleButton.visible = self.ui.networkComboBox.currentText == "metric"
 
     def onBrowsePairs(self) -> None:
-        path = slicer.qt.QFileDialog.getOpenFileName(self.parent, _("Pairs CSV"), "", "CSV (*.csv)")
+        path = qt.QFileDialog.getOpenFileName(self.parent, _("Pairs CSV"), "", "CSV (*.csv)")
         if path:
             self._parameterNode.pairsCsv = path
 
@@ -158,7 +159,7 @@ class DeepMetricTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             if not DeepRegistrationLogic.ensureDependencies():
                 return
             self._job = self.logic.startTraining(self._parameterNode, resume)
-            self._timer = slicer.qt.QTimer()
+            self._timer = qt.QTimer()
             self._timer.timeout.connect(self._poll)
             self._timer.start(500)
             self._updateButtons()

@@ -3,6 +3,7 @@ import shutil
 import tempfile
 from typing import Annotated
 
+import qt
 import vtk
 
 import slicer
@@ -157,7 +158,7 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateModelCard()
 
     def onLoadModel(self) -> None:
-        path = slicer.qt.QFileDialog.getOpenFileName(self.parent, _("Load model file"), "", "Model (*.pt)")
+        path = qt.QFileDialog.getOpenFileName(self.parent, _("Load model file"), "", "Model (*.pt)")
         if path:
             self.ui.modelComboBox.addItem(path)
             self.ui.modelComboBox.currentText = path
@@ -183,7 +184,7 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._job = self.logic.startBackgroundRegistration(self._parameterNode)
             self.ui.applyButton.text = _("Cancel")
             self.ui.progressBar.value = 0
-            self._timer = slicer.qt.QTimer()
+            self._timer = qt.QTimer()
             self._timer.timeout.connect(self._poll)
             self._timer.start(250)
 

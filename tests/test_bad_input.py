@@ -123,3 +123,14 @@ def test_api_leaves_arrays_untouched(good_pair):
     f0, m0 = fixed.array.copy(), moving.array.copy()
     register(fixed, moving, "mi", "cpu", levels="2", max_points=2000)
     assert np.array_equal(fixed.array, f0) and np.array_equal(moving.array, m0)
+
+
+def test_out_of_memory_is_a_clear_error(good_pair, monkeypatch):
+    from DeepRegistrationLib.rigid import mi_method
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(mi_method, "run", exhausted)
+    with pytest.raises(InputError, match="out of memory on cpu registering a 16 x 14 x 12 volume"):
+        register(read_image(good_pair[0]), read_image(good_pair[1]), "mi", "cpu")

@@ -10,6 +10,7 @@ import importlib
 import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -117,12 +118,13 @@ def register(fixed: Image, moving: Image, method: str = "mi", device: str = "aut
     ctx = RegistrationContext(torch_device, progress, initial_transform, dict(options), fixed_mask, moving_mask)
 
     t0 = time.perf_counter()
-    out = module.run(fixed, moving, ctx)
-    t_method = time.perf_counter() - t0
-    progress(0.97, "resampling")
-    t1 = time.perf_counter()
-    warped = warp(moving, fixed.grid, out.transform, device=torch_device)
-    t_warp = time.perf_counter() - t1
+    with _out_of_memory_as_input_error(torch_device, fixed):
+        out = module.run(fixed, moving, ctx)
+        t_method = time.perf_counter() - t0
+        progress(0.97, "resampling")
+        t1 = time.perf_counter()
+        warped = warp(moving, fixed.grid, out.transform, device=torch_device)
+        t_warp = time.perf_counter() - t1
 
     from .rigid.mi import nmi_value
     report = {
@@ -145,6 +147,22 @@ def register(fixed: Image, moving: Image, method: str = "mi", device: str = "aut
     report["seconds_total"] = time.perf_counter() - t0
     progress(1.0, "done")
     return RegistrationResult(out.transform, warped, report, out.inverse, jac_img, fixed, moving)
+
+
+@contextmanager
+def _out_of_memory_as_input_error(device, fixed: Image):
+    """Running out of (GPU or host) memory becomes one clear message; nothing has been written then."""
+    import torch
+
+    try:
+        yield
+    except (MemoryError, torch.cuda.OutOfMemoryError) as err:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        raise InputError(
+            f"out of memory on {device} registering a {' x '.join(map(str, fixed.grid.size))} volume "
+            f"({type(err).__name__}); try --device cpu, a smaller prediction tile (--param tile=...), "
+            "or downsample the images") from None
 
 
 def inverse_consistency_mm(forward, inverse, grid) -> dict:
