@@ -112,3 +112,33 @@ def test_train_metric_command_progress_json(tmp_path, capsys):
     assert (tmp_path / "m_checkpoints" / "realignment.json").exists()
     assert main(["train-metric", "--pairs", str(tmp_path / "pairs.csv"), "--out", str(tmp_path / "x.pt"),
                  "--stages", "4-100"]) == 2
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    config = dict(stages=((2.0, 4.0), (1.0, 2.0)), pairs_per_epoch=512, epochs=1, validation_pairs=128)
+    straight = MetricTrainer(tiny_pairs(), tiny_config(**config), tmp_path / "a.pt", None, Distributed(),
+                             show_progress=False)
+    straight.train()
+    original = MetricTrainer.train_stage
+
+    def interrupt_second_stage(self, state, ckpt):
+        if state.stage == 1:
+            raise KeyboardInterrupt
+        original(self, state, ckpt)
+
+    monkeypatch.setattr(MetricTrainer, "train_stage", interrupt_second_stage)
+    first = MetricTrainer(tiny_pairs(), tiny_config(**config), tmp_path / "b.pt", None, Distributed(),
+                          show_progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        first.train()
+    assert len(read_metadata(tmp_path / "b.pt")["stages"]) == 1  # the finished stage was kept
+    monkeypatch.setattr(MetricTrainer, "train_stage", original)
+    resumed = MetricTrainer(tiny_pairs(), tiny_config(**config), tmp_path / "b.pt", None, Distributed(),
+                            show_progress=False)
+    resumed.train(resume=True)
+    a, b = load_metric_set(tmp_path / "a.pt"), load_metric_set(tmp_path / "b.pt")
+    assert len(a) == len(b) == 2
+    for sa, sb in zip(a, b):
+        for (k, va), vb in zip(sa.network.state_dict().items(), sb.network.state_dict().values()):
+            assert torch.equal(va, vb), k

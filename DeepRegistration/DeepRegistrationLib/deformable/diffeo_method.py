@@ -6,7 +6,7 @@ momentum is predicted tile by tile, smoothed and integrated (:mod:`.patchwise`).
 on the fixed image's own grid as an LPS-mm displacement field (composed with the initial transform when
 that is not the identity), and φ⁻¹ = exp(−v) as a field on the moving image's grid.
 
-Options (``--param KEY=VALUE``): ``tile`` (tile side in voxels, multiple of 4; default 64, chosen by
+Options (``--param KEY=VALUE``): ``tile`` (tile side in voxels, multiple of 4; default 48, chosen by
 benchmarks/diffeo_tiles.py), ``discard`` (voxels dropped per tile side, default 12), ``tile_batch``
 (tiles per network call, default 1). Without ``--model`` the bundled brain-T1 model is used and the
 report says so.
@@ -27,7 +27,7 @@ from . import lddmm
 from .patchwise import DISCARD, MODEL_KIND, normalize_intensity, predict_fields, resample_to, voxels_to_lps_mm
 
 DEFAULT_MODEL = "diffeo_brain_t1"
-DEFAULT_TILE = 64
+DEFAULT_TILE = 48
 OPTIONS = ("models", "tile", "discard", "tile_batch")
 
 
