@@ -94,7 +94,7 @@ def main(argv=None) -> int:
         for channels in ((8, 16, 16), (16, 32, 32)):
             s, t = throughput(device, channels, args.steps)
             print(f"| {device.type} | {','.join(map(str, channels))} | {s:.0f} | {t:.0f} |", flush=True)
-    print(f"\n| device | method | seconds | ‖Δt‖ mm | evaluations | time / NMI time |")
+    print("\n| device | method | seconds | ‖Δt‖ mm | evaluations | time / NMI time |")
     print("|---|---|---|---|---|---|")
     for device in devices:
         times = registration_times(device, args.model, args.patches, args.max_evaluations)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from DeepRegistrationLib.core.image import Grid, Image
+from DeepRegistrationLib.core.image import Grid
 from DeepRegistrationLib.core.jacobian import jacobian_determinant, jacobian_statistics
 from DeepRegistrationLib.core.transforms import AffineTransform, DisplacementField, RigidTransform
 from DeepRegistrationLib.metrics.evaluation import dice_per_label, rigid_errors, target_registration_error

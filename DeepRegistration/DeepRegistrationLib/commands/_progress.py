@@ -1,17 +1,9 @@
 """Progress of long commands: a tqdm bar for people, or JSON lines for programs (the Slicer modules)."""
 from __future__ import annotations
 
-import json
-import sys
 from contextlib import contextmanager
 
-from ..core.progress import Progress
-
-
-def emit_json(**event) -> None:
-    """One JSON object per line on stdout, flushed: {"event": ..., "fraction": ..., "message": ...}."""
-    sys.stdout.write(json.dumps(event) + "\n")
-    sys.stdout.flush()
+from ..core.progress import Progress, emit_json
 
 
 @contextmanager

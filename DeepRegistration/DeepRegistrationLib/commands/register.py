@@ -8,7 +8,8 @@ from ..core.device import DEVICE_CHOICES
 from ..core.errors import InputError
 from ..core.io import read_image
 from ..core.transforms import read_transform
-from ._progress import cli_progress, emit_json
+from ..core.progress import emit_json
+from ._progress import cli_progress
 
 
 def parse_params(pairs) -> dict:

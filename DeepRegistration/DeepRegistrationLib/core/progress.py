@@ -1,6 +1,8 @@
 """Progress reporting and cancellation shared by the CLI (tqdm), Slicer (progress bar) and scripts."""
 from __future__ import annotations
 
+import json
+import sys
 from typing import Callable, Optional
 
 from .errors import Cancelled
@@ -34,3 +36,9 @@ def as_progress(progress) -> Progress:
     if isinstance(progress, Progress):
         return progress
     return Progress(progress)
+
+
+def emit_json(**event) -> None:
+    """One JSON object per line on stdout, flushed (progress for programs such as the Slicer modules)."""
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()

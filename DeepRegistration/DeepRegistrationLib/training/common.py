@@ -135,3 +135,27 @@ def progress_bar(total: int, description: str, enabled: bool = True):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=description, disable=not enabled, dynamic_ncols=True)
+
+
+def emit_progress(enabled: bool, **event) -> None:
+    """A JSON progress line (the training-command contract's ``--progress-json``) when enabled."""
+    if enabled:
+        from ..core.progress import emit_json
+
+        emit_json(**event)
+
+
+def settings_without(settings: dict, *keys) -> dict:
+    """Settings minus the ones a resumed run may change (e.g. ``epochs``)."""
+    return {k: v for k, v in settings.items() if k not in keys}
+
+
+class StopRequest:
+    """Set by SIGTERM, so a training loop can write its checkpoint and stop between steps."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self, signum, frame):
+        self.requested = True
+

@@ -23,7 +23,6 @@ ICBM 2009a template, a different population average, so train and test subjects 
 """
 from __future__ import annotations
 
-import json
 import math
 import signal
 import time
@@ -46,7 +45,8 @@ from ..deformable.patchwise import MODEL_KIND, NORMALIZATION, normalize_intensit
 from ..deformable.spatial_transformer import inside_fraction_mask, warp_voxels
 from ..models.model_file import save_model
 from ..networks.momentum_unet import MomentumUNet, MomentumUNetConfig
-from .common import atomic_save, distributed, load_checkpoint, progress_bar, read_pairs_csv
+from .common import (StopRequest, atomic_save, distributed, emit_progress, load_checkpoint, progress_bar,
+                     read_pairs_csv, settings_without)
 
 CHECKPOINT_NAME = "diffeo_last.pt"
 NMSE_A = 0.2
@@ -239,23 +239,6 @@ def model_metadata(settings: DiffeoTraining, training: dict) -> dict:
     }
 
 
-class _StopFlag:
-    def __init__(self):
-        self.stop = False
-
-    def __call__(self, signum, frame):
-        self.stop = True
-
-
-def _emit(progress_json: bool, **event) -> None:
-    if progress_json:
-        print(json.dumps(event), flush=True)
-
-
-def _comparable(settings: dict) -> dict:
-    return {k: v for k, v in settings.items() if k != "epochs"}
-
-
 def resolve_similarity(similarity) -> Callable:
     if callable(similarity):
         return similarity
@@ -280,7 +263,7 @@ def train(settings: DiffeoTraining, data: PairSource, out, checkpoint_dir=None, 
         step, history = 0, []
         if resume:
             ckpt = load_checkpoint(ckpt_path)
-            if _comparable(ckpt["settings"]) != _comparable(settings.to_dict()):
+            if settings_without(ckpt["settings"], "epochs") != settings_without(settings.to_dict(), "epochs"):
                 raise InputError(f"{ckpt_path} was written with other settings; resume with the same options "
                                  "(only --epochs may change)")
             net.load_state_dict(ckpt["model"])
@@ -293,8 +276,8 @@ def train(settings: DiffeoTraining, data: PairSource, out, checkpoint_dir=None, 
         steps_per_epoch = settings.groups_per_epoch * settings.batches_per_group
         total = settings.epochs * steps_per_epoch
         per_rank = settings.batch_size // dist.world_size
-        flag = _StopFlag()
-        previous = signal.signal(signal.SIGTERM, flag)
+        stop = StopRequest()
+        previous = signal.signal(signal.SIGTERM, stop)
 
         def save_checkpoint():
             if dist.is_main:
@@ -325,17 +308,17 @@ def train(settings: DiffeoTraining, data: PairSource, out, checkpoint_dir=None, 
                     if dist.is_main:
                         bar.update(1)
                         bar.set_postfix(loss=f"{loss_value:.4f}")
-                        _emit(progress_json, event="step", epoch=(step - 1) // steps_per_epoch, step=step,
+                        emit_progress(progress_json, event="step", epoch=(step - 1) // steps_per_epoch, step=step,
                               fraction=step / total, loss=loss_value, message="")
                     if step % steps_per_epoch == 0:
                         val = validation_loss(net, val_fixed, val_moving, settings, sim, dist.device)
                         history.append({"step": step, "loss": loss_value, "val_loss": val, **parts})
                         save_checkpoint()
                         if dist.is_main:
-                            _emit(progress_json, event="epoch", epoch=step // steps_per_epoch, step=step,
+                            emit_progress(progress_json, event="epoch", epoch=step // steps_per_epoch, step=step,
                                   fraction=step / total, loss=loss_value, val_loss=val,
                                   message=f"validation loss {val:.5f}")
-                    if flag.stop:
+                    if stop.requested:
                         raise Cancelled("training stopped by SIGTERM")
                     if step >= total:
                         break
@@ -358,7 +341,7 @@ def train(settings: DiffeoTraining, data: PairSource, out, checkpoint_dir=None, 
                                  "subjects kept for testing" if data.synthesize and "SPM" in data.description
                         else "the pairs of the CSV"}
             save_model(out, net.state_dict(), model_metadata(settings, training))
-            _emit(progress_json, event="done", epoch=settings.epochs, step=step, fraction=1.0,
+            emit_progress(progress_json, event="done", epoch=settings.epochs, step=step, fraction=1.0,
                   loss=history[-1]["loss"] if history else float("nan"), message="done", model=str(out))
         dist.barrier()
     return out

@@ -14,7 +14,6 @@ DDP averages the gradients; only rank 0 writes and reports.
 """
 from __future__ import annotations
 
-import json
 import math
 import signal
 import time
@@ -33,7 +32,8 @@ from ..deformable.spatial_transformer import warp_voxels
 from ..metrics.similarity import ncc
 from ..models.model_file import save_model
 from ..networks.dirnet import DIRNet, DIRNetConfig
-from .common import atomic_save, distributed, load_checkpoint, progress_bar, read_pairs_csv
+from .common import (StopRequest, atomic_save, distributed, emit_progress, load_checkpoint, progress_bar,
+                     read_pairs_csv, settings_without)
 
 CHECKPOINT_NAME = "dirnet_last.pt"
 
@@ -147,25 +147,6 @@ def model_metadata(settings: DIRNetTraining, training: dict) -> dict:
     }
 
 
-class _StopFlag:
-    """Set by SIGTERM, so the loop can write a checkpoint and stop between steps."""
-
-    def __init__(self):
-        self.stop = False
-
-    def __call__(self, signum, frame):
-        self.stop = True
-
-
-def _without_epochs(settings: dict) -> dict:
-    return {k: v for k, v in settings.items() if k != "epochs"}
-
-
-def _emit(progress_json: bool, **event) -> None:
-    if progress_json:
-        print(json.dumps(event), flush=True)
-
-
 def train(settings: DIRNetTraining, data: VolumePairs, out, checkpoint_dir=None, resume: bool = False,
           device: str = "auto", progress_json: bool = False, command: str = "") -> Path:
     """Train and write the model file ``out``; returns its path."""
@@ -181,7 +162,7 @@ def train(settings: DIRNetTraining, data: VolumePairs, out, checkpoint_dir=None,
         step, history = 0, []
         if resume:
             ckpt = load_checkpoint(ckpt_path)
-            if _without_epochs(ckpt["settings"]) != _without_epochs(settings.to_dict()):
+            if settings_without(ckpt["settings"], "epochs") != settings_without(settings.to_dict(), "epochs"):
                 raise InputError(f"{ckpt_path} was written with other settings; resume with the same options "
                                  "(only --epochs may change)")
             net.load_state_dict(ckpt["model"])
@@ -192,8 +173,8 @@ def train(settings: DIRNetTraining, data: VolumePairs, out, checkpoint_dir=None,
         val_fixed, val_moving = data.sample(settings.validation_pairs, torch.Generator().manual_seed(10 ** 6 + settings.seed))
         total = settings.epochs * settings.steps_per_epoch
         per_rank = settings.batch_size // dist.world_size
-        flag = _StopFlag()
-        previous = signal.signal(signal.SIGTERM, flag)
+        stop = StopRequest()
+        previous = signal.signal(signal.SIGTERM, stop)
 
         def save_checkpoint():
             if dist.is_main:
@@ -218,17 +199,17 @@ def train(settings: DIRNetTraining, data: VolumePairs, out, checkpoint_dir=None,
                 if dist.is_main:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss_value:.4f}")
-                    _emit(progress_json, event="step", epoch=(step - 1) // settings.steps_per_epoch, step=step,
+                    emit_progress(progress_json, event="step", epoch=(step - 1) // settings.steps_per_epoch, step=step,
                           fraction=step / total, loss=loss_value, message="")
                 if step % settings.steps_per_epoch == 0:
                     val = validation_loss(net, val_fixed, val_moving, dist.device)
                     history.append({"step": step, "loss": loss_value, "val_loss": val})
                     if dist.is_main:
-                        _emit(progress_json, event="epoch", epoch=step // settings.steps_per_epoch, step=step,
+                        emit_progress(progress_json, event="epoch", epoch=step // settings.steps_per_epoch, step=step,
                               fraction=step / total, loss=loss_value, val_loss=val, message=f"validation NCC loss {val:.4f}")
                 if step % settings.checkpoint_every == 0 or step == total:
                     save_checkpoint()
-                if flag.stop:
+                if stop.requested:
                     raise Cancelled("training stopped by SIGTERM")
         except (KeyboardInterrupt, Cancelled):
             save_checkpoint()
@@ -246,7 +227,7 @@ def train(settings: DIRNetTraining, data: VolumePairs, out, checkpoint_dir=None,
                         "split": "trained on the SPM avg152 T1 template only; ICBM 2009a kept for testing"
                         if "SPM avg152" in data.description else "the pairs of the CSV"}
             save_model(out, net.state_dict(), model_metadata(settings, training))
-            _emit(progress_json, event="done", epoch=settings.epochs, step=step, fraction=1.0,
+            emit_progress(progress_json, event="done", epoch=settings.epochs, step=step, fraction=1.0,
                   loss=history[-1]["loss"] if history else float("nan"), message="done", model=str(out))
         dist.barrier()
     return out
