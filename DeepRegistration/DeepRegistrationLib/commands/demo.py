@@ -7,20 +7,26 @@ from pathlib import Path
 import numpy as np
 
 from ..api import register, write_outputs
+from ..core.io import write_image
 from ..core.warp import warp
 from ..data import sources
-from ..data.synthetic import random_rigid
+from ..data.synthetic import random_rigid, smooth_random_field
 from ..metrics.evaluation import rigid_errors
+from ..rigid.response import nmi_and_cnn_panels
+from ..viz.deformation_grid import save_deformation_grid_figure
 from ..viz.overlay import save_checkerboard_figure
+from ..viz.response_plot import save_response_plot
 from ._progress import cli_progress
 
 
 def add_command(sub) -> None:
-    p = sub.add_parser("demo", help="register a misregistered T1/T2 sample pair and write the results",
+    p = sub.add_parser("demo", help="register sample pairs with the bundled methods and write the results",
                        description="Loads the SPM avg152 T1 (fixed) and T2 (moving) templates, misregisters T2 by "
-                                   "a random rigid transform from Sedghi et al.'s distribution, registers it back "
-                                   "with NMI and writes the warped volume, transform, report and a before/after "
-                                   "checkerboard PNG.")
+                                   "a random rigid transform from Sedghi et al.'s distribution and registers it back "
+                                   "with NMI and with the bundled CNN metric (warped volumes, transforms, reports, a "
+                                   "before/after checkerboard PNG, response functions of both metrics); then "
+                                   "registers the T1 to a synthetically deformed T1 with the bundled diffeomorphic "
+                                   "model (Jacobian map and deformation-grid picture).")
     p.add_argument("--out", default="deepregistration-demo", help="output folder (default ./deepregistration-demo)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--device", default="auto")
@@ -35,54 +41,66 @@ def make_misregistered_pair(seed: int):
     return fixed, moving, true
 
 
+def _print_rigid(name: str, report: dict) -> None:
+    e = report["errors_vs_truth"]
+    print(f"{name}: translation error {e['t_norm_mm']:.2f} mm, rotation errors "
+          f"{e['theta_x_deg']:.2f}/{e['theta_y_deg']:.2f}/{e['theta_z_deg']:.2f} deg, {report['seconds_total']:.1f} s")
+
+
+def rigid_steps(fixed, moving, true, out: Path, device: str) -> dict:
+    """NMI and CNN-metric rigid registration of the T1/T2 pair, the checkerboard and the response functions."""
+    written = {}
+    for method, title in (("mi", "rigid NMI registration"), ("cnn", "rigid CNN-metric registration (Sedghi et al.)")):
+        with cli_progress(title) as progress:
+            result = register(fixed, moving, method, device, progress)
+        result.report["errors_vs_truth"] = rigid_errors(result.transform, true)
+        written.update({f"{method}_{k}": v for k, v in write_outputs(
+            result, out / f"{method}_transform.h5", out / f"{method}_warped.nrrd", out / f"{method}_report.json").items()})
+        if result.report.get("model_note"):
+            print(result.report["model_note"])
+        _print_rigid("NMI rigid" if method == "mi" else "CNN metric rigid", result.report)
+        if method == "mi":
+            written["checkerboard"] = save_checkerboard_figure(
+                fixed, warp(moving, fixed.grid), result.warped, out / "mi_checkerboard.png",
+                "SPM avg152 T1 (fixed) vs T2 (moving): NMI rigid registration")
+    written["response"] = save_response_plot([], out / "response_nmi_vs_cnn.png",
+                                             "response functions around the true pose",
+                                             panels=nmi_and_cnn_panels(fixed, moving, true, "sedghi-t1-t2"))
+    return written
+
+
+def diffeo_step(fixed, out: Path, seed: int, device: str) -> tuple:
+    """The bundled diffeomorphic model on the T1 and a synthetically deformed copy of it."""
+    deformed = warp(fixed, fixed.grid, smooth_random_field(fixed.grid, np.random.default_rng(seed), 4.0))
+    with cli_progress("diffeomorphic registration (T1 vs deformed T1)") as progress:
+        result = register(fixed, deformed, "diffeo", device, progress)
+    written = {f"diffeo_{k}": v for k, v in write_outputs(
+        result, out / "diffeo_transform.h5", out / "diffeo_warped.nrrd", out / "diffeo_report.json",
+        out_jacobian=out / "diffeo_jacobian.nrrd").items()}
+    written["diffeo_grid"] = save_deformation_grid_figure(result.warped, result.transform, out / "diffeo_grid.png",
+                                                          "SPM T1 vs deformed T1: diffeo, morphed grid over warped")
+    r = result.report
+    print(f"diffeo: NMI {r['nmi64_before']:.4f} -> {r['nmi64_after']:.4f}, folding {r['folding_percent']:.4f} %, "
+          f"{r['seconds_total']:.1f} s")
+    return written, {k: r[k] for k in ("nmi64_before", "nmi64_after", "folding_percent", "jacobian_min")}
+
+
 def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print("loading the sample data (SPM avg152 T1/T2; fetched into the cache on first use)...")
     fixed, moving, true = make_misregistered_pair(args.seed)
-    summary = {"true_transform": {"angles_deg": np.degrees(true.angles_rad).tolist(),
-                                  "translation_mm": true.translation_mm.tolist()}}
-    with cli_progress("rigid NMI registration") as progress:
-        result = register(fixed, moving, "mi", args.device, progress)
-    result.report["errors_vs_truth"] = rigid_errors(result.transform, true)
-    written = write_outputs(result, out / "mi_transform.h5", out / "mi_warped.nrrd", out / "mi_report.json")
-    from ..core.io import write_image
     write_image(fixed, out / "fixed_T1.nrrd")
     write_image(moving, out / "moving_T2.nrrd")
-    png = save_checkerboard_figure(fixed, warp(moving, fixed.grid), result.warped, out / "mi_checkerboard.png",
-                                   "SPM avg152 T1 (fixed) vs T2 (moving): NMI rigid registration")
-    summary["mi"] = result.report["errors_vs_truth"]
-    e = result.report["errors_vs_truth"]
-    print(f"NMI rigid: translation error {e['t_norm_mm']:.2f} mm, rotation errors "
-          f"{e['theta_x_deg']:.2f}/{e['theta_y_deg']:.2f}/{e['theta_z_deg']:.2f} deg, "
-          f"{result.report['seconds_total']:.1f} s")
-    from ..rigid.response import nmi_and_cnn_panels
-    from ..viz.response_plot import save_response_plot
-    with cli_progress("rigid CNN-metric registration (Sedghi et al.)") as progress:
-        cnn = register(fixed, moving, "cnn", args.device, progress)
-    summary["cnn"] = cnn.report["errors_vs_truth"] = e = rigid_errors(cnn.transform, true)
-    written.update({f"cnn_{k}": v for k, v in write_outputs(
-        cnn, out / "cnn_transform.h5", out / "cnn_warped.nrrd", out / "cnn_report.json").items()})
-    print(f"{cnn.report['model_note']}\nCNN metric rigid: translation error {e['t_norm_mm']:.2f} mm, rotation "
-          f"errors {e['theta_x_deg']:.2f}/{e['theta_y_deg']:.2f}/{e['theta_z_deg']:.2f} deg, "
-          f"{cnn.report['seconds_total']:.1f} s")
-    written["response"] = save_response_plot([], out / "response_nmi_vs_cnn.png", "response functions around the true "
-                                             "pose", panels=nmi_and_cnn_panels(fixed, moving, true, "sedghi-t1-t2"))
-    from ..data.synthetic import smooth_random_field
-    from ..viz.deformation_grid import save_deformation_grid_figure
-    deformed = warp(fixed, fixed.grid, smooth_random_field(fixed.grid, np.random.default_rng(args.seed), 4.0))
-    with cli_progress("diffeomorphic registration (T1 vs deformed T1)") as progress:
-        dr = register(fixed, deformed, "diffeo", args.device, progress)
-    written.update({f"diffeo_{k}": v for k, v in write_outputs(
-        dr, out / "diffeo_transform.h5", out / "diffeo_warped.nrrd", out / "diffeo_report.json",
-        out_jacobian=out / "diffeo_jacobian.nrrd").items()})
-    written["diffeo_grid"] = save_deformation_grid_figure(dr.warped, dr.transform, out / "diffeo_grid.png",
-                                                          "SPM T1 vs deformed T1: diffeo, morphed grid over warped")
-    summary["diffeo"] = {k: dr.report[k] for k in ("nmi64_before", "nmi64_after", "folding_percent", "jacobian_min")}
-    print(f"diffeo: NMI {dr.report['nmi64_before']:.4f} -> {dr.report['nmi64_after']:.4f}, folding "
-          f"{dr.report['folding_percent']:.4f} %, {dr.report['seconds_total']:.1f} s")
+    written = rigid_steps(fixed, moving, true, out, args.device)
+    diffeo_written, diffeo_summary = diffeo_step(fixed, out, args.seed, args.device)
+    written.update(diffeo_written)
+    summary = {"true_transform": {"angles_deg": np.degrees(true.angles_rad).tolist(),
+                                  "translation_mm": true.translation_mm.tolist()},
+               **{m: json.loads((out / f"{m}_report.json").read_text())["errors_vs_truth"] for m in ("mi", "cnn")},
+               "diffeo": diffeo_summary}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"results in {out.resolve()}:")
-    for path in [*written.values(), png, out / "summary.json"]:
+    for path in [*written.values(), out / "summary.json"]:
         print(f"  {path}")
     return 0
