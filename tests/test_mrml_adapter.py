@@ -220,3 +220,32 @@ def test_patch_preview_node(scene):
     assert montage.shape == (1, 6 * (9 + 2), 9 + 2 + 9)
     assert montage.max() > 0.2  # real patches, intensities normalized to [0, 1]
     assert montage.max() <= 1.0 + 1e-6
+
+
+@pytest.mark.parametrize("method, options", [
+    ("cnn", {"patches": 32, "max_evaluations": 40}),
+    ("diffeo", {}),
+    ("dirnet", {}),
+])
+def test_register_nodes_every_learned_method(scene, method, options):
+    """Every bundled method on a small pair gives the documented nodes with the fixed geometry."""
+    fixed, moving, _ = _small_pair()
+    fixed_node = mrml.image_to_volume_node(fixed, scene, "fixed")
+    moving_node = mrml.image_to_volume_node(moving if method == "cnn" else warp(fixed, fixed.grid, None), scene,
+                                            "moving")
+    moving_before = slicer.util.arrayFromVolume(moving_node).copy()
+    out_volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "registered")
+    nodes = mrml.register_nodes(fixed_node, moving_node, method, "cpu", output_volume_node=out_volume, options=options)
+    assert mrml.volume_node_to_image(nodes["volume"]).grid.same_as(fixed.grid, tol=1e-6)
+    assert np.array_equal(slicer.util.arrayFromVolume(moving_node), moving_before)
+    pts = fixed.grid.index_to_physical(np.array([[10, 12, 9], [30, 20, 25]]))
+    np.testing.assert_allclose(mrml.transform_ras_points(nodes["transform"], pts * F) * F,
+                               nodes["result"].transform.transform_points(pts), atol=0.05)
+    if method == "cnn":
+        assert nodes["transform"].IsLinear() and "jacobian" not in nodes
+    else:
+        assert not nodes["transform"].IsLinear()
+        assert {"jacobian", "report"} <= set(nodes)
+        assert ("inverse" in nodes) == (method == "diffeo")  # only the diffeomorphic method has an exact inverse
+        det = slicer.util.arrayFromVolume(nodes["jacobian"])
+        assert det.shape == fixed.grid.shape and det.min() > 0

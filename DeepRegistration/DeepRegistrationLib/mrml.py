@@ -190,7 +190,6 @@ def jacobian_color_node(scene, name: str = "JacobianDiverging"):
             rgb = (1.0, 2 * (1 - t), 2 * (1 - t))
         node.SetColor(i, f"{2 * t:.3f}", *rgb, 1.0)
     node.SetColor(0, "folding", 0.0, 1.0, 0.0, 1.0)
-    node.SetNamesInitialised(True)
     return node
 
 
