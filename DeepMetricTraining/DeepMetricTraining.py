@@ -17,8 +17,8 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTableNode
 
-NETWORKS = ["metric", "diffeo", "dirnet", "deepsim"]
-COMMANDS = {"metric": "train-metric", "diffeo": "train-diffeo", "dirnet": "train-dirnet", "deepsim": "train-deepsim"}
+NETWORKS = ["metric", "diffeo", "dirnet"]
+COMMANDS = {"metric": "train-metric", "diffeo": "train-diffeo", "dirnet": "train-dirnet"}
 
 
 #
@@ -35,7 +35,7 @@ class DeepMetricTraining(ScriptedLoadableModule):
         self.parent.contributors = ["DeepRegistration developers"]
         self.parent.helpText = _(
             "Train the learned multimodal metric (Sedghi et al. 2018: symmetrization, dithering, multi-resolution "
-            "multi-shot stages) and the registration networks (diffeomorphic patch-wise, DIRNet, DeepSim) from "
+            "multi-shot stages) and the registration networks (diffeomorphic patch-wise, DIRNet) from "
             "roughly aligned image pairs. Training runs in a background process and can be stopped and resumed.")
         self.parent.acknowledgementText = _("Part of the DeepRegistration extension.")
 

@@ -16,8 +16,8 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTransformNode
 
-METHOD_NAMES = ["mi", "cnn", "diffeo", "dirnet", "deepsim"]
-DEFORMABLE_METHODS = ["diffeo", "dirnet", "deepsim"]
+METHOD_NAMES = ["mi", "cnn", "diffeo", "dirnet"]
+DEFORMABLE_METHODS = ["diffeo", "dirnet"]
 
 
 #
@@ -34,7 +34,7 @@ class DeepRegistration(ScriptedLoadableModule):
         self.parent.contributors = ["DeepRegistration developers"]
         self.parent.helpText = _(
             "Rigid (normalized mutual information, learned CNN metric of Sedghi et al. 2018) and deformable "
-            "(diffeomorphic patch-wise, DIRNet, DeepSim) registration. The result transform maps fixed to "
+            "(diffeomorphic patch-wise, DIRNet) registration. The result transform maps fixed to "
             "moving points (Slicer's 'from parent'); the moving volume is placed under it.")
         self.parent.acknowledgementText = _(
             "Methods: Sedghi et al. 2018; de Vos et al. 2017; Czolbe et al. 2021; patch-wise diffeomorphic "
@@ -307,7 +307,7 @@ class DeepRegistrationLogic(ScriptedLoadableModuleLogic):
     def availableModels(method: str) -> list:
         """Bundled models and the user's trained models (DeepMetricTraining saves there) for a method."""
         from DeepRegistrationLib.models.model_file import available_models, read_metadata
-        kinds = {"cnn": "cnn-metric", "diffeo": "diffeo", "dirnet": "dirnet", "deepsim": "deepsim"}
+        kinds = {"cnn": "cnn-metric", "diffeo": "diffeo", "dirnet": "dirnet"}
         if method not in kinds:
             return []
         return [n for n in available_models() if str(read_metadata(n).get("kind", "")) == kinds[method]]

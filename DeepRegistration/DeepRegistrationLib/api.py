@@ -33,7 +33,6 @@ METHODS = {
     "cnn": ("DeepRegistrationLib.rigid.cnn_method", "rigid, learned CNN metric (Sedghi et al. 2018)"),
     "diffeo": ("DeepRegistrationLib.deformable.diffeo_method", "deformable, diffeomorphic patch-wise (LDDMM)"),
     "dirnet": ("DeepRegistrationLib.deformable.dirnet_method", "deformable, DIRNet B-spline ConvNet"),
-    "deepsim": ("DeepRegistrationLib.deformable.deepsim_method", "deformable, U-Net trained with DeepSim"),
 }
 RIGID_METHODS = ("mi", "cnn")
 
