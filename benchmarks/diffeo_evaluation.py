@@ -38,8 +38,8 @@ from DeepRegistrationLib.core.warp import warp
 from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.data.synthetic import intensity_jitter, random_rigid, smooth_random_field
 from DeepRegistrationLib.deformable.diffeo_method import DEFAULT_MODEL, load_momentum_net
-from DeepRegistrationLib.deformable.patchwise import MomentumMarginals, normalize_intensity, predict_momentum, \
-    resample_to
+from DeepRegistrationLib.deformable.model_input import normalize_intensity, resample_to
+from DeepRegistrationLib.deformable.patchwise import MomentumMarginals, predict_momentum
 from DeepRegistrationLib.metrics.evaluation import dice_per_label
 from DeepRegistrationLib.metrics.similarity import nmi
 

@@ -22,7 +22,8 @@ from DeepRegistrationLib.core.warp import warp
 from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.data.synthetic import intensity_jitter, smooth_random_field
 from DeepRegistrationLib.deformable.diffeo_method import DEFAULT_MODEL, lddmm_parameters, load_momentum_net
-from DeepRegistrationLib.deformable.patchwise import integrate, normalize_intensity, predict_momentum, resample_to
+from DeepRegistrationLib.deformable.patchwise import integrate, predict_momentum
+from DeepRegistrationLib.deformable.model_input import normalize_intensity, resample_to
 
 MEAN_TOLERANCE_MM = 0.05
 MAX_TOLERANCE_MM = 0.5

@@ -27,7 +27,7 @@ PANELS = [ROOT / "DeepRegistration" / "Resources" / "UI" / "DeepRegistration.ui"
 
 
 class qMRMLWidget(QWidget):
-    pass
+    """Stand-in for Slicer's MRML-aware base widget of a module panel."""
 
 
 class qMRMLNodeComboBox(QComboBox):

@@ -14,8 +14,8 @@ from DeepRegistrationLib.core.warp import warp
 from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.data.synthetic import smooth_random_field
 from DeepRegistrationLib.deformable.diffeo_method import DEFAULT_MODEL, lddmm_parameters, load_momentum_net
-from DeepRegistrationLib.deformable.patchwise import integrate, normalize_intensity, predict_momentum, resample_to, \
-    tile_layout
+from DeepRegistrationLib.deformable.model_input import normalize_intensity, resample_to
+from DeepRegistrationLib.deformable.patchwise import integrate, predict_momentum, tile_layout
 from DeepRegistrationLib.metrics.evaluation import dice_per_label
 
 torch.set_num_threads(1)

@@ -9,7 +9,7 @@ from DeepRegistrationLib.cli import main
 from DeepRegistrationLib.core.image import Image
 from DeepRegistrationLib.core.io import write_image
 from DeepRegistrationLib.data import sources
-from DeepRegistrationLib.deformable.patchwise import resample_to
+from DeepRegistrationLib.deformable.model_input import resample_to
 from DeepRegistrationLib.models.model_file import load_model
 from DeepRegistrationLib.networks.momentum_unet import MomentumUNet, MomentumUNetConfig
 from DeepRegistrationLib.training.diffeo import DiffeoTraining, diffeo_loss, local_ncc, mse, normalized_mse

@@ -24,7 +24,8 @@ from ..core.warp import physical_grid_points, sample_at_points
 from ..models.model_file import build_checked, load_model, resolve_model_path
 from ..networks.momentum_unet import MomentumUNet, MomentumUNetConfig
 from . import lddmm
-from .patchwise import DISCARD, MODEL_KIND, normalize_intensity, predict_fields, resample_to, voxels_to_lps_mm
+from .patchwise import DISCARD, MODEL_KIND, predict_fields, voxels_to_lps_mm
+from .model_input import normalize_intensity, resample_to
 
 DEFAULT_MODEL = "diffeo_brain_t1"
 DEFAULT_TILE = 48

@@ -13,27 +13,20 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.ndimage import gaussian_filter
 
 from ..api import MethodOutput, RegistrationContext
 from ..core.errors import InputError
 from ..core.image import Grid, Image
 from ..core.transforms import DisplacementField, LinearTransform, compose
-from ..core.warp import warp
 from ..models.model_file import build_checked, load_model, resolve_model_path
 from ..networks.dirnet import DIRNet, DIRNetConfig
+from .model_input import normalize_intensity, resample_to
 
 MODEL_KIND = "dirnet"
 DEFAULT_MODEL = "dirnet_brain_t1_3d"
 #: Intensity normalization of every input (stated in model metadata).
 NORMALIZATION = "per image: (I - p1) / (p99 - p1) clipped to [0, 1], percentiles over the model grid"
 OPTIONS = ("models",)
-
-
-def normalize_intensity(array: np.ndarray) -> np.ndarray:
-    """Map the 1st..99th percentile of ``array`` to [0, 1] and clip."""
-    lo, hi = np.percentile(array, [1.0, 99.0])
-    return np.clip((array - lo) / max(hi - lo, 1e-6), 0.0, 1.0).astype(np.float32)
 
 
 def model_grid(reference: Grid, size_xyz, spacing_mm) -> Grid:
@@ -45,14 +38,6 @@ def model_grid(reference: Grid, size_xyz, spacing_mm) -> Grid:
     spacing = np.concatenate([np.asarray(spacing_mm, dtype=np.float64), reference.spacing[len(size_xyz):]])
     half = reference.direction @ (spacing * (np.asarray(size) - 1) / 2.0)
     return Grid(tuple(size), spacing, reference.center_physical() - half, reference.direction)
-
-
-def resample_to(image: Image, grid: Grid, fixed_to_image=None) -> Image:
-    """``image`` on ``grid`` (linear), Gaussian-smoothed first (σ = half the new spacing) where coarser."""
-    sigma_vox = [0.5 * g / s if g > 1.5 * s else 0.0
-                 for g, s in zip(reversed(grid.spacing.tolist()), reversed(image.grid.spacing.tolist()))]
-    source = image.with_array(gaussian_filter(image.array, sigma_vox)) if any(sigma_vox) else image
-    return warp(source, grid, fixed_to_image)
 
 
 def load_dirnet(name_or_path, device="cpu"):

@@ -21,31 +21,15 @@ import time
 
 import numpy as np
 import torch
-from scipy.ndimage import gaussian_filter
 
 from ..core.errors import InputError
-from ..core.image import Grid, Image
-from ..core.warp import warp
+from ..core.image import Grid
 from . import lddmm
 
 MODEL_KIND = "diffeo"
 #: Intensity normalization of every input (stated in model metadata).
 NORMALIZATION = "per image: (I - p1) / (p99 - p1) clipped to [0, 1], percentiles over the model grid"
 DISCARD = 12
-
-
-def normalize_intensity(array: np.ndarray) -> np.ndarray:
-    """Map the 1st..99th percentile of ``array`` to [0, 1] and clip."""
-    lo, hi = np.percentile(array, [1.0, 99.0])
-    return np.clip((array - lo) / max(hi - lo, 1e-6), 0.0, 1.0).astype(np.float32)
-
-
-def resample_to(image: Image, grid: Grid, fixed_to_image=None) -> Image:
-    """``image`` on ``grid`` (linear), Gaussian-smoothed first (σ = half the new spacing) where coarser."""
-    sigma_vox = [0.5 * g / s if g > 1.5 * s else 0.0
-                 for g, s in zip(reversed(grid.spacing.tolist()), reversed(image.grid.spacing.tolist()))]
-    source = image.with_array(gaussian_filter(image.array.astype(np.float32), sigma_vox)) if any(sigma_vox) else image
-    return warp(source, grid, fixed_to_image)
 
 
 def tile_layout(n: int, tile: int, discard: int) -> list:

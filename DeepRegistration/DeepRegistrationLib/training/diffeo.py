@@ -41,7 +41,8 @@ from ..core.warp import warp
 from ..data import sources
 from ..data.synthetic import intensity_jitter, smooth_random_field
 from ..deformable import lddmm
-from ..deformable.patchwise import MODEL_KIND, NORMALIZATION, normalize_intensity, resample_to
+from ..deformable.patchwise import MODEL_KIND, NORMALIZATION
+from ..deformable.model_input import normalize_intensity, resample_to
 from ..deformable.spatial_transformer import inside_fraction_mask, warp_voxels
 from ..models.model_file import save_model
 from ..networks.momentum_unet import MomentumUNet, MomentumUNetConfig
