@@ -26,7 +26,9 @@ class MISettings:
     levels: tuple = (4, 2, 1)
     max_points: int = 60000
     seed: int = 0
-    powell: PowellSettings = field(default_factory=PowellSettings)
+    #: Powell bounded to ±0.5 rad and ±50 mm around the start (see rigid/powell.py).
+    powell: PowellSettings = field(default_factory=lambda: PowellSettings(max_rotation_rad=0.5,
+                                                                          max_translation_mm=50.0))
 
 
 #: Voxels used for the NMI reported before and after registration (all of them below this count).

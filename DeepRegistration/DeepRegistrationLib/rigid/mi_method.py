@@ -6,7 +6,6 @@ from ..core.errors import InputError
 from ..core.image import Image
 from ..core.transforms import LinearTransform, RigidTransform
 from .mi import MISettings, register_nmi
-from .powell import PowellSettings
 
 OPTIONS = {"bins": int, "levels": str, "max_points": int, "seed": int}
 
@@ -15,7 +14,7 @@ def settings_from_options(options: dict) -> MISettings:
     unknown = set(options) - set(OPTIONS)
     if unknown:
         raise InputError(f"unknown option(s) for --method mi: {', '.join(sorted(unknown))} (known: {', '.join(OPTIONS)})")
-    s = MISettings(powell=PowellSettings())
+    s = MISettings()
     if "bins" in options:
         s.bins = int(options["bins"])
     if "levels" in options:

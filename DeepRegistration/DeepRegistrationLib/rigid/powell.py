@@ -2,14 +2,14 @@
 
 Rotations are optimized as arc lengths at ``rotation_radius_mm`` so that a unit step in any
 parameter moves points by about a millimetre, which keeps Powell's line searches balanced.
-The search is bounded to a region around the starting pose (±``max_rotation_rad`` per angle,
-±``max_translation_mm`` per axis): without bounds, a line search on a coarse pyramid level can
-jump to a far, flipped pose where the metric has a spurious maximum.
+Optionally the search is bounded to a region around the starting pose (±``max_rotation_rad`` per
+angle, ±``max_translation_mm`` per axis): the NMI method uses this, because without bounds a line
+search on a coarse pyramid level can jump to a far, flipped pose where NMI has a spurious maximum.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 from scipy.optimize import minimize
@@ -25,8 +25,8 @@ class PowellSettings:
     ftol: float = 1e-5
     max_evaluations: int = 600
     initial_step_mm: float = 4.0
-    max_rotation_rad: float = 0.5
-    max_translation_mm: float = 50.0
+    max_rotation_rad: Optional[float] = None
+    max_translation_mm: Optional[float] = None
 
 
 def maximize_rigid(objective: Callable[[RigidTransform], float], initial: RigidTransform,
@@ -45,9 +45,12 @@ def maximize_rigid(objective: Callable[[RigidTransform], float], initial: RigidT
 
     x0 = initial.parameters * scale
     start_value = -cost(x0)
-    half_width = np.array([settings.max_rotation_rad * settings.rotation_radius_mm] * 3 +
-                          [settings.max_translation_mm] * 3)
-    result = minimize(cost, x0, method="Powell", bounds=list(zip(x0 - half_width, x0 + half_width)),
+    bounds = None
+    if settings.max_rotation_rad is not None and settings.max_translation_mm is not None:
+        half_width = np.array([settings.max_rotation_rad * settings.rotation_radius_mm] * 3 +
+                              [settings.max_translation_mm] * 3)
+        bounds = list(zip(x0 - half_width, x0 + half_width))
+    result = minimize(cost, x0, method="Powell", bounds=bounds,
                       options={"xtol": settings.xtol, "ftol": settings.ftol, "maxfev": settings.max_evaluations,
                                "direc": np.eye(6) * settings.initial_step_mm})
     best = RigidTransform.from_parameters(result.x / scale, center)
