@@ -15,10 +15,15 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTableNode
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLTableNode
 
-NETWORKS = ["metric", "diffeo", "dirnet"]
-COMMANDS = {"metric": "train-metric", "diffeo": "train-diffeo", "dirnet": "train-dirnet"}
+NETWORKS = ["metric", "diffeo", "dirnet", "deepsim-features", "deepsim"]
+COMMANDS = {"metric": "train-metric", "diffeo": "train-diffeo", "dirnet": "train-dirnet",
+            "deepsim-features": "train-deepsim-features", "deepsim": "train-deepsim"}
+SIMILARITIES = ["nmse", "mse", "lncc", "ncc", "ncc_sup", "deepsim"]
+#: the similarities each registration network trains with, the first being its default
+NETWORK_SIMILARITIES = {"diffeo": ["nmse", "mse", "lncc", "deepsim"], "deepsim": ["deepsim", "mse", "ncc", "ncc_sup"]}
+DIRNET_VARIANTS = ["BL", "A1", "A2", "B1", "C1"]
 
 
 #
@@ -35,8 +40,8 @@ class DeepMetricTraining(ScriptedLoadableModule):
         self.parent.contributors = ["DeepRegistration developers"]
         self.parent.helpText = _(
             "Train the learned multimodal metric (Sedghi et al. 2018: symmetrization, dithering, multi-resolution "
-            "multi-shot stages) and the registration networks (diffeomorphic patch-wise, DIRNet) from "
-            "roughly aligned image pairs. Training runs in a background process and can be stopped and resumed.")
+            "multi-shot stages) and the registration networks (diffeomorphic patch-wise, DIRNet, DeepSim with its "
+            "segmentation feature extractor) from image pairs. Training runs in a background process and can be stopped and resumed.")
         self.parent.acknowledgementText = _("Part of the DeepRegistration extension.")
 
 
@@ -49,12 +54,19 @@ class DeepMetricTraining(ScriptedLoadableModule):
 class DeepMetricTrainingParameterNode:
     fixedVolume: vtkMRMLScalarVolumeNode
     movingVolume: vtkMRMLScalarVolumeNode
+    fixedLabels: vtkMRMLLabelMapVolumeNode
+    movingLabels: vtkMRMLLabelMapVolumeNode
     pairsCsv: str = ""
     network: Annotated[str, Choice(NETWORKS)] = "metric"
     stages: str = "4:100,2:25,2:15,1:8"
     patchSize: Annotated[int, WithinRange(5, 64)] = 17
     dithers: Annotated[int, WithinRange(1, 1000)] = 100
     symmetrize: bool = True
+    similarity: Annotated[str, Choice(SIMILARITIES)] = "nmse"
+    regularization: str = ""
+    featuresModel: str = "deepsim_features_brain_t1_3d"
+    dimension: Annotated[int, WithinRange(2, 3)] = 3
+    dirnetVariant: Annotated[str, Choice(DIRNET_VARIANTS)] = "BL"
     epochs: Annotated[int, WithinRange(1, 1000)] = 4
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     outputModel: str = ""
@@ -140,7 +152,16 @@ class DeepMetricTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.previewButton.enabled = bool(p and p.fixedVolume and p.movingVolume)
 
     def onNetworkChanged(self, index=None) -> None:
-        self.ui.metricOptionsCollapsibleButton.visible = self.ui.networkComboBox.currentText == "metric"
+        network = self.ui.networkComboBox.currentText
+        self.ui.metricOptionsCollapsibleButton.visible = network == "metric"
+        self.ui.registrationOptionsCollapsibleButton.visible = network != "metric"
+        self.ui.similarityComboBox.enabled = network in NETWORK_SIMILARITIES
+        self.ui.regularizationLineEdit.enabled = network in NETWORK_SIMILARITIES
+        self.ui.dimensionSpinBox.enabled = network in ("dirnet", "deepsim-features", "deepsim")
+        self.ui.dirnetVariantComboBox.enabled = network == "dirnet"
+        p = self._parameterNode
+        if p and network in NETWORK_SIMILARITIES and p.similarity not in NETWORK_SIMILARITIES[network]:
+            p.similarity = NETWORK_SIMILARITIES[network][0]
 
     def onBrowsePairs(self) -> None:
         path = qt.QFileDialog.getOpenFileName(self.parent, _("Pairs CSV"), "", "CSV (*.csv)")
@@ -217,20 +238,32 @@ class DeepMetricTrainingLogic(ScriptedLoadableModuleLogic):
         return patch_preview_node(fixedVolume, movingVolume, patch_size=patchSize)
 
     @staticmethod
-    def pairsCsvFromNodes(fixedVolume, movingVolume, folder: str) -> str:
-        """Write the scene pair to ``folder`` and a one-row pairs CSV next to it."""
+    def pairsCsvFromNodes(fixedVolume, movingVolume, folder: str, fixedLabels=None, movingLabels=None) -> str:
+        """Write the scene pair (and its label maps, when given) to ``folder`` and a one-row pairs CSV next to it."""
         from DeepRegistrationLib.core.io import write_image
         from DeepRegistrationLib.mrml import volume_node_to_image
         from DeepRegistrationLib.training.common import write_pairs_csv
-        write_image(volume_node_to_image(fixedVolume, "fixed volume"), os.path.join(folder, "fixed.nrrd"))
-        write_image(volume_node_to_image(movingVolume, "moving volume"), os.path.join(folder, "moving.nrrd"))
+        row = {}
+        for key, node in (("fixed", fixedVolume), ("moving", movingVolume), ("fixed_labels", fixedLabels),
+                          ("moving_labels", movingLabels)):
+            if node is not None:
+                write_image(volume_node_to_image(node, key.replace("_", " ")), os.path.join(folder, f"{key}.nrrd"))
+                row[key] = f"{key}.nrrd"
         csv = os.path.join(folder, "pairs.csv")
-        write_pairs_csv(csv, [{"fixed": "fixed.nrrd", "moving": "moving.nrrd"}])
+        write_pairs_csv(csv, [row])
         return csv
 
     def trainingArguments(self, parameterNode, resume: bool, folder: str) -> list:
+        """The ``deepregistration train-*`` command line for the parameters (scene inputs written to ``folder``)."""
         p = parameterNode
-        pairs = p.pairsCsv or self.pairsCsvFromNodes(p.fixedVolume, p.movingVolume, folder)
+        if p.network == "deepsim-features" and not p.pairsCsv and not (p.fixedLabels and p.movingLabels):
+            raise ValueError(_("DeepSim's feature extractor trains on segmentation: select the fixed and moving "
+                               "label maps, or give a pairs CSV with fixed_labels and moving_labels columns."))
+        if p.network in NETWORK_SIMILARITIES and p.similarity not in NETWORK_SIMILARITIES[p.network]:
+            raise ValueError(_("{network} trains with the similarities {choices}, not {similarity}.").format(
+                network=p.network, choices=", ".join(NETWORK_SIMILARITIES[p.network]), similarity=p.similarity))
+        pairs = p.pairsCsv or self.pairsCsvFromNodes(p.fixedVolume, p.movingVolume, folder, p.fixedLabels,
+                                                     p.movingLabels)
         args = [COMMANDS[p.network], "--pairs", pairs, "--out", p.outputModel, "--epochs", str(p.epochs),
                 "--device", p.device, "--progress-json",
                 "--checkpoint-dir", os.path.splitext(p.outputModel)[0] + "_checkpoints"]
@@ -240,6 +273,16 @@ class DeepMetricTrainingLogic(ScriptedLoadableModuleLogic):
             args += ["--stages", p.stages, "--patch-size", str(p.patchSize), "--dithers", str(p.dithers)]
             if not p.symmetrize:
                 args.append("--no-symmetrize")
+        if p.network in NETWORK_SIMILARITIES:
+            args += ["--similarity", p.similarity]
+            if p.similarity == "deepsim":
+                args += ["--features", p.featuresModel]
+            if p.regularization:
+                args += [{"diffeo": "--reg-weight", "deepsim": "--lam"}[p.network], p.regularization]
+        if p.network in ("dirnet", "deepsim-features", "deepsim"):
+            args += ["--dim", str(p.dimension)]
+        if p.network == "dirnet":
+            args += ["--variant", p.dirnetVariant]
         return args
 
     def startTraining(self, parameterNode, resume: bool = False):
@@ -281,8 +324,8 @@ class DeepMetricTrainingLogic(ScriptedLoadableModuleLogic):
                                                    {"loss": array[:, 1], "accuracy": array[:, 2],
                                                     "validation loss": array[:, 3]}, array[:, 0])
             p.curvesTable = table
-            if hasattr(slicer.modules, "plots"):
-                slicer.modules.plots.logic().ShowChartInLayout(chart)
+            from DeepRegistration import DeepRegistrationLogic
+            DeepRegistrationLogic.showChart(chart)
         for e in events:
             if e.get("event") == "realign" and e.get("corrections"):
                 from DeepRegistrationLib.mrml import report_to_table_node

@@ -16,8 +16,10 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTransformNode
 
-METHOD_NAMES = ["mi", "cnn", "diffeo", "dirnet"]
-DEFORMABLE_METHODS = ["diffeo", "dirnet"]
+METHOD_NAMES = ["mi", "cnn", "deepsim-rigid", "diffeo", "dirnet", "deepsim"]
+DEFORMABLE_METHODS = ["diffeo", "dirnet", "deepsim"]
+#: methods whose result comes with its inverse transform
+INVERTIBLE_METHODS = ["diffeo"]
 
 
 #
@@ -33,8 +35,8 @@ class DeepRegistration(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["DeepRegistration developers"]
         self.parent.helpText = _(
-            "Rigid (normalized mutual information, learned CNN metric of Sedghi et al. 2018) and deformable "
-            "(diffeomorphic patch-wise, DIRNet) registration. The result transform maps fixed to "
+            "Rigid (normalized mutual information, learned CNN metric of Sedghi et al. 2018, DeepSim) and deformable "
+            "(diffeomorphic patch-wise, DIRNet, DeepSim U-Net) registration. The result transform maps fixed to "
             "moving points (Slicer's 'from parent'); the moving volume is placed under it.")
         self.parent.acknowledgementText = _(
             "Methods: Sedghi et al. 2018; de Vos et al. 2017; Czolbe et al. 2021; patch-wise diffeomorphic "
@@ -307,7 +309,8 @@ class DeepRegistrationLogic(ScriptedLoadableModuleLogic):
     def availableModels(method: str) -> list:
         """Bundled models and the user's trained models (DeepMetricTraining saves there) for a method."""
         from DeepRegistrationLib.models.model_file import available_models, read_metadata
-        kinds = {"cnn": "cnn-metric", "diffeo": "diffeo", "dirnet": "dirnet"}
+        kinds = {"cnn": "cnn-metric", "deepsim-rigid": "deepsim-features", "diffeo": "diffeo", "dirnet": "dirnet",
+                 "deepsim": "deepsim"}
         if method not in kinds:
             return []
         return [n for n in available_models() if str(read_metadata(n).get("kind", "")) == kinds[method]]
@@ -358,11 +361,18 @@ class DeepRegistrationLogic(ScriptedLoadableModuleLogic):
     def startBackgroundRegistration(self, parameterNode):
         """Write the inputs to a temporary folder and start ``deepregistration register`` on them."""
         from DeepRegistrationLib.background import BackgroundCommand
+        folder = tempfile.mkdtemp(prefix="DeepRegistration-")
+        job = BackgroundCommand(self.registrationArguments(parameterNode, folder), shutil.which("PythonSlicer")).start()
+        job.folder = folder
+        job.outputs = {}
+        return job
+
+    def registrationArguments(self, parameterNode, folder: str) -> list:
+        """The ``deepregistration register`` command line for the parameters, inputs written to ``folder``."""
         from DeepRegistrationLib.core.io import write_image
         from DeepRegistrationLib.core.transforms import write_transform
         from DeepRegistrationLib.mrml import node_to_transform, volume_node_to_image
         p = parameterNode
-        folder = tempfile.mkdtemp(prefix="DeepRegistration-")
         fixed = volume_node_to_image(p.fixedVolume, "fixed volume")
         write_image(fixed, os.path.join(folder, "fixed.nrrd"))
         write_image(volume_node_to_image(p.movingVolume, "moving volume"), os.path.join(folder, "moving.nrrd"))
@@ -372,8 +382,9 @@ class DeepRegistrationLogic(ScriptedLoadableModuleLogic):
                 "--out-volume", os.path.join(folder, "registered.nrrd"),
                 "--report", os.path.join(folder, "report.json")]
         if p.method in DEFORMABLE_METHODS:
-            args += ["--out-inverse", os.path.join(folder, "inverse.h5"),
-                     "--out-jacobian", os.path.join(folder, "jacobian.nrrd")]
+            args += ["--out-jacobian", os.path.join(folder, "jacobian.nrrd")]
+        if p.method in INVERTIBLE_METHODS:
+            args += ["--out-inverse", os.path.join(folder, "inverse.h5")]
         if p.initialTransform:
             write_transform(node_to_transform(p.initialTransform, fixed.grid), os.path.join(folder, "initial.h5"))
             args += ["--initial-transform", os.path.join(folder, "initial.h5")]
@@ -387,11 +398,7 @@ class DeepRegistrationLogic(ScriptedLoadableModuleLogic):
             args += ["--model", model]
         for key, value in self.methodOptions(p).items():
             args += ["--param", f"{key}={value}"]
-        python = shutil.which("PythonSlicer")
-        job = BackgroundCommand(args, python).start()
-        job.folder = folder
-        job.outputs = {}
-        return job
+        return args
 
     @staticmethod
     def _modelChoice(parameterNode) -> str:
@@ -453,9 +460,15 @@ class DeepRegistrationLogic(ScriptedLoadableModuleLogic):
         """NMI (and the learned metric) versus each rigid parameter around the current pose, as plot charts."""
         from DeepRegistrationLib.mrml import response_chart_nodes
         charts = response_chart_nodes(fixedVolume, movingVolume, transformNode, cnnModel)
-        if hasattr(slicer.modules, "plots"):
-            slicer.modules.plots.logic().ShowChartInLayout(charts[0])
+        self.showChart(charts[0])
         return charts
+
+    @staticmethod
+    def showChart(chartNode) -> None:
+        """Show a plot chart in the layout where the Plots module is loaded (not in a bare MRML core)."""
+        plots = getattr(getattr(slicer, "modules", None), "plots", None)
+        if plots is not None:
+            plots.logic().ShowChartInLayout(chartNode)
 
 
 #
@@ -470,6 +483,8 @@ class DeepRegistrationTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_RigidNMIRecoversKnownTransform()
+        self.setUp()
+        self.test_DeepSimDeformableGivesJacobianAndReport()
 
     def test_RigidNMIRecoversKnownTransform(self):
         """Register a misregistered T1/T2 sample pair with NMI and check the recovered transform."""
@@ -484,4 +499,23 @@ class DeepRegistrationTest(ScriptedLoadableModuleTest):
         errors = rigid_errors(nodes["result"].transform, true)
         self.assertLess(errors["t_norm_mm"], 2.0)
         self.assertEqual(movingNode.GetTransformNodeID(), nodes["transform"].GetID())
+        self.delayDisplay("Test passed")
+
+    def test_DeepSimDeformableGivesJacobianAndReport(self):
+        """Register a T1 to a smoothly deformed copy with the bundled DeepSim model; no folding expected."""
+        import numpy as np
+        from DeepRegistrationLib.core.warp import warp
+        from DeepRegistrationLib.data import sources
+        from DeepRegistrationLib.data.synthetic import smooth_random_field
+        from DeepRegistrationLib.mrml import image_to_volume_node
+        self.delayDisplay("Loading sample data")
+        fixed = sources.spm_avg152("T1")
+        moving = warp(fixed, fixed.grid, smooth_random_field(fixed.grid, np.random.default_rng(0), 4.0))
+        fixedNode = image_to_volume_node(fixed, slicer.mrmlScene, "fixed T1")
+        movingNode = image_to_volume_node(moving, slicer.mrmlScene, "deformed T1")
+        nodes = DeepRegistrationLogic().process(fixedNode, movingNode, "deepsim", "auto")
+        det = slicer.util.arrayFromVolume(nodes["jacobian"])
+        self.assertEqual(det.shape, tuple(fixed.grid.shape))
+        self.assertGreater(float(det.min()), 0.0)
+        self.assertIsNotNone(nodes["report"])
         self.delayDisplay("Test passed")

@@ -116,3 +116,19 @@ def test_train_diffeo_cli_checkpoint_resume_and_model(small_pairs, tmp_path, cap
     assert meta["training"]["steps"] == 4 and meta["spacing_mm"] == [4.0, 4.0, 4.0]
     assert meta["lddmm"] == {"alpha": 20.0, "gamma": 1.0, "padding": 12, "steps": 7}
     assert main(common + ["--epochs", "3", "--resume", "--reg-weight", "1e-3"]) == 2   # other settings: refused
+
+
+def test_train_diffeo_with_deepsim_as_epsilon(small_pairs, tmp_path, capsys):
+    """DeepSim (Czolbe et al.) as ε of eq. 3.2: trains through the bundled 3D extractor at its 4 mm spacing."""
+    common = ["train-diffeo", "--pairs", str(small_pairs), "--out", str(tmp_path / "m.pt"), "--no-augment",
+              "--patch-size", "16", "--batch-size", "2", "--volumes-at-once", "2", "--patches-per-volume", "2",
+              "--groups-per-epoch", "1", "--channels", "2", "--progress-json", "--epochs", "1",
+              "--similarity", "deepsim", "--features", "deepsim_features_brain_t1_3d"]
+    assert main(common + ["--spacing-mm", "2"]) == 2                        # extractor trained at 4 mm: refused
+    assert "give --spacing-mm 4.0" in capsys.readouterr().err
+    assert main(common + ["--spacing-mm", "4"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    losses = [e["loss"] for e in events if e["event"] == "step"]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    meta = load_model(tmp_path / "m.pt", "diffeo")[1]
+    assert "deepsim" in meta["training"]["loss"] and meta["training"]["settings"]["features"] == "deepsim_features_brain_t1_3d"

@@ -17,6 +17,7 @@ from DeepRegistrationLib.metrics.evaluation import rigid_errors  # noqa: E402
 from DeepRegistrationLib.rigid.pyramid import downsample  # noqa: E402
 
 F = np.array([-1.0, -1.0, 1.0])
+RIGID = ("cnn", "deepsim-rigid")
 
 
 @pytest.fixture
@@ -226,12 +227,14 @@ def test_patch_preview_node(scene):
     ("cnn", {"patches": 32, "max_evaluations": 40}),
     ("diffeo", {}),
     ("dirnet", {}),
+    ("deepsim", {}),
+    ("deepsim-rigid", {"max_evaluations": 40}),
 ])
 def test_register_nodes_every_learned_method(scene, method, options):
     """Every bundled method on a small pair gives the documented nodes with the fixed geometry."""
     fixed, moving, _ = _small_pair()
     fixed_node = mrml.image_to_volume_node(fixed, scene, "fixed")
-    moving_node = mrml.image_to_volume_node(moving if method == "cnn" else warp(fixed, fixed.grid, None), scene,
+    moving_node = mrml.image_to_volume_node(moving if method in RIGID else warp(fixed, fixed.grid, None), scene,
                                             "moving")
     moving_before = slicer.util.arrayFromVolume(moving_node).copy()
     out_volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "registered")
@@ -241,7 +244,7 @@ def test_register_nodes_every_learned_method(scene, method, options):
     pts = fixed.grid.index_to_physical(np.array([[10, 12, 9], [30, 20, 25]]))
     np.testing.assert_allclose(mrml.transform_ras_points(nodes["transform"], pts * F) * F,
                                nodes["result"].transform.transform_points(pts), atol=0.05)
-    if method == "cnn":
+    if method in RIGID:
         assert nodes["transform"].IsLinear() and "jacobian" not in nodes
     else:
         assert not nodes["transform"].IsLinear()

@@ -31,10 +31,12 @@ from .core.warp import warp
 METHODS = {
     "mi": ("DeepRegistrationLib.rigid.mi_method", "rigid, normalized mutual information (Powell)"),
     "cnn": ("DeepRegistrationLib.rigid.cnn_method", "rigid, learned CNN metric (Sedghi et al. 2018)"),
+    "deepsim-rigid": ("DeepRegistrationLib.rigid.deepsim_method", "rigid, DeepSim semantic similarity (Powell)"),
     "diffeo": ("DeepRegistrationLib.deformable.diffeo_method", "deformable, diffeomorphic patch-wise (LDDMM)"),
     "dirnet": ("DeepRegistrationLib.deformable.dirnet_method", "deformable, DIRNet B-spline ConvNet"),
+    "deepsim": ("DeepRegistrationLib.deformable.deepsim_method", "deformable, DeepSim semantic similarity U-Net"),
 }
-RIGID_METHODS = ("mi", "cnn")
+RIGID_METHODS = ("mi", "cnn", "deepsim-rigid")
 
 
 @dataclass

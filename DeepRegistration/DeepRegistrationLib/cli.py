@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "DeepRegistrationLib.commands.response",
     "DeepRegistrationLib.commands.train_dirnet",
     "DeepRegistrationLib.commands.train_diffeo",
+    "DeepRegistrationLib.commands.train_deepsim",
 )
 
 

@@ -5,10 +5,12 @@ import shlex
 import sys
 
 from ..core.errors import InputError
+from ..metrics.deepsim import load_deepsim
 from ..networks.momentum_unet import MomentumUNetConfig
 from ..training.diffeo import SIMILARITIES, DiffeoTraining, PairSource, train
 
 TEMPLATE_SOURCE = "spm-avg152-t1"
+DEEPSIM = "deepsim"
 
 
 def add_command(sub) -> None:
@@ -34,8 +36,11 @@ def add_command(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--progress-json", action="store_true", help="one JSON object per logged step on stdout")
-    p.add_argument("--similarity", choices=list(SIMILARITIES), default=d.similarity,
-                   help="epsilon of eq. 3.2: mse, nmse (eq. 3.5, a = 0.2) or lncc (default %(default)s)")
+    p.add_argument("--similarity", choices=list(SIMILARITIES) + [DEEPSIM], default=d.similarity,
+                   help="epsilon of eq. 3.2: mse, nmse (eq. 3.5, a = 0.2), lncc, or deepsim (1 - DeepSim of "
+                        "Czolbe et al. 2021 with the --features extractor) (default %(default)s)")
+    p.add_argument("--features", help="with --similarity deepsim: a 3D DeepSim feature extractor (bundled name or "
+                                      "file) trained at --spacing-mm")
     p.add_argument("--reg-weight", type=float, default=d.reg_weight, help="w of eq. 3.2 (thesis: 1e-4)")
     p.add_argument("--alpha", type=float, default=d.alpha, help="kernel alpha (thesis: 20)")
     p.add_argument("--gamma", type=float, default=d.gamma, help="kernel gamma (thesis: 1)")
@@ -84,14 +89,33 @@ def settings_from_args(args) -> DiffeoTraining:
         volumes_at_once=args.volumes_at_once, patches_per_volume=args.patches_per_volume, spacing_mm=args.spacing_mm,
         learning_rate=args.lr, epochs=args.epochs, groups_per_epoch=args.groups_per_epoch,
         warmup_steps=args.warmup_steps, warmup_factor=args.warmup_factor, deform_max_mm=args.deform_max_mm,
-        deform_spacing_mm=args.deform_spacing_mm, subject_pool=args.subject_pool, augment=not args.no_augment, seed=args.seed)
+        deform_spacing_mm=args.deform_spacing_mm, subject_pool=args.subject_pool, augment=not args.no_augment,
+        features=args.features or "", seed=args.seed)
+
+
+def deepsim_similarity(settings: DiffeoTraining):
+    """DeepSim as ε of eq. 3.2: its extractor must be 3D, at the model spacing, and fit the patch size."""
+    if not settings.features:
+        raise InputError("--similarity deepsim needs --features (a model from train-deepsim-features)")
+    deepsim = load_deepsim(settings.features)
+    spacing = [float(s) for s in deepsim.metadata["spacing_mm"]]
+    if deepsim.ndim != 3 or spacing != [settings.spacing_mm] * 3:
+        raise InputError(f"feature extractor {settings.features!r} is {deepsim.ndim}D at {spacing} mm; the momentum "
+                         f"model trains in 3D at {settings.spacing_mm} mm: give --spacing-mm {spacing[0]} or another "
+                         "extractor")
+    if settings.patch_size % deepsim.extractor.config.divisor:
+        raise InputError(f"--patch-size {settings.patch_size} must be a multiple of {deepsim.extractor.config.divisor} "
+                         "for this feature extractor")
+    return deepsim
 
 
 def run(args) -> int:
     settings = settings_from_args(args)
     data = PairSource.from_template(settings) if args.synthetic else PairSource.from_csv(args.pairs, settings)
     command = "deepregistration " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    out = train(settings, data, args.out, args.checkpoint_dir, args.resume, args.device, args.progress_json, command)
+    similarity = deepsim_similarity(settings) if settings.similarity == DEEPSIM else None
+    out = train(settings, data, args.out, args.checkpoint_dir, args.resume, args.device, args.progress_json, command,
+                similarity)
     if not args.progress_json:
         print(f"diffeomorphic momentum model written to {out}")
     return 0

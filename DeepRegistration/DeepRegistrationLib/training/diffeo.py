@@ -122,6 +122,7 @@ class DiffeoTraining:
     deform_spacing_mm: float = 24.0
     subject_pool: int = 0
     augment: bool = True
+    features: str = ""
     seed: int = 0
 
     def to_dict(self) -> dict:

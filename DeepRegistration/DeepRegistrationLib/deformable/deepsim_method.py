@@ -1,0 +1,115 @@
+"""``--method deepsim``: one-pass deformable registration with a U-Net trained with DeepSim (Czolbe et al. 2021).
+
+Both images are resampled to the model's spacing on a grid covering the fixed image with its axes (the
+moving image through the initial transform), each side rounded up to a multiple of the U-Net's divisor
+and centred on the fixed image; intensities are normalized as in training. The registration U-Net
+predicts the displacement u once (Φ(x) = x + u(x) maps fixed to moving points); it is turned into LPS
+millimetres and returned on the fixed image's own grid (zero outside the model grid), composed with the
+initial transform when that is not the identity. A 2D model registers every slice along the fixed
+image's third index axis on its own (in-plane displacement only), as the paper's 2D experiments.
+
+The same method runs the paper's baselines: a model trained with MSE, NCC or NCC_sup instead of
+DeepSim has the same architecture; its metadata (and the report) says which similarity trained it.
+Without ``--model`` the bundled 3D brain-T1 DeepSim model is used and the report says so.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..api import MethodOutput, RegistrationContext
+from ..core.errors import InputError
+from ..core.image import Grid, Image
+from ..core.transforms import DisplacementField, LinearTransform, compose
+from ..models.model_file import build_checked, load_model, resolve_model_path
+from ..networks.deepsim_unet import RegistrationUNet, UNetConfig
+from .model_input import normalize_intensity, resample_to
+
+MODEL_KIND = "deepsim"
+DEFAULT_MODEL = "deepsim_brain_t1_3d"
+NORMALIZATION = "per image: (I - p1) / (p99 - p1) clipped to [0, 1], percentiles over the model grid"
+OPTIONS = ("models",)
+#: 2D slices per network call
+SLICE_BATCH = 16
+
+
+def covering_grid(reference: Grid, spacing_mm, divisor: int) -> Grid:
+    """A grid of ``spacing_mm`` covering ``reference`` with its axes and centre, sides multiples of ``divisor``.
+
+    With two spacings (a 2D model) the third axis keeps the reference's spacing and size.
+    """
+    k = len(spacing_mm)
+    spacing = np.concatenate([np.asarray(spacing_mm, dtype=np.float64), reference.spacing[k:]])
+    extent = (np.asarray(reference.size) - 1) * reference.spacing
+    size = [int(math.ceil((math.floor(e / s + 1e-6) + 1) / divisor)) * divisor
+            for e, s in zip(extent[:k], spacing[:k])] + list(reference.size[k:])
+    half = reference.direction @ (spacing * (np.asarray(size) - 1) / 2.0)
+    return Grid(tuple(size), spacing, reference.center_physical() - half, reference.direction)
+
+
+def load_registration_net(name_or_path, device="cpu"):
+    """``(network, metadata)`` of a DeepSim registration model file, in eval mode on ``device``."""
+    state, meta = load_model(name_or_path, MODEL_KIND)
+    try:
+        config = UNetConfig(**meta["architecture"]["config"])
+        net = RegistrationUNet(config)
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"{name_or_path}: registration U-Net architecture metadata is unusable ({err})") from None
+    return build_checked(net, state, str(name_or_path)).to(device), meta
+
+
+def voxels_to_mm(u_vox: np.ndarray, grid: Grid) -> np.ndarray:
+    """Displacements (..., 3) in x-first voxel units of ``grid`` to LPS millimetres."""
+    return (u_vox @ (grid.direction @ np.diag(grid.spacing)).T).astype(np.float32)
+
+
+@torch.no_grad()
+def predict_field(net: RegistrationUNet, fixed: np.ndarray, moving: np.ndarray, grid: Grid, device) -> DisplacementField:
+    """Φ − id (LPS mm) on ``grid`` for normalized arrays already on ``grid``."""
+    f = torch.as_tensor(fixed, device=device)
+    m = torch.as_tensor(moving, device=device)
+    if net.config.ndim == 3:
+        u_vox = net.displacement(m[None, None], f[None, None])[0].movedim(0, -1).cpu().numpy()
+    else:
+        parts = [net.displacement(m[z:z + SLICE_BATCH, None], f[z:z + SLICE_BATCH, None]).movedim(1, -1).cpu().numpy()
+                 for z in range(0, f.shape[0], SLICE_BATCH)]
+        u2 = np.concatenate(parts)
+        u_vox = np.concatenate([u2, np.zeros(u2.shape[:-1] + (1,), np.float32)], axis=-1)
+    return DisplacementField(voxels_to_mm(u_vox, grid), grid)
+
+
+def is_identity(transform) -> bool:
+    return isinstance(transform, LinearTransform) and np.allclose(transform.matrix4(), np.eye(4), atol=1e-9)
+
+
+def run(fixed: Image, moving: Image, ctx: RegistrationContext) -> MethodOutput:
+    unknown = set(ctx.options) - set(OPTIONS)
+    if unknown:
+        raise InputError(f"unknown option(s) for --method deepsim: {', '.join(sorted(unknown))} "
+                         "(the network takes no options; choose it with --model)")
+    models = ctx.options.get("models") or []
+    if len(models) > 1:
+        raise InputError(f"--method deepsim takes one --model, got {len(models)}")
+    report = {}
+    name = models[0] if models else DEFAULT_MODEL
+    if not models:
+        report["model_note"] = (f"no --model given: using the bundled 3D brain-T1 DeepSim model '{DEFAULT_MODEL}' "
+                                "(tiny, trained on the CPU on subjects made from the ICBM 2009a template)")
+    ctx.progress(0.05, "loading model")
+    net, meta = load_registration_net(name, ctx.device)
+    grid = covering_grid(fixed.grid, meta["spacing_mm"], net.config.divisor)
+    ctx.progress(0.15, "resampling to the model spacing")
+    initial = None if is_identity(ctx.initial_transform) else ctx.initial_transform
+    f = normalize_intensity(resample_to(fixed, grid).array)
+    m = normalize_intensity(resample_to(moving, grid, initial).array)
+    ctx.progress(0.4, "predicting the deformation")
+    field = predict_field(net, f, m, grid, ctx.device)
+    ctx.progress(0.7, "field on the fixed grid")
+    on_fixed = DisplacementField.from_transform(field, fixed.grid, ctx.device)
+    transform = on_fixed if initial is None else compose(on_fixed, initial)
+    report.update({"model": str(resolve_model_path(name)), "model_dimension": net.config.ndim,
+                   "model_similarity": meta.get("similarity", "unknown"),
+                   "model_lambda": meta.get("lambda"), "model_grid": grid.to_dict()})
+    return MethodOutput(transform, None, report)
