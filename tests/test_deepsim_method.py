@@ -171,3 +171,26 @@ def test_training_commands_checkpoint_resume_tune_lambda_and_register(brain_pair
     sup = ["train-deepsim", "--out", str(tmp_path / "s.pt"), "--similarity", "ncc_sup", "--channels", "4,8",
            "--epochs", "1", "--validation-pairs", "2"] + geometry
     assert main(sup) == 0 and read_metadata(tmp_path / "s.pt")["similarity"] == "ncc_sup"
+
+
+def test_train_deepsim_under_torchrun_with_two_cpu_processes(brain_pair, tmp_path):
+    """DDP (gloo): two processes train one model, each drawing half of every batch; rank 0 writes it."""
+    import os
+    import subprocess
+    import sys
+
+    folder = brain_pair[0]
+    row = {k: folder / f"{k}.nii.gz" for k in ("fixed", "moving", "fixed_labels", "moving_labels")}
+    write_pairs_csv(tmp_path / "pairs.csv", [row])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519",
+           "-m", "DeepRegistrationLib.cli", "train-deepsim", "--pairs", str(tmp_path / "pairs.csv"),
+           "--similarity", "ncc", "--dim", "2", "--size", "32,32", "--spacing-mm", "8,8", "--channels", "4,8",
+           "--batch-size", "2", "--epochs", "1", "--steps-per-epoch", "2", "--validation-pairs", "2",
+           "--device", "cpu", "--progress-json", "--out", str(tmp_path / "ddp.pt")]
+    result = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                            timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    meta = read_metadata(tmp_path / "ddp.pt")
+    assert meta["training"]["processes"] == 2 and meta["similarity"] == "ncc"
+    done = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert sum(e["event"] == "done" for e in done) == 1          # only rank 0 reports
