@@ -8,7 +8,7 @@ import torch
 from ..core.device import DEVICE_CHOICES
 from ..core.errors import InputError
 from ..training.common import distributed, read_pairs_csv
-from ..training.metric import MetricTrainer, MetricTrainingConfig, load_pairs, parse_stages
+from ..training.metric import SELECTIONS, MetricTrainer, MetricTrainingConfig, load_pairs, parse_stages
 
 PAPER = "(paper's value)"
 
@@ -52,7 +52,13 @@ def add_command(sub) -> None:
     p.add_argument("--no-symmetrize", action="store_true", help="no random cube rotations/flips (paper: on)")
     p.add_argument("--validation-fraction", type=float, default=d.validation_fraction)
     p.add_argument("--validation-pairs", type=int, default=d.validation_pairs,
-                   help="patch pairs in the fixed validation set used for model selection")
+                   help="patch pairs in the fixed validation set (patch accuracy, reported every epoch)")
+    p.add_argument("--selection", choices=list(SELECTIONS), default=d.selection,
+                   help="model selection (§3): 'registration' keeps the epoch whose metric registers perturbed "
+                        "starts of the validation pairs back best; 'accuracy' the best patch accuracy "
+                        "(default %(default)s)")
+    p.add_argument("--selection-starts", type=int, default=d.selection_starts,
+                   help="perturbed starts per validation pair for --selection registration (default %(default)s)")
     p.add_argument("--realign-patches", type=int, default=d.realign_patches, help="n of eq. 2 for re-registration")
     p.add_argument("--realign-evaluations", type=int, default=d.realign_evaluations,
                    help="Powell evaluations per pair and stage for re-registration")
@@ -80,6 +86,7 @@ def config_from_args(args) -> MetricTrainingConfig:
         min_negative_distance_mm=args.min_negative_distance_mm, symmetrize=not args.no_symmetrize,
         validation_fraction=args.validation_fraction, validation_pairs=args.validation_pairs,
         realign_patches=args.realign_patches, realign_evaluations=args.realign_evaluations,
+        selection=args.selection, selection_starts=args.selection_starts,
         realign_after_last_stage=not args.no_final_realign, seed=args.seed,
         description=args.description, command=command_line(args))
 

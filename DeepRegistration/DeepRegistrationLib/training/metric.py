@@ -3,9 +3,15 @@
 Stages F(l, σ²) are trained one after the other (§2.1, §3 experiment 2). A stage reads the pairs at
 spacing ``base_spacing_mm × l`` and trains the 2-channel CNN on balanced positive/negative patch pairs
 drawn on the fly (dithering variance σ²), with cross-entropy, Adam (lr 0.01, × 0.8 each epoch,
-L2 weight decay 0.01) and dropout 0.5 (§2.2). The epoch with the best accuracy on a fixed set of
-validation patch pairs (drawn from the validation pairs) is kept (§3: "model selection is performed
-based on the accuracy on the validation set"). Then every pair is re-registered rigidly with that
+L2 weight decay 0.01) and dropout 0.5 (§2.2). Model selection (§3: "model selection is performed
+based on the accuracy on the validation set") keeps the epoch whose metric registers the validation
+pairs best (``selection="registration"``): each validation pair, at its current alignment T, is started
+from ``selection_starts`` fixed random rigid perturbations of T (translations of about twice the stage's
+dithering σ, rotations of σ / 50 mm rad) and registered with the epoch's metric (eq. 2, Powell); the
+mean ‖Δt‖ to T is the error. The pairs are only roughly aligned, so T is the best reference there is:
+the criterion measures how well the metric pulls misaligned starts back, not the absolute accuracy.
+``selection="accuracy"`` keeps the epoch with the best patch-classification accuracy instead. Then
+every pair is re-registered rigidly with that
 stage's metric (eq. 2, Powell), and the next stage trains on the re-aligned pairs; the per-pair
 transforms are written to ``realignment.json`` / ``realignment.csv`` in the checkpoint folder.
 
@@ -30,6 +36,7 @@ import torch.nn.functional as F
 from ..core.errors import InputError
 from ..core.io import read_image
 from ..core.transforms import RigidTransform
+from ..metrics.evaluation import rigid_errors
 from ..networks.metric_cnn import MetricCNN, default_architecture
 from ..rigid.cnn_metric import CNNSettings, MetricStage, register_cnn, save_metric_set
 from ..rigid.powell import PowellSettings
@@ -51,6 +58,12 @@ def parse_stages(text: str) -> tuple:
     if not stages or any(level <= 0 or var < 0 for level, var in stages):
         raise InputError(f"stages need positive levels and non-negative variances, got {text!r}")
     return stages
+
+
+#: model-selection criteria (§3)
+SELECTIONS = ("registration", "accuracy")
+#: lever arm (mm) turning the stage's dithering σ into the rotation range of the selection starts
+SELECTION_ROTATION_RADIUS_MM = 50.0
 
 
 @dataclass
@@ -76,6 +89,8 @@ class MetricTrainingConfig:
     realign_patches: int = 256                   # ours: n of eq. 2 when re-registering the pairs
     realign_evaluations: int = 300               # ours: Powell budget per pair and stage
     realign_after_last_stage: bool = True        # re-register with the final stage too (for the record)
+    selection: str = "registration"              # §3 model selection: "registration" or "accuracy" (see above)
+    selection_starts: int = 2                    # ours: perturbed starts per validation pair (registration)
     seed: int = 0
     description: str = ""
     command: str = ""                            # the command line that ran the training (provenance)
@@ -154,7 +169,9 @@ class TrainingState:
     finished: list = field(default_factory=list)       # state dicts of finished stages
     stage_infos: list = field(default_factory=list)
     realignment: list = field(default_factory=list)
-    best_accuracy: float = -1.0
+    best_score: float = -math.inf                       # selection score of the kept epoch (higher is better)
+    best_accuracy: float = -1.0                         # its validation patch accuracy
+    best_error_mm: float = None                         # its validation registration error (registration selection)
     best_state: dict = None
 
 
@@ -163,6 +180,9 @@ class MetricTrainer:
                  reporter_json: bool = False, show_progress: bool = True):
         if not pairs:
             raise InputError("train-metric needs at least one (fixed, moving) pair")
+        if config.selection not in SELECTIONS or config.selection_starts < 1:
+            raise InputError(f"model selection {config.selection!r} with {config.selection_starts} starts: choose "
+                             f"one of {', '.join(SELECTIONS)} and at least one start")
         self.pairs, self.c, self.out = pairs, config, Path(out)
         self.ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else self.out.parent / (self.out.stem + "_checkpoints")
         self.d = dist_ctx
@@ -234,6 +254,39 @@ class MetricTrainer:
         net.train()
         return losses / len(y), correct / len(y)
 
+    def selection_starts(self, transforms: list, variance: float, stage: int) -> list:
+        """(pair index, reference T, perturbed start) for the registration criterion, fixed per stage."""
+        rng = np.random.default_rng([self.c.seed, 271828, stage])
+        sigma = math.sqrt(variance)
+        starts = []
+        for i in self.val_idx or self.train_idx:
+            for _ in range(self.c.selection_starts):
+                direction = rng.normal(size=3)
+                dt = direction / np.linalg.norm(direction) * 2.0 * sigma * rng.uniform(0.5, 1.0)
+                dtheta = rng.uniform(-1.0, 1.0, 3) * sigma / SELECTION_ROTATION_RADIUS_MM
+                ref = transforms[i]
+                start = RigidTransform(ref.angles_rad + dtheta, ref.translation_mm + dt, ref.center_mm)
+                starts.append((i, ref, start))
+        return starts
+
+    def selection_error(self, net, spacing: float, starts: list) -> float:
+        """Mean ‖Δt‖ (mm) between the references and what this epoch's metric registers from the starts."""
+        settings = CNNSettings(self.c.realign_patches, self.c.seed,
+                               PowellSettings(max_evaluations=self.c.realign_evaluations))
+        stage = MetricStage(net.eval(), spacing, self.c.patch_size, {})
+        errors = []
+        for n in range(self.d.rank, len(starts), self.d.world_size):
+            i, ref, start = starts[n]
+            p = self.pairs[i]
+            found, _ = register_cnn(p.fixed, p.moving, [stage], start, self.device, settings, None, p.fixed_mask)
+            errors.append(rigid_errors(found, ref)["t_norm_mm"])
+        net.train()
+        if self.d.enabled:
+            gathered = [None] * self.d.world_size
+            dist.all_gather_object(gathered, errors)
+            errors = [e for part in gathered for e in part]
+        return float(np.mean(errors))
+
     def realign(self, stage: MetricStage, transforms: list) -> list:
         """Re-register every pair with this stage's metric (eq. 2), starting from its current transform."""
         settings = CNNSettings(self.c.realign_patches, self.c.seed,
@@ -298,6 +351,7 @@ class MetricTrainer:
                    prepare_level(p.moving, spacing, self.device, p.moving_mask)) for p in self.pairs]
         transforms = self.transforms_of(state)
         val = self.validation_set(sampler, levels, transforms, k)
+        starts = self.selection_starts(transforms, variance, k) if self.c.selection == "registration" else []
         torch.manual_seed(self.c.seed + 1000 * k)
         net = MetricCNN(self.architecture()).to(self.device)
         model = self.d.wrap(net)
@@ -330,14 +384,18 @@ class MetricTrainer:
                                 stage=k + 1)
             scheduler.step()
             val_loss, val_acc = self.evaluate(net, val)
-            if val_acc > state.best_accuracy:
-                state.best_accuracy = val_acc
+            error = self.selection_error(net, spacing, starts) if starts else None
+            score = val_acc if error is None else -error
+            if score > state.best_score:
+                state.best_score, state.best_accuracy, state.best_error_mm = score, val_acc, error
                 state.best_state = {n: t.detach().cpu().clone() for n, t in net.state_dict().items()}
             state.epoch += 1
+            registration = {} if error is None else {"val_registration_mm": error}
             self.report("epoch", self.global_step, epoch=state.epoch, loss=run_loss, accuracy=run_acc,
-                        val_loss=val_loss, val_metric=val_acc,
+                        val_loss=val_loss, val_metric=val_acc, **registration,
                         message=f"{name} epoch {state.epoch}: loss {run_loss:.4f}, accuracy {run_acc:.3f}, "
-                                f"validation loss {val_loss:.4f}, validation accuracy {val_acc:.3f}")
+                                f"validation loss {val_loss:.4f}, validation accuracy {val_acc:.3f}"
+                                + ("" if error is None else f", validation registration error {error:.2f} mm"))
             self.checkpoint(net, optimizer, scheduler, state)
         self.finish_stage(state, net, optimizer, scheduler, level, variance, spacing, sampler.s)
 
@@ -349,7 +407,8 @@ class MetricTrainer:
                 "patch_size": self.c.patch_size, "architecture": self.architecture(),
                 "dithers_per_location": sampler_settings.dithers_per_location,
                 "min_negative_distance_mm": sampler_settings.min_negative_distance_mm,
-                "symmetrize": sampler_settings.symmetrize, "validation_accuracy": state.best_accuracy}
+                "symmetrize": sampler_settings.symmetrize, "validation_accuracy": state.best_accuracy,
+                "model_selection": self.c.selection, "validation_registration_error_mm": state.best_error_mm}
         if k + 1 < len(self.c.stages) or self.c.realign_after_last_stage:
             self.report("realign", self.global_step, epoch=state.epoch,
                         message=f"stage {k + 1}: re-registering {len(self.pairs)} pairs with its metric")
@@ -367,5 +426,6 @@ class MetricTrainer:
         if self.d.is_main:
             save_metric_set(self.out, nets, state.stage_infos, self.metadata())
         self.write_realignment(state)
-        state.stage, state.epoch, state.best_accuracy, state.best_state = k + 1, 0, -1.0, None
+        state.stage, state.epoch, state.best_state = k + 1, 0, None
+        state.best_score, state.best_accuracy, state.best_error_mm = -math.inf, -1.0, None
         self.checkpoint(net, optimizer, scheduler, state)
