@@ -1,5 +1,4 @@
 """DeepSim's metric (eq. 2), its U-Nets and the losses of eq. 1: values, gradients, frozen features."""
-import numpy as np
 import pytest
 import torch
 

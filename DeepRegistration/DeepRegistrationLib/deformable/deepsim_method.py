@@ -22,15 +22,14 @@ import torch
 from ..api import MethodOutput, RegistrationContext
 from ..core.errors import InputError
 from ..core.image import Grid, Image
-from ..core.transforms import DisplacementField, LinearTransform, compose
+from ..core.transforms import DisplacementField, compose
 from ..models.model_file import build_checked, load_model, resolve_model_path
 from ..networks.deepsim_unet import RegistrationUNet, UNetConfig
-from .model_input import normalize_intensity, resample_to
+from .model_input import chosen_model, in_plane, initial_or_none, normalize_intensity, resample_to, voxels_to_mm
 
 MODEL_KIND = "deepsim"
 DEFAULT_MODEL = "deepsim_brain_t1_3d"
 NORMALIZATION = "per image: (I - p1) / (p99 - p1) clipped to [0, 1], percentiles over the model grid"
-OPTIONS = ("models",)
 #: 2D slices per network call
 SLICE_BATCH = 16
 
@@ -60,11 +59,6 @@ def load_registration_net(name_or_path, device="cpu"):
     return build_checked(net, state, str(name_or_path)).to(device), meta
 
 
-def voxels_to_mm(u_vox: np.ndarray, grid: Grid) -> np.ndarray:
-    """Displacements (..., 3) in x-first voxel units of ``grid`` to LPS millimetres."""
-    return (u_vox @ (grid.direction @ np.diag(grid.spacing)).T).astype(np.float32)
-
-
 @torch.no_grad()
 def predict_field(net: RegistrationUNet, fixed: np.ndarray, moving: np.ndarray, grid: Grid, device) -> DisplacementField:
     """Φ − id (LPS mm) on ``grid`` for normalized arrays already on ``grid``."""
@@ -75,33 +69,18 @@ def predict_field(net: RegistrationUNet, fixed: np.ndarray, moving: np.ndarray, 
     else:
         parts = [net.displacement(m[z:z + SLICE_BATCH, None], f[z:z + SLICE_BATCH, None]).movedim(1, -1).cpu().numpy()
                  for z in range(0, f.shape[0], SLICE_BATCH)]
-        u2 = np.concatenate(parts)
-        u_vox = np.concatenate([u2, np.zeros(u2.shape[:-1] + (1,), np.float32)], axis=-1)
+        u_vox = in_plane(np.concatenate(parts))
     return DisplacementField(voxels_to_mm(u_vox, grid), grid)
 
 
-def is_identity(transform) -> bool:
-    return isinstance(transform, LinearTransform) and np.allclose(transform.matrix4(), np.eye(4), atol=1e-9)
-
-
 def run(fixed: Image, moving: Image, ctx: RegistrationContext) -> MethodOutput:
-    unknown = set(ctx.options) - set(OPTIONS)
-    if unknown:
-        raise InputError(f"unknown option(s) for --method deepsim: {', '.join(sorted(unknown))} "
-                         "(the network takes no options; choose it with --model)")
-    models = ctx.options.get("models") or []
-    if len(models) > 1:
-        raise InputError(f"--method deepsim takes one --model, got {len(models)}")
-    report = {}
-    name = models[0] if models else DEFAULT_MODEL
-    if not models:
-        report["model_note"] = (f"no --model given: using the bundled 3D brain-T1 DeepSim model '{DEFAULT_MODEL}' "
-                                "(tiny, trained on the CPU on subjects made from the ICBM 2009a template)")
+    name, report = chosen_model(ctx.options, "deepsim", (), DEFAULT_MODEL, "3D brain-T1 DeepSim model (tiny, "
+                                "trained on the CPU on subjects made from the ICBM 2009a template)")
     ctx.progress(0.05, "loading model")
     net, meta = load_registration_net(name, ctx.device)
     grid = covering_grid(fixed.grid, meta["spacing_mm"], net.config.divisor)
     ctx.progress(0.15, "resampling to the model spacing")
-    initial = None if is_identity(ctx.initial_transform) else ctx.initial_transform
+    initial = initial_or_none(ctx.initial_transform)
     f = normalize_intensity(resample_to(fixed, grid).array)
     m = normalize_intensity(resample_to(moving, grid, initial).array)
     ctx.progress(0.4, "predicting the deformation")

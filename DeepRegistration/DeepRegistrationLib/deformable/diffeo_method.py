@@ -19,17 +19,17 @@ import torch
 from ..api import MethodOutput, RegistrationContext
 from ..core.errors import InputError
 from ..core.image import Grid, Image
-from ..core.transforms import DisplacementField, LinearTransform, compose
+from ..core.transforms import DisplacementField, compose
 from ..core.warp import physical_grid_points, sample_at_points
 from ..models.model_file import build_checked, load_model, resolve_model_path
 from ..networks.momentum_unet import MomentumUNet, MomentumUNetConfig
 from . import lddmm
 from .patchwise import DISCARD, MODEL_KIND, predict_fields, voxels_to_lps_mm
-from .model_input import normalize_intensity, resample_to
+from .model_input import chosen_model, initial_or_none, normalize_intensity, resample_to
 
 DEFAULT_MODEL = "diffeo_brain_t1"
 DEFAULT_TILE = 48
-OPTIONS = ("models", "tile", "discard", "tile_batch")
+OPTIONS = ("tile", "discard", "tile_batch")
 
 
 def load_momentum_net(name_or_path, device="cpu"):
@@ -66,10 +66,6 @@ def field_on_grid(field: DisplacementField, target: Grid, target_to_field=None, 
     return DisplacementField(out, target)
 
 
-def is_identity(transform) -> bool:
-    return isinstance(transform, LinearTransform) and np.allclose(transform.matrix4(), np.eye(4), atol=1e-9)
-
-
 def _int_option(options: dict, key: str, default: int) -> int:
     value = options.get(key, default)
     try:
@@ -79,27 +75,17 @@ def _int_option(options: dict, key: str, default: int) -> int:
 
 
 def run(fixed: Image, moving: Image, ctx: RegistrationContext) -> MethodOutput:
-    unknown = set(ctx.options) - set(OPTIONS)
-    if unknown:
-        raise InputError(f"unknown option(s) for --method diffeo: {', '.join(sorted(unknown))} "
-                         f"(known: {', '.join(o for o in OPTIONS if o != 'models')})")
-    models = ctx.options.get("models") or []
-    if len(models) > 1:
-        raise InputError(f"--method diffeo takes one --model, got {len(models)}")
+    name, report = chosen_model(ctx.options, "diffeo", OPTIONS, DEFAULT_MODEL, "brain-T1 momentum model (tiny, "
+                                "trained on the CPU on subjects made from the SPM avg152 T1 template)")
     tile = _int_option(ctx.options, "tile", DEFAULT_TILE)
     discard = _int_option(ctx.options, "discard", DISCARD)
     tile_batch = _int_option(ctx.options, "tile_batch", 1)
     if discard < 0 or tile_batch < 1:
         raise InputError("--param discard must be >= 0 and tile_batch >= 1")
-    report = {}
-    name = models[0] if models else DEFAULT_MODEL
-    if not models:
-        report["model_note"] = (f"no --model given: using the bundled brain-T1 momentum model '{DEFAULT_MODEL}' "
-                                "(tiny, trained on the CPU on subjects made from the SPM avg152 T1 template)")
     ctx.progress(0.02, "loading model")
     net, meta = load_momentum_net(name, ctx.device)
     grid = fixed.grid.with_spacing(meta["spacing_mm"])
-    initial = None if is_identity(ctx.initial_transform) else ctx.initial_transform
+    initial = initial_or_none(ctx.initial_transform)
     ctx.progress(0.05, "resampling to the model spacing")
     f = normalize_intensity(resample_to(fixed, grid).array)
     m = normalize_intensity(resample_to(moving, grid, initial).array)

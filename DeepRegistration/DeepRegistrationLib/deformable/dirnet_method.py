@@ -17,16 +17,15 @@ import torch
 from ..api import MethodOutput, RegistrationContext
 from ..core.errors import InputError
 from ..core.image import Grid, Image
-from ..core.transforms import DisplacementField, LinearTransform, compose
+from ..core.transforms import DisplacementField, compose
 from ..models.model_file import build_checked, load_model, resolve_model_path
 from ..networks.dirnet import DIRNet, DIRNetConfig
-from .model_input import normalize_intensity, resample_to
+from .model_input import chosen_model, in_plane, initial_or_none, normalize_intensity, resample_to, voxels_to_mm
 
 MODEL_KIND = "dirnet"
 DEFAULT_MODEL = "dirnet_brain_t1_3d"
 #: Intensity normalization of every input (stated in model metadata).
 NORMALIZATION = "per image: (I - p1) / (p99 - p1) clipped to [0, 1], percentiles over the model grid"
-OPTIONS = ("models",)
 
 
 def model_grid(reference: Grid, size_xyz, spacing_mm) -> Grid:
@@ -51,11 +50,6 @@ def load_dirnet(name_or_path, device="cpu"):
     return net.to(device), meta
 
 
-def displacement_mm(u_vox: np.ndarray, grid: Grid) -> np.ndarray:
-    """Voxel displacements (..., 3), x-first index components, to LPS millimetres on ``grid``."""
-    return (u_vox @ (grid.direction @ np.diag(grid.spacing)).T).astype(np.float32)
-
-
 @torch.no_grad()
 def predict_field(net: DIRNet, fixed: Image, moving: Image, grid: Grid, device) -> DisplacementField:
     """Displacement (LPS mm) on ``grid`` mapping fixed points to moving points; both images already on ``grid``."""
@@ -66,34 +60,19 @@ def predict_field(net: DIRNet, fixed: Image, moving: Image, grid: Grid, device) 
         u_vox = u[0].movedim(0, -1).cpu().numpy()
     else:
         u, _ = net.displacement(f[:, None], m[:, None])  # slices along the third axis as a batch
-        u2 = u.movedim(1, -1).cpu().numpy()
-        u_vox = np.concatenate([u2, np.zeros(u2.shape[:-1] + (1,), np.float32)], axis=-1)
-    return DisplacementField(displacement_mm(u_vox, grid), grid)
-
-
-def is_identity(transform) -> bool:
-    return isinstance(transform, LinearTransform) and np.allclose(transform.matrix4(), np.eye(4), atol=1e-9)
+        u_vox = in_plane(u.movedim(1, -1).cpu().numpy())
+    return DisplacementField(voxels_to_mm(u_vox, grid), grid)
 
 
 def run(fixed: Image, moving: Image, ctx: RegistrationContext) -> MethodOutput:
-    unknown = set(ctx.options) - set(OPTIONS)
-    if unknown:
-        raise InputError(f"unknown option(s) for --method dirnet: {', '.join(sorted(unknown))} "
-                         "(the network takes no options; choose it with --model)")
-    models = ctx.options.get("models") or []
-    if len(models) > 1:
-        raise InputError(f"--method dirnet takes one --model, got {len(models)}")
-    report = {}
-    name = models[0] if models else DEFAULT_MODEL
-    if not models:
-        report["model_note"] = (f"no --model given: using the bundled 3D brain-T1 DIRNet '{DEFAULT_MODEL}' "
-                                "(trained on synthetic deformations of the SPM avg152 T1 template)")
+    name, report = chosen_model(ctx.options, "dirnet", (), DEFAULT_MODEL, "3D brain-T1 DIRNet (trained on "
+                                "synthetic deformations of the SPM avg152 T1 template)")
     ctx.progress(0.05, "loading model")
     net, meta = load_dirnet(name, ctx.device)
     grid = model_grid(fixed.grid, meta["patch_size"], meta["spacing_mm"])
     control = net.config.control_shape(grid.shape[-net.config.ndim:])
     ctx.progress(0.15, "resampling to the model grid")
-    initial = None if is_identity(ctx.initial_transform) else ctx.initial_transform
+    initial = initial_or_none(ctx.initial_transform)
     fixed_m = resample_to(fixed, grid)
     moving_m = resample_to(moving, grid, initial)
     ctx.progress(0.4, "predicting the deformation")

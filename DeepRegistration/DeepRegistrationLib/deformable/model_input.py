@@ -1,14 +1,17 @@
-"""Preparing images for a deformable network: resampling to the model's grid and intensity scaling.
+"""What the learned deformable methods share: input preparation, model choice, and their outputs in mm.
 
-Shared by the diffeomorphic and DIRNet methods and their training, so a model sees its inputs
-prepared the same way at training and at registration time (the scaling is stated in its metadata).
+Resampling to the model's grid and intensity scaling are shared by the diffeomorphic, DIRNet and
+DeepSim methods and their training, so a model sees its inputs prepared the same way at training and
+at registration time (the scaling is stated in its metadata).
 """
 from __future__ import annotations
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from ..core.errors import InputError
 from ..core.image import Grid, Image
+from ..core.transforms import LinearTransform
 from ..core.warp import warp
 
 
@@ -24,3 +27,33 @@ def resample_to(image: Image, grid: Grid, fixed_to_image=None) -> Image:
                  for g, s in zip(reversed(grid.spacing.tolist()), reversed(image.grid.spacing.tolist()))]
     source = image.with_array(gaussian_filter(image.array.astype(np.float32), sigma_vox)) if any(sigma_vox) else image
     return warp(source, grid, fixed_to_image)
+
+
+def chosen_model(options: dict, method: str, known: tuple, default: str, note: str) -> tuple:
+    """(model name, report) from a method's options: one ``--model`` or the bundled ``default`` (noted)."""
+    unknown = set(options) - set(known) - {"models"}
+    if unknown:
+        hint = f"known: {', '.join(known)}" if known else "the network takes no options; choose it with --model"
+        raise InputError(f"unknown option(s) for --method {method}: {', '.join(sorted(unknown))} ({hint})")
+    models = options.get("models") or []
+    if len(models) > 1:
+        raise InputError(f"--method {method} takes one --model, got {len(models)}")
+    if models:
+        return models[0], {}
+    return default, {"model_note": f"no --model given: using the bundled {note} '{default}'"}
+
+
+def initial_or_none(transform):
+    """The initial transform, or None where it is the identity (nothing to resample through)."""
+    identity = isinstance(transform, LinearTransform) and np.allclose(transform.matrix4(), np.eye(4), atol=1e-9)
+    return None if identity else transform
+
+
+def voxels_to_mm(u_vox: np.ndarray, grid: Grid) -> np.ndarray:
+    """Displacements (..., 3) in x-first voxel units of ``grid`` to LPS millimetres."""
+    return (u_vox @ (grid.direction @ np.diag(grid.spacing)).T).astype(np.float32)
+
+
+def in_plane(u2: np.ndarray) -> np.ndarray:
+    """2D slice-wise displacements (..., 2) as 3D ones with no displacement along the third axis."""
+    return np.concatenate([u2, np.zeros(u2.shape[:-1] + (1,), np.float32)], axis=-1)
