@@ -20,10 +20,9 @@ import numpy as np
 import torch
 
 from ..api import MethodOutput, RegistrationContext
-from ..core.errors import InputError
 from ..core.image import Grid, Image
 from ..core.transforms import DisplacementField, compose
-from ..models.model_file import build_checked, load_model, resolve_model_path
+from ..models.model_file import load_network, resolve_model_path
 from ..networks.deepsim_unet import RegistrationUNet, UNetConfig
 from .model_input import chosen_model, in_plane, initial_or_none, normalize_intensity, resample_to, voxels_to_mm
 
@@ -50,13 +49,8 @@ def covering_grid(reference: Grid, spacing_mm, divisor: int) -> Grid:
 
 def load_registration_net(name_or_path, device="cpu"):
     """``(network, metadata)`` of a DeepSim registration model file, in eval mode on ``device``."""
-    state, meta = load_model(name_or_path, MODEL_KIND)
-    try:
-        config = UNetConfig(**meta["architecture"]["config"])
-        net = RegistrationUNet(config)
-    except (KeyError, TypeError, ValueError) as err:
-        raise InputError(f"{name_or_path}: registration U-Net architecture metadata is unusable ({err})") from None
-    return build_checked(net, state, str(name_or_path)).to(device), meta
+    return load_network(name_or_path, MODEL_KIND, lambda c: RegistrationUNet(UNetConfig(**c)),
+                        "registration U-Net", device)
 
 
 @torch.no_grad()

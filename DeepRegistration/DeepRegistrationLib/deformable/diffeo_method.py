@@ -21,7 +21,7 @@ from ..core.errors import InputError
 from ..core.image import Grid, Image
 from ..core.transforms import DisplacementField, compose
 from ..core.warp import physical_grid_points, sample_at_points
-from ..models.model_file import build_checked, load_model, resolve_model_path
+from ..models.model_file import load_network, resolve_model_path
 from ..networks.momentum_unet import MomentumUNet, MomentumUNetConfig
 from . import lddmm
 from .patchwise import DISCARD, MODEL_KIND, predict_fields, voxels_to_lps_mm
@@ -34,13 +34,8 @@ OPTIONS = ("tile", "discard", "tile_batch")
 
 def load_momentum_net(name_or_path, device="cpu"):
     """``(network, metadata)`` of a diffeo model file, in eval mode on ``device``."""
-    state, meta = load_model(name_or_path, MODEL_KIND)
-    try:
-        config = MomentumUNetConfig(**meta["architecture"]["config"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise InputError(f"{name_or_path}: momentum U-Net architecture metadata is unusable ({err})") from None
-    net = build_checked(MomentumUNet(config), state, str(name_or_path))
-    return net.to(device), meta
+    return load_network(name_or_path, MODEL_KIND, lambda c: MomentumUNet(MomentumUNetConfig(**c)), "momentum U-Net",
+                        device)
 
 
 def lddmm_parameters(meta: dict) -> dict:

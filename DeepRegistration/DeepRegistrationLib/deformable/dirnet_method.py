@@ -15,10 +15,9 @@ import numpy as np
 import torch
 
 from ..api import MethodOutput, RegistrationContext
-from ..core.errors import InputError
 from ..core.image import Grid, Image
 from ..core.transforms import DisplacementField, compose
-from ..models.model_file import build_checked, load_model, resolve_model_path
+from ..models.model_file import load_network, resolve_model_path
 from ..networks.dirnet import DIRNet, DIRNetConfig
 from .model_input import chosen_model, in_plane, initial_or_none, normalize_intensity, resample_to, voxels_to_mm
 
@@ -41,13 +40,7 @@ def model_grid(reference: Grid, size_xyz, spacing_mm) -> Grid:
 
 def load_dirnet(name_or_path, device="cpu"):
     """``(network, metadata)`` of a DIRNet model file, in eval mode on ``device``."""
-    state, meta = load_model(name_or_path, MODEL_KIND)
-    try:
-        config = DIRNetConfig(**meta["architecture"]["config"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise InputError(f"{name_or_path}: DIRNet architecture metadata is unusable ({err})") from None
-    net = build_checked(DIRNet(config), state, str(name_or_path))
-    return net.to(device), meta
+    return load_network(name_or_path, MODEL_KIND, lambda c: DIRNet(DIRNetConfig(**c)), "DIRNet", device)
 
 
 @torch.no_grad()

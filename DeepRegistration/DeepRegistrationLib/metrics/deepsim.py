@@ -20,8 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..core.errors import InputError
-from ..models.model_file import build_checked, load_model
+from ..models.model_file import load_network
 from ..networks.deepsim_unet import FeatureExtractorUNet, UNetConfig
 
 #: ``kind`` of a feature-extractor model file
@@ -94,13 +93,8 @@ class DeepSim:
 
 def load_feature_extractor(name_or_path, device="cpu"):
     """``(network, metadata)`` of a DeepSim feature-extractor model file, in eval mode on ``device``."""
-    state, meta = load_model(name_or_path, FEATURE_MODEL_KIND)
-    try:
-        config = UNetConfig(**meta["architecture"]["config"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise InputError(f"{name_or_path}: feature-extractor architecture metadata is unusable ({err})") from None
-    net = build_checked(FeatureExtractorUNet(config), state, str(name_or_path))
-    return net.to(device), meta
+    return load_network(name_or_path, FEATURE_MODEL_KIND, lambda c: FeatureExtractorUNet(UNetConfig(**c)),
+                        "feature-extractor", device)
 
 
 def load_deepsim(name_or_path, device="cpu") -> DeepSim:

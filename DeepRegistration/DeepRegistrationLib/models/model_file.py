@@ -108,3 +108,14 @@ def build_checked(model: torch.nn.Module, state_dict: dict, path_hint: str = "mo
         raise InputError(f"{path_hint}: weights do not fit the architecture in its metadata: "
                          f"{str(err).splitlines()[0]}") from None
     return model.eval()
+
+
+def load_network(name_or_path, kind: str, build, description: str, device="cpu") -> tuple:
+    """``(network, metadata)`` of a model file of ``kind``: ``build(architecture config dict)`` makes the
+    network, whose weights are then checked and loaded; it is returned in eval mode on ``device``."""
+    state, meta = load_model(name_or_path, kind)
+    try:
+        net = build(meta["architecture"]["config"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"{name_or_path}: {description} architecture metadata is unusable ({err})") from None
+    return build_checked(net, state, str(name_or_path)).to(device), meta
