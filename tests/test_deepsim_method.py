@@ -194,3 +194,15 @@ def test_train_deepsim_under_torchrun_with_two_cpu_processes(brain_pair, tmp_pat
     assert meta["training"]["processes"] == 2 and meta["similarity"] == "ncc"
     done = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert sum(e["event"] == "done" for e in done) == 1          # only rank 0 reports
+
+
+def test_bundled_3d_model_does_not_fold_on_another_template():
+    """SPM avg152 T1 (2 mm, not seen in training) against a 4 mm smooth deformation of it: no folding."""
+    from DeepRegistrationLib.data import sources
+
+    fixed = sources.spm_avg152("T1")
+    moving = warp(fixed, fixed.grid, smooth_random_field(fixed.grid, np.random.default_rng(0), 4.0))
+    report = register(fixed, moving, "deepsim", "cpu").report
+    print(f"deepsim on SPM T1: folding {report['folding_voxels']} voxels, Jacobian [{report['jacobian_min']:.2f}, "
+          f"{report['jacobian_max']:.2f}], {report['seconds_total']:.1f} s")
+    assert report["folding_voxels"] == 0 and report["jacobian_min"] > 0.5
