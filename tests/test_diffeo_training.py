@@ -9,10 +9,12 @@ from DeepRegistrationLib.cli import main
 from DeepRegistrationLib.core.image import Image
 from DeepRegistrationLib.core.io import write_image
 from DeepRegistrationLib.data import sources
-from DeepRegistrationLib.deformable.model_input import resample_to
+from DeepRegistrationLib.deformable.model_input import normalize_intensity, resample_to
 from DeepRegistrationLib.models.model_file import load_model
 from DeepRegistrationLib.networks.momentum_unet import MomentumUNet, MomentumUNetConfig
-from DeepRegistrationLib.training.diffeo import DiffeoTraining, diffeo_loss, local_ncc, mse, normalized_mse
+from DeepRegistrationLib.data.synthetic import intensity_jitter
+from DeepRegistrationLib.training.diffeo import (DiffeoTraining, diffeo_loss, local_ncc, mse, normalized_mse,
+                                                pair_jitter)
 from DeepRegistrationLib.training.common import write_pairs_csv
 
 torch.set_num_threads(1)
@@ -29,6 +31,19 @@ def test_network_shapes_dropout_and_fully_convolutional():
     assert len(dropouts) == 3 and all(d.p == 0.1 for d in dropouts)   # two down-samplings + first concatenation
     dilations = {m.dilation[0] for m in net.modules() if isinstance(m, torch.nn.Conv3d)}
     assert {1, 2, 4} <= dilations
+
+
+def test_pair_appearance_keeps_aligned_pairs_similar():
+    """Training pairs share one gamma: an aligned pair must score far below what independent draws give."""
+    t1 = sources.spm_avg152("T1")
+    t1 = t1.with_array(normalize_intensity(t1.array))
+    nmse = lambda a, b: float(normalized_mse(torch.as_tensor(a)[None, None], torch.as_tensor(b)[None, None]))  # noqa: E731
+    rng = np.random.default_rng(0)
+    shared = [nmse(*pair_jitter(t1, t1, rng)) for _ in range(8)]
+    independent = [nmse(intensity_jitter(t1, rng).array, intensity_jitter(t1, rng).array) for _ in range(8)]
+    print(f"\nNMSE of an aligned pair, 8 draws: one gamma per pair max {max(shared):.4f}, "
+          f"independent gammas max {max(independent):.4f}")
+    assert max(shared) < 0.03 and max(independent) > 2 * max(shared)
 
 
 def test_similarities_values():
