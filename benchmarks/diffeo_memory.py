@@ -5,7 +5,7 @@ voxels at the model's spacing (2 mm, so the network works on all N³ voxels, the
 resampling the ICBM 2009a T1 to N³ voxels (test data), against a copy shifted by two voxels and
 intensity-jittered. The script refuses sizes whose predicted peak (from the smaller sizes measured
 first) would exceed the memory ``free`` reports minus a reserve, since the machine is shared.
-A linear fit peak = a + b·voxels over the measured sizes gives the 512³ estimate.
+When 512³ is not among the sizes, a linear fit peak = a + b·voxels over the measured ones estimates it.
 
     python benchmarks/diffeo_memory.py --sizes 128,256,512 --tile 128
 """
