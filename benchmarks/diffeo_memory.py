@@ -1,4 +1,4 @@
-"""Peak memory of ``register(..., 'diffeo')`` on the CPU against volume size, extrapolated to 512³.
+"""Peak memory and time of ``register(..., 'diffeo')`` on the CPU against volume size, up to 512³.
 
 Each size runs in its own process (so ``ru_maxrss`` is that run's peak resident memory): a cube of N³
 voxels at the model's spacing (2 mm, so the network works on all N³ voxels, the hard case), made by
