@@ -144,12 +144,14 @@ def test_train_diffeo_cli_checkpoint_resume_and_model(small_pairs, tmp_path, cap
     assert main(common + ["--epochs", "1"]) == 0
     first = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [e["event"] for e in first].count("step") == 2 and first[-1]["event"] == "done"
-    assert "val_loss" in [e for e in first if e["event"] == "epoch"][0]
+    epoch = [e for e in first if e["event"] == "epoch"][0]
+    assert "val_loss" in epoch and epoch["identity_val_loss"] > 0.001   # the pairs are a voxel apart
     assert main(common + ["--epochs", "2", "--resume"]) == 0
     second = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [e["step"] for e in second if e["event"] == "step"] == [3, 4]
     state, meta = load_model(out, "diffeo")
     assert meta["training"]["steps"] == 4 and meta["spacing_mm"] == [4.0, 4.0, 4.0]
+    assert meta["training"]["identity_val_loss"] == pytest.approx(epoch["identity_val_loss"])   # same patches
     assert meta["lddmm"] == {"alpha": 20.0, "gamma": 1.0, "padding": 12, "steps": 7}
     assert main(common + ["--epochs", "3", "--resume", "--reg-weight", "1e-3"]) == 2   # other settings: refused
 

@@ -288,6 +288,7 @@ def train(settings: DiffeoTraining, data: PairSource, out, checkpoint_dir=None, 
         val_rng = np.random.default_rng([settings.seed, 10 ** 6])
         val_fixed, val_moving = random_patches([data.pair(val_rng, fresh=True) for _ in range(settings.validation_pairs)],
                                                settings, val_rng)
+        identity_val = validation_loss(zero_momentum, val_fixed, val_moving, settings, sim, dist.device)
         steps_per_epoch = settings.groups_per_epoch * settings.batches_per_group
         total = settings.epochs * steps_per_epoch
         per_rank = settings.batch_size // dist.world_size
@@ -326,13 +327,15 @@ def train(settings: DiffeoTraining, data: PairSource, out, checkpoint_dir=None, 
                         emit_progress(progress_json, event="step", epoch=(step - 1) // steps_per_epoch, step=step,
                               fraction=step / total, loss=loss_value, message="")
                     if step % steps_per_epoch == 0:
+                        net.eval()
                         val = validation_loss(net, val_fixed, val_moving, settings, sim, dist.device)
+                        net.train()
                         history.append({"step": step, "loss": loss_value, "val_loss": val, **parts})
                         save_checkpoint()
                         if dist.is_main:
                             emit_progress(progress_json, event="epoch", epoch=step // steps_per_epoch, step=step,
-                                  fraction=step / total, loss=loss_value, val_loss=val,
-                                  message=f"validation loss {val:.5f}")
+                                  fraction=step / total, loss=loss_value, val_loss=val, identity_val_loss=identity_val,
+                                  message=f"validation loss {val:.5f} (identity {identity_val:.5f})")
                     if stop.requested:
                         raise Cancelled("training stopped by SIGTERM")
                     if step >= total:
@@ -351,6 +354,7 @@ def train(settings: DiffeoTraining, data: PairSource, out, checkpoint_dir=None, 
                                 f"{settings.similarity if similarity is None else getattr(sim, '__name__', 'custom')}",
                         "seconds_this_run": round(seconds, 1), "processes": dist.world_size,
                         "final_val_loss": history[-1]["val_loss"] if history else None,
+                        "identity_val_loss": identity_val,
                         "history": history, "settings": settings.to_dict(),
                         "split": "trained on subjects made from the SPM avg152 T1 template only; ICBM 2009a "
                                  "subjects kept for testing" if data.synthesize and "SPM" in data.description
@@ -362,14 +366,17 @@ def train(settings: DiffeoTraining, data: PairSource, out, checkpoint_dir=None, 
     return out
 
 
+def zero_momentum(fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
+    """The identity transform's momentum: the baseline a trained network must beat."""
+    return fixed.new_zeros(fixed.shape[0], 3, *fixed.shape[2:])
+
+
 @torch.no_grad()
-def validation_loss(net: MomentumUNet, fixed: torch.Tensor, moving: torch.Tensor, settings: DiffeoTraining,
+def validation_loss(predict: Callable, fixed: torch.Tensor, moving: torch.Tensor, settings: DiffeoTraining,
                     similarity: Callable, device) -> float:
-    """Eq. 3.2 (full regularization weight) of the network in eval mode on the fixed validation patches."""
-    net.eval()
+    """Eq. 3.2 (full regularization weight) of the momenta ``predict(f, m)`` on the fixed validation patches."""
     losses = []
     for lo in range(0, fixed.shape[0], settings.batch_size):
         f, m = fixed[lo:lo + settings.batch_size].to(device), moving[lo:lo + settings.batch_size].to(device)
-        losses.append(float(diffeo_loss(net(f, m), f, m, settings, similarity, settings.reg_weight)[0]) * f.shape[0])
-    net.train()
+        losses.append(float(diffeo_loss(predict(f, m), f, m, settings, similarity, settings.reg_weight)[0]) * f.shape[0])
     return sum(losses) / fixed.shape[0]
