@@ -132,16 +132,18 @@ def main():
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--figure", help="PNG for the momentum marginals (Fig. 5.3)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="diffeo model: bundled name or file (default: bundled)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
     grid = sources.icbm152("t1").grid.with_spacing([SPACING] * 3)
     t1, gm, wm = (resample_to(sources.icbm152(k), grid) for k in ("t1", "gm", "wm"))
-    methods = ("rigid only (NMI, Powell)", "ours (diffeo, bundled model)", "SimpleITK diffeomorphic demons")
+    ours_name = "bundled model" if args.model == DEFAULT_MODEL else args.model
+    methods = ("rigid only (NMI, Powell)", f"ours (diffeo, {ours_name})", "SimpleITK diffeomorphic demons")
     table = {(m, d): [] for m in methods for d in ("moving→fixed", "fixed→moving")}
     reg_stats = {(m, d): [] for m in methods[1:] for d in ("forward", "inverse")}
     times = {m: [] for m in methods}
-    net, meta = load_momentum_net(DEFAULT_MODEL)
+    net, meta = load_momentum_net(args.model)
     marginals = MomentumMarginals(48)
     for k in range(args.pairs):
         f, f_gm, f_wm = make_subject(t1, gm, wm, 1000 + 2 * k)
@@ -155,7 +157,7 @@ def main():
         table[(methods[0], "fixed→moving")].append(evaluate_direction(m, m_gm, m_wm, f, f_gm, f_wm, rigid.inverse()))
 
         t0 = time.perf_counter()
-        ours = register(f, m, "diffeo", initial_transform=rigid)
+        ours = register(f, m, "diffeo", initial_transform=rigid, models=[args.model])
         times[methods[1]].append(time.perf_counter() - t0)
         table[(methods[1], "moving→fixed")].append(evaluate_direction(f, f_gm, f_wm, m, m_gm, m_wm, ours.transform))
         table[(methods[1], "fixed→moving")].append(evaluate_direction(m, m_gm, m_wm, f, f_gm, f_wm, ours.inverse))

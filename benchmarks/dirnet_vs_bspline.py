@@ -44,7 +44,7 @@ SPLIT = ("train: SPM avg152 T1 template (bundled models); test: ICBM 2009a T1 + 
 def icbm_with_labels(spacing_mm: float):
     """ICBM 2009a T1 and labels 0/1/2 (background, GM, WM by argmax) on an axis-aligned grid of ``spacing_mm``."""
     t1, gm, wm = (sources.icbm152(k) for k in ("t1", "gm", "wm"))
-    labels = np.argmax(np.stack([255.0 - gm.array - wm.array, gm.array, wm.array]), axis=0).astype(np.int16)
+    labels = np.argmax(np.stack([1.0 - gm.array - wm.array, gm.array, wm.array]), axis=0).astype(np.int16)
     t1 = downsample(t1, spacing_mm / t1.grid.spacing[0])
     return t1, warp(Image(labels, gm.grid), t1.grid, mode="nearest")
 

@@ -20,6 +20,9 @@ def test_icbm152_maps():
     t1, gm = sources.icbm152("t1"), sources.icbm152("gm")
     assert t1.grid.size == (197, 233, 189) and np.allclose(t1.grid.spacing, 1.0)
     assert t1.grid.same_as(gm.grid)
+    assert gm.array.min() == 0.0 and gm.array.max() == 1.0         # probabilities, not the files' 0-255
+    brain = t1.array > 0
+    assert 0.2 < float((gm.array[brain] > 0.5).mean()) < 0.6        # GM > 0.5 is part of the brain, not all of it
     with pytest.raises(InputError, match="choose t1, gm or wm"):
         sources.icbm152("csf")
 

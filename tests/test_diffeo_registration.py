@@ -96,8 +96,8 @@ def test_momentum_fitted_with_eq_3_2_registers_the_pair_through_the_prediction_p
     """What a trained network has to predict, found without one: the whole-volume momentum optimized
     directly with the training loss (eq. 3.2, normalized MSE, thesis defaults), then smoothed, integrated
     and converted to an LPS field as ``register`` does. Loss, kernel, integration, masking and the
-    voxel-to-LPS conversion must agree for this to register; it also bounds what the improvement test
-    below can ask of a model (GM Dice here is already 0.985 before registration)."""
+    voxel-to-LPS conversion must agree for this to register; it also shows what the improvement test
+    below may ask of a model."""
     fixed, moving = case["fixed"], case["moving"]
     f = torch.as_tensor(normalize_intensity(fixed.array))[None, None].float()
     m = torch.as_tensor(normalize_intensity(moving.array))[None, None].float()
@@ -122,7 +122,7 @@ def test_momentum_fitted_with_eq_3_2_registers_the_pair_through_the_prediction_p
         print(f"\nmomentum fitted with eq. 3.2 (40 Adam steps) on the held-out pair: MSE {mse_before:.1f} -> "
               f"{mse_after:.1f}, GM Dice {dice_before:.4f} -> {dice_after:.4f}, det J [{det.min():.3f}, {det.max():.3f}]")
     assert mse_after < 0.5 * mse_before          # measured: 122.3 -> 32.1
-    assert dice_after > dice_before + 0.0005     # measured: 0.9852 -> 0.9865 (60 steps: 0.9874)
+    assert dice_after > dice_before + 0.02       # measured: 0.9245 -> 0.9667
     assert det.min() > 0
 
 

@@ -84,7 +84,10 @@ _SPM_FILES = {m: f"fsroot/_spm/cleaned/spm/canonical/avg152{m}.nii" for m in ("T
 
 
 def icbm152(kind: str = "t1") -> Image:
-    """ICBM 2009a symmetric template from nilearn's wheel: ``t1``, ``gm`` or ``wm`` (197x233x189, 1 mm)."""
+    """ICBM 2009a symmetric template from nilearn's wheel: ``t1``, ``gm`` or ``wm`` (197x233x189, 1 mm).
+
+    The files store every map as 0-255; the GM and WM maps are returned as probabilities in [0, 1].
+    """
     if kind not in _NILEARN_FILES:
         raise InputError(f"unknown ICBM152 map {kind!r}: choose t1, gm or wm")
     name = _NILEARN_FILES[kind]
@@ -93,7 +96,8 @@ def icbm152(kind: str = "t1") -> Image:
         with zipfile.ZipFile(_wheel(*NILEARN)) as z:
             return z.read(f"nilearn/datasets/data/{name}")
 
-    return _read(_extract(f"nilearn/{name}", read))
+    image = _read(_extract(f"nilearn/{name}", read))
+    return image if kind == "t1" else image.with_array(image.array / np.float32(255.0))
 
 
 def spm_avg152(modality: str = "T1") -> Image:

@@ -69,8 +69,8 @@ def template(settings: SubjectSettings) -> tuple:
     t1 = sources.icbm152("t1")
     image = resample_to(t1, grid)
     brain = resample_to(t1.with_array((t1.array > 0).astype(np.float32)), grid).array > 0.5
-    gm = resample_to(sources.icbm152("gm"), grid).array / 255.0
-    wm = resample_to(sources.icbm152("wm"), grid).array / 255.0
+    gm = resample_to(sources.icbm152("gm"), grid).array
+    wm = resample_to(sources.icbm152("wm"), grid).array
     return image, Image(tissue_labels(brain, gm, wm), grid)
 
 
