@@ -170,3 +170,23 @@ def test_train_diffeo_with_deepsim_as_epsilon(small_pairs, tmp_path, capsys):
     assert len(losses) == 2 and all(np.isfinite(losses))
     meta = load_model(tmp_path / "m.pt", "diffeo")[1]
     assert "deepsim" in meta["training"]["loss"] and meta["training"]["settings"]["features"] == "deepsim_features_brain_t1_3d"
+
+
+def test_train_diffeo_fine_tunes_from_an_init_model(small_pairs, tmp_path, capsys):
+    """--init-model starts from another model's weights (lr 0 keeps them) and records its provenance."""
+    common = ["train-diffeo", "--pairs", str(small_pairs), "--no-augment", "--spacing-mm", "4", "--patch-size", "16",
+              "--batch-size", "2", "--volumes-at-once", "2", "--patches-per-volume", "2", "--groups-per-epoch", "1",
+              "--channels", "2", "--progress-json", "--epochs", "1"]
+    first, second = tmp_path / "first.pt", tmp_path / "second.pt"
+    assert main(common + ["--out", str(first), "--lr", "1e-2"]) == 0
+    assert main(common + ["--out", str(second), "--lr", "0", "--init-model", str(first), "--seed", "3"]) == 0
+    capsys.readouterr()
+    a, b = load_model(first, "diffeo")[0], load_model(second, "diffeo")
+    assert all(torch.equal(a[k], b[0][k]) for k in a)
+    origin = b[1]["training"]["initialized_from"]
+    assert origin["model"] == str(first) and origin["steps"] == 2
+    assert origin["created"] == load_model(first, "diffeo")[1]["created"]
+    assert main(common + ["--out", str(tmp_path / "x.pt"), "--init-model", str(first), "--channels", "4"]) == 2
+    assert "architecture" in capsys.readouterr().err
+    assert main(common + ["--out", str(tmp_path / "y.pt"), "--init-model", "diffeo_brain_t1", "--channels", "8"]) == 2
+    assert "spacing_mm" in capsys.readouterr().err

@@ -70,6 +70,9 @@ def add_command(sub) -> None:
     p.add_argument("--subject-pool", type=int, default=d.subject_pool,
                    help="draw this many synthetic subjects once and pair them at random (0: new subjects for every "
                         "pair; a pool makes CPU training faster); validation subjects are always new")
+    p.add_argument("--init-model", help="start from the weights of this diffeo model (bundled name or file; same "
+                                        "architecture, spacing and LDDMM parameters) to fine-tune it, e.g. on "
+                                        "your own pairs; its provenance goes into the new model's metadata")
     p.add_argument("--no-augment", action="store_true", help="with --pairs: use the pairs as they are")
     p.set_defaults(func=run)
 
@@ -90,7 +93,7 @@ def settings_from_args(args) -> DiffeoTraining:
         learning_rate=args.lr, epochs=args.epochs, groups_per_epoch=args.groups_per_epoch,
         warmup_steps=args.warmup_steps, warmup_factor=args.warmup_factor, deform_max_mm=args.deform_max_mm,
         deform_spacing_mm=args.deform_spacing_mm, subject_pool=args.subject_pool, augment=not args.no_augment,
-        features=args.features or "", seed=args.seed)
+        features=args.features or "", init_model=args.init_model or "", seed=args.seed)
 
 
 def deepsim_similarity(settings: DiffeoTraining):

@@ -30,6 +30,14 @@ MODEL_KIND = "diffeo"
 #: Intensity normalization of every input (stated in model metadata).
 NORMALIZATION = "per image: (I - p1) / (p99 - p1) clipped to [0, 1], percentiles over the model grid"
 DISCARD = 12
+#: Voxels per network call when the tiles-per-call count is not given: several tiles per call, because
+#: PyTorch's CPU convolutions fall back to a 4-7x slower kernel for single-sample batches.
+VOXELS_PER_CALL = 2 ** 20
+
+
+def tiles_per_call(tile: int) -> int:
+    """Default number of ``tile``³ tiles per network call: about 1 M voxels, at least 2."""
+    return max(2, VOXELS_PER_CALL // tile ** 3)
 
 
 def tile_layout(n: int, tile: int, discard: int) -> list:
@@ -75,10 +83,12 @@ class MomentumMarginals:
 
 @torch.no_grad()
 def predict_momentum(net, fixed: np.ndarray, moving: np.ndarray, tile: int = 48, discard: int = DISCARD,
-                     device="cpu", tile_batch: int = 1, marginals: MomentumMarginals = None,
+                     device="cpu", tile_batch: int = None, marginals: MomentumMarginals = None,
                      progress=None) -> torch.Tensor:
-    """Whole-volume momentum (1, 3, nz, ny, nx) from ``tile``³ tiles of the normalized arrays (z-first)."""
+    """Whole-volume momentum (1, 3, nz, ny, nx) from ``tile``³ tiles of the normalized arrays (z-first),
+    ``tile_batch`` tiles per network call (default :func:`tiles_per_call`)."""
     check_tile(tile, discard, net.DIVISOR)
+    tile_batch = tile_batch or tiles_per_call(tile)
     shape = fixed.shape
     pad = [(max(tile - n, 0) // 2, max(tile - n, 0) - max(tile - n, 0) // 2) for n in shape]
     f = np.pad(fixed, pad) if any(sum(p) for p in pad) else fixed
@@ -121,7 +131,7 @@ def exponentials(v: torch.Tensor, steps: int = lddmm.STEPS) -> tuple:
 
 
 def predict_fields(net, fixed: np.ndarray, moving: np.ndarray, spacing_zyx, lddmm_params: dict, tile: int = 48,
-                   discard: int = DISCARD, device="cpu", tile_batch: int = 1, marginals=None, progress=None) -> tuple:
+                   discard: int = DISCARD, device="cpu", tile_batch: int = None, marginals=None, progress=None) -> tuple:
     """(φ, φ⁻¹, timings): voxel displacements (1, 3, nz, ny, nx), x-first, on the arrays' grid."""
     t0 = time.perf_counter()
     momentum = predict_momentum(net, fixed, moving, tile, discard, device, tile_batch, marginals,

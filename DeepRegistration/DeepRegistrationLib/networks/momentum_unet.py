@@ -40,7 +40,7 @@ class MomentumUNetConfig:
 
 
 def _conv(cin: int, cout: int, dilation: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv3d(cin, cout, 3, padding=dilation, dilation=dilation), nn.LeakyReLU(0.2))
+    return nn.Sequential(nn.Conv3d(cin, cout, 3, padding=dilation, dilation=dilation), nn.LeakyReLU(0.2, inplace=True))
 
 
 def _block(cin: int, cout: int, dilations=(1, 2)) -> nn.Sequential:
@@ -76,9 +76,10 @@ class MomentumUNet(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
-        x0 = self.enc0(torch.cat([fixed, moving], dim=1))
+        # Channels-last activations: 1.4-1.7x faster 3D convolutions on the CPU (benchmarks/diffeo_tiles.py).
+        x0 = self.enc0(torch.cat([fixed, moving], dim=1).contiguous(memory_format=torch.channels_last_3d))
         x1 = self.enc1(self.down1(x0))
         x2 = self.bottom(self.down2(x1))
         y1 = self.dec1(self.after_cat2(torch.cat([self.up2(x2), x1], dim=1)))
         y0 = self.dec0(torch.cat([self.up1(y1), x0], dim=1))
-        return self.head(y0) * self.config.output_scale
+        return (self.head(y0) * self.config.output_scale).contiguous()

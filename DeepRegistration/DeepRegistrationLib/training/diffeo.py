@@ -44,6 +44,7 @@ from ..core.warp import warp
 from ..data import sources
 from ..data.synthetic import intensity_jitter, smooth_random_field
 from ..deformable import lddmm
+from ..deformable.diffeo_method import lddmm_parameters, load_momentum_net
 from ..deformable.patchwise import MODEL_KIND, NORMALIZATION
 from ..deformable.model_input import normalize_intensity, resample_to
 from ..deformable.spatial_transformer import inside_fraction_mask, warp_voxels
@@ -128,6 +129,7 @@ class DiffeoTraining:
     subject_pool: int = 0
     augment: bool = True
     features: str = ""
+    init_model: str = ""
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -274,6 +276,7 @@ def train(settings: DiffeoTraining, data: PairSource, out, checkpoint_dir=None, 
             raise InputError(f"--batch-size {settings.batch_size} is not divisible by the {dist.world_size} processes")
         torch.manual_seed(settings.seed)
         net = MomentumUNet(settings.config).to(dist.device)
+        initial = initial_weights(net, settings) if settings.init_model else None
         optimizer = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
         step, history = 0, []
         if resume:
@@ -355,6 +358,7 @@ def train(settings: DiffeoTraining, data: PairSource, out, checkpoint_dir=None, 
                         "seconds_this_run": round(seconds, 1), "processes": dist.world_size,
                         "final_val_loss": history[-1]["val_loss"] if history else None,
                         "identity_val_loss": identity_val,
+                        "initialized_from": initial,
                         "history": history, "settings": settings.to_dict(),
                         "split": "trained on subjects made from the SPM avg152 T1 template only; ICBM 2009a "
                                  "subjects kept for testing" if data.synthesize and "SPM" in data.description
@@ -364,6 +368,29 @@ def train(settings: DiffeoTraining, data: PairSource, out, checkpoint_dir=None, 
                   loss=history[-1]["loss"] if history else float("nan"), message="done", model=str(out))
         dist.barrier()
     return out
+
+
+def initial_weights(net: MomentumUNet, settings: DiffeoTraining) -> dict:
+    """Load ``settings.init_model`` into ``net`` (fine-tuning); returns its provenance for the new metadata.
+
+    The file must be a diffeo model of the same architecture, spacing and LDDMM parameters, else the
+    weights would be trained for another transformation model.
+    """
+    source, meta = load_momentum_net(settings.init_model)
+    wanted = {"architecture": settings.config.to_dict(), "spacing_mm": [settings.spacing_mm] * 3,
+              "lddmm": {"alpha": settings.alpha, "gamma": settings.gamma, "padding": settings.padding,
+                        "steps": settings.steps}}
+    found = {"architecture": meta["architecture"]["config"], "spacing_mm": [float(s) for s in meta["spacing_mm"]],
+             "lddmm": lddmm_parameters(meta)}
+    for key, value in wanted.items():
+        if found[key] != value:
+            raise InputError(f"--init-model {settings.init_model}: its {key} {found[key]} differs from this "
+                             f"training's {value}")
+    net.load_state_dict(source.state_dict())
+    previous = meta["training"]
+    return {"model": str(settings.init_model), "created": meta.get("created"), "command": previous.get("command"),
+            "steps": previous.get("steps"), "final_val_loss": previous.get("final_val_loss"),
+            "initialized_from": previous.get("initialized_from")}
 
 
 def zero_momentum(fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
