@@ -6,7 +6,10 @@ exactly aligned SPM avg152 T1 and T2 (so they stay aligned), then the same inten
 (task t1-t2) or the gradient magnitude of the subject's T1 (task t1-gm,
 data.synthetic.gradient_magnitude). The moving image is then misregistered by a rigid transform
 from Sedghi et al.'s distributions: translations U{lo, hi} mm per axis with random sign, rotations
-U{-r, r} rad. Training and test subjects use disjoint seeds (train: seed*1000 + i, test:
+U{-r, r} rad. The moving image is resampled onto the template grid by default, so anatomy that the
+misregistration moves past the grid's border is lost (the SPM templates end inside the cerebellum);
+``--moving-margin-mm M`` widens the moving grid by M mm on every side so that no anatomy is lost.
+Training and test subjects use disjoint seeds (train: seed*1000 + i, test:
 seed*1000 + 500 + i), so no test subject's deformation or misregistration is seen in training.
 
 Writes OUT/{train,test}/subject_XX_{fixed,moving}.nii.gz, OUT/{train,test}.csv (pairs CSV) and
@@ -23,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from DeepRegistrationLib.core.image import Grid
 from DeepRegistrationLib.core.io import write_image
 from DeepRegistrationLib.core.warp import warp
 from DeepRegistrationLib.data import sources
@@ -32,8 +36,16 @@ from DeepRegistrationLib.training.common import write_pairs_csv
 TASKS = {"t1-t2": ((1.0, 20.0), 0.2), "t1-gm": ((1.0, 10.0), 0.1)}
 
 
-def make_subject(t1, t2, task: str, seed: int, translation_mm, rotation_rad, rigid=None):
-    """(fixed, moving, true fixed->moving transform); ``rigid(rng, centre)`` replaces the random misregistration."""
+def widened(grid: Grid, margin_mm: float) -> Grid:
+    """``grid`` grown by (about) ``margin_mm`` on every side, same spacing and direction."""
+    pad = np.ceil(margin_mm / grid.spacing).astype(int)
+    return Grid(tuple(np.asarray(grid.size) + 2 * pad), grid.spacing, grid.origin - grid.direction @ (grid.spacing * pad),
+                grid.direction)
+
+
+def make_subject(t1, t2, task: str, seed: int, translation_mm, rotation_rad, rigid=None, moving_margin_mm=0.0):
+    """(fixed, moving, true fixed->moving transform); ``rigid(rng, centre)`` replaces the random misregistration;
+    the moving image's grid is the template's widened by ``moving_margin_mm``."""
     rng = np.random.default_rng(seed)
     field = smooth_random_field(t1.grid, rng, max_displacement_mm=4.0, control_spacing_mm=30.0)
     jitter_seed = int(rng.integers(1 << 31))
@@ -44,15 +56,17 @@ def make_subject(t1, t2, task: str, seed: int, translation_mm, rotation_rad, rig
         other = gradient_magnitude(fixed)
     centre = t1.grid.center_physical()
     true = rigid(rng, centre) if rigid else random_rigid(rng, centre, translation_mm, rotation_rad)
-    moving = warp(other, other.grid, true.inverse())  # moving(T(x)) = other(x): T is the true fixed->moving map
+    moving = warp(other, widened(other.grid, moving_margin_mm), true.inverse())  # moving(T(x)) = other(x)
     return fixed, moving, true
 
 
-def make_split(out: Path, split: str, count: int, seed0: int, task: str, translation_mm, rotation_rad) -> Path:
+def make_split(out: Path, split: str, count: int, seed0: int, task: str, translation_mm, rotation_rad,
+               moving_margin_mm=0.0) -> Path:
     t1, t2 = sources.spm_avg152("T1"), sources.spm_avg152("T2")
     rows, truth = [], []
     for i in range(count):
-        fixed, moving, true = make_subject(t1, t2, task, seed0 + i, translation_mm, rotation_rad)
+        fixed, moving, true = make_subject(t1, t2, task, seed0 + i, translation_mm, rotation_rad,
+                                           moving_margin_mm=moving_margin_mm)
         f, m = out / split / f"subject_{i:02d}_fixed.nii.gz", out / split / f"subject_{i:02d}_moving.nii.gz"
         write_image(fixed, f)
         write_image(moving, m)
@@ -72,6 +86,8 @@ def main(argv=None) -> int:
     p.add_argument("--test", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-translation-mm", type=float, help="override the task's upper translation bound")
+    p.add_argument("--moving-margin-mm", type=float, default=0.0,
+                   help="widen the moving image's grid by this much on every side (default 0: the template grid)")
     args = p.parse_args(argv)
     (lo, hi), rot = TASKS[args.task]
     if args.max_translation_mm is not None:
@@ -79,7 +95,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     for split, count, seed0 in (("train", args.train, args.seed * 1000), ("test", args.test, args.seed * 1000 + 500)):
         if count:
-            print(make_split(out, split, count, seed0, args.task, (lo, hi), rot))
+            print(make_split(out, split, count, seed0, args.task, (lo, hi), rot, args.moving_margin_mm))
     return 0
 
 
