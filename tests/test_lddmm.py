@@ -49,7 +49,8 @@ def test_fft_smoothing_equals_direct_convolution_with_zero_padding():
     shape, spacing, padding = (5, 6, 7), (1.0, 2.0, 1.5), 4
     m = _smooth_momentum(shape, 1.0, seed=3).float()
     v = lddmm.smooth(m, spacing, padding=padding)[0].double().numpy()
-    padded = tuple(n + 2 * padding for n in shape)
+    padded = lddmm.padded_shape(shape, padding)
+    assert padded == (15, 15, 15)                       # 13, 14, 15 rounded up to FFT lengths
     kernel = np.fft.irfftn(lddmm.kernel_spectrum(padded, spacing, dtype=torch.float64).numpy(), s=padded, axes=(0, 1, 2))
     src = np.argwhere(np.ones(shape, bool))
     direct = np.zeros((3, *shape))
@@ -58,6 +59,11 @@ def test_fft_smoothing_equals_direct_convolution_with_zero_padding():
         weights = kernel[offsets[:, 0], offsets[:, 1], offsets[:, 2]]
         direct[(slice(None), *x)] = m[0].double().numpy().reshape(3, -1) @ weights
     np.testing.assert_allclose(v, direct, rtol=1e-4, atol=1e-6)
+
+
+def test_fft_lengths_have_only_small_prime_factors():
+    assert [lddmm.fft_length(n) for n in (72, 119, 123, 141, 536)] == [72, 120, 125, 144, 540]
+    assert lddmm.padded_shape((95, 117, 99), 12) == (120, 144, 125)
 
 
 def _velocity(shape, spacing, peak_mm, seed=1):

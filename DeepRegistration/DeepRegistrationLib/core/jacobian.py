@@ -21,12 +21,23 @@ def jacobian_determinant(field: DisplacementField, slab: int = 32) -> np.ndarray
         z1 = min(z0 + slab, nz)
         h0, h1 = max(z0 - 1, 0), min(z1 + 1, nz)
         part = u[h0:h1].astype(np.float32)
-        # d u / d index, index order (i, j, k) = array axes (2, 1, 0); z uses the halo
-        grads = [np.gradient(part, axis=ax) if part.shape[ax] > 1 else np.zeros_like(part) for ax in (2, 1, 0)]
-        du_dindex = np.stack(grads, axis=-1)[z0 - h0:z0 - h0 + (z1 - z0)]  # (..., 3 comp, 3 idx)
-        du_dx = du_dindex @ index_from_physical
-        out[z0:z1] = np.linalg.det(du_dx + np.eye(3, dtype=np.float32))
+        inner = slice(z0 - h0, z0 - h0 + (z1 - z0))
+        # d u / d index, index order (i, j, k) = array axes (2, 1, 0); z uses the halo; each (..., 3 components)
+        du_dindex = [(np.gradient(part, axis=ax) if part.shape[ax] > 1 else np.zeros_like(part))[inner]
+                     for ax in (2, 1, 0)]
+        # column p of I + du/dx: e_p + sum_d du/dindex_d * (dindex_d / dx_p)
+        columns = [sum(g * index_from_physical[d, p] for d, g in enumerate(du_dindex)) for p in range(3)]
+        for p in range(3):
+            columns[p][..., p] += 1.0
+        out[z0:z1] = _det3(*columns)
     return out
+
+
+def _det3(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """det [a b c] for stacks of column vectors (..., 3): the scalar triple product a · (b × c)."""
+    return (a[..., 0] * (b[..., 1] * c[..., 2] - b[..., 2] * c[..., 1])
+            - a[..., 1] * (b[..., 0] * c[..., 2] - b[..., 2] * c[..., 0])
+            + a[..., 2] * (b[..., 0] * c[..., 1] - b[..., 1] * c[..., 0]))
 
 
 def jacobian_statistics(det: np.ndarray, mask: np.ndarray = None) -> dict:

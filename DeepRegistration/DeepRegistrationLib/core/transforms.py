@@ -18,7 +18,7 @@ import torch
 
 from .errors import InputError
 from .image import Grid, Image
-from .warp import physical_grid_points, sample_at_points
+from .warp import affine_points, physical_grid_points, sample_at_points
 
 
 def _rot_x(a):
@@ -49,7 +49,7 @@ class LinearTransform(abc.ABC):
 
     def transform_points_torch(self, points: torch.Tensor) -> torch.Tensor:
         m = torch.as_tensor(self.matrix4(), dtype=points.dtype, device=points.device)
-        return points @ m[:3, :3].T + m[:3, 3]
+        return affine_points(points, m[:3, :3], m[:3, 3])
 
     def inverse(self) -> "AffineTransform":
         return AffineTransform(np.linalg.inv(self.matrix4()))

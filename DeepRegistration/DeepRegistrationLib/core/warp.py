@@ -16,6 +16,11 @@ from .image import Grid, Image
 CHUNK_VOXELS = 2 ** 22
 
 
+def affine_points(points: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """``points @ matrix.T + offset`` for points (..., 3), as one matrix product over the flattened points."""
+    return torch.addmm(offset, points.reshape(-1, 3), matrix.T).reshape(points.shape)
+
+
 def physical_grid_points(grid: Grid, device=None, dtype=torch.float32, z_range=None) -> torch.Tensor:
     """LPS coordinates of voxel centres, shape (nz, ny, nx, 3) (or a z-slab ``z_range``)."""
     nx, ny, nz = grid.size
@@ -28,7 +33,7 @@ def physical_grid_points(grid: Grid, device=None, dtype=torch.float32, z_range=N
     )
     index = torch.stack([i, j, k], dim=-1)
     m = torch.as_tensor(grid.index_to_physical_matrix(), device=device, dtype=torch.float64)
-    return (index @ m[:3, :3].T + m[:3, 3]).to(dtype)
+    return affine_points(index, m[:3, :3], m[:3, 3]).to(dtype)
 
 
 def physical_points_at(grid: Grid, flat_indices: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
@@ -37,7 +42,7 @@ def physical_points_at(grid: Grid, flat_indices: torch.Tensor, dtype=torch.float
     flat = flat_indices.to(torch.int64)
     index = torch.stack([flat % nx, (flat // nx) % ny, flat // (nx * ny)], dim=-1).to(torch.float64)
     m = torch.as_tensor(grid.index_to_physical_matrix(), device=flat.device, dtype=torch.float64)
-    return (index @ m[:3, :3].T + m[:3, 3]).to(dtype)
+    return affine_points(index, m[:3, :3], m[:3, 3]).to(dtype)
 
 
 def sample_voxel_indices(grid: Grid, max_points: int, seed: int = 0, mask: np.ndarray = None, device=None):
@@ -64,7 +69,7 @@ def physical_to_normalized(grid: Grid, points_lps: torch.Tensor) -> torch.Tensor
     scale = 2.0 / np.maximum(size - 1, 1)
     a = torch.as_tensor(scale[:, None] * m[:3, :3], device=points_lps.device, dtype=points_lps.dtype)
     b = torch.as_tensor(scale * m[:3, 3] - 1.0, device=points_lps.device, dtype=points_lps.dtype)
-    return points_lps @ a.T + b
+    return affine_points(points_lps, a, b)
 
 
 def sample_at_points(volume: torch.Tensor, grid: Grid, points_lps: torch.Tensor, mode: str = "bilinear",

@@ -22,7 +22,10 @@ def normalize_intensity(array: np.ndarray) -> np.ndarray:
 
 
 def resample_to(image: Image, grid: Grid, fixed_to_image=None) -> Image:
-    """``image`` on ``grid`` (linear), Gaussian-smoothed first (σ = half the new spacing) where coarser."""
+    """``image`` on ``grid`` (linear), Gaussian-smoothed first (σ = half the new spacing) where coarser;
+    ``image`` itself (as float32) when it already lies on ``grid`` and no transform is given."""
+    if fixed_to_image is None and grid.same_as(image.grid):
+        return image.with_array(image.array.astype(np.float32, copy=False))
     sigma_vox = [0.5 * g / s if g > 1.5 * s else 0.0
                  for g, s in zip(reversed(grid.spacing.tolist()), reversed(image.grid.spacing.tolist()))]
     source = image.with_array(gaussian_filter(image.array.astype(np.float32), sigma_vox)) if any(sigma_vox) else image
