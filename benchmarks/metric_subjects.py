@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-from DeepRegistrationLib.core.image import Grid
 from DeepRegistrationLib.core.io import write_image
 from DeepRegistrationLib.core.warp import warp
 from DeepRegistrationLib.data import sources
@@ -34,13 +33,6 @@ from DeepRegistrationLib.data.synthetic import gradient_magnitude, intensity_jit
 from DeepRegistrationLib.training.common import write_pairs_csv
 
 TASKS = {"t1-t2": ((1.0, 20.0), 0.2), "t1-gm": ((1.0, 10.0), 0.1)}
-
-
-def widened(grid: Grid, margin_mm: float) -> Grid:
-    """``grid`` grown by (about) ``margin_mm`` on every side, same spacing and direction."""
-    pad = np.ceil(margin_mm / grid.spacing).astype(int)
-    return Grid(tuple(np.asarray(grid.size) + 2 * pad), grid.spacing, grid.origin - grid.direction @ (grid.spacing * pad),
-                grid.direction)
 
 
 def make_subject(t1, t2, task: str, seed: int, translation_mm, rotation_rad, rigid=None, moving_margin_mm=0.0):
@@ -56,7 +48,7 @@ def make_subject(t1, t2, task: str, seed: int, translation_mm, rotation_rad, rig
         other = gradient_magnitude(fixed)
     centre = t1.grid.center_physical()
     true = rigid(rng, centre) if rigid else random_rigid(rng, centre, translation_mm, rotation_rad)
-    moving = warp(other, widened(other.grid, moving_margin_mm), true.inverse())  # moving(T(x)) = other(x)
+    moving = warp(other, other.grid.widened(moving_margin_mm), true.inverse())  # moving(T(x)) = other(x)
     return fixed, moving, true
 
 

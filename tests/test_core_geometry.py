@@ -8,6 +8,7 @@ from DeepRegistrationLib.core.io import read_image, write_image
 from DeepRegistrationLib.core.transforms import (AffineTransform, DisplacementField, RigidTransform, compose,
                                                  read_transform, write_transform, read_displacement_nrrd)
 from DeepRegistrationLib.core.warp import warp
+from DeepRegistrationLib.deformable.model_input import resample_to
 
 
 def test_index_to_physical_matches_sitk(smooth_volume):
@@ -75,6 +76,34 @@ def test_warp_matches_sitk_resample_oblique_anisotropic(smooth_volume):
     assert inside.mean() > 0.15
     err = np.abs(ours - theirs)[inside].max()
     assert err <= 1e-3 * smooth_volume.intensity_range(), err
+
+
+def test_widened_grid_keeps_every_voxel_centre(smooth_volume):
+    """Grid.widened on an oblique, anisotropic grid: voxel (i, j, k) lands on voxel (i, j, k) + pad, in mm."""
+    grid = smooth_volume.grid
+    wide = grid.widened(4.0)
+    pad = np.ceil(4.0 / grid.spacing).astype(int)                # (4, 5, 2) for spacing (1.3, 0.9, 2.1)
+    assert wide.size == tuple(np.asarray(grid.size) + 2 * pad)
+    assert np.allclose(wide.spacing, grid.spacing) and np.allclose(wide.direction, grid.direction)
+    index = np.array([[0, 0, 0], [22, 18, 14], [5, 11, 3]], dtype=float)
+    np.testing.assert_allclose(wide.index_to_physical(index + pad), grid.index_to_physical(index), atol=1e-9)
+    widened = warp(smooth_volume, wide)                          # identity resampling onto the wider grid
+    core = widened.array[pad[2]:-pad[2], pad[1]:-pad[1], pad[0]:-pad[0]]
+    np.testing.assert_allclose(core, smooth_volume.array, atol=1e-3)
+    assert widened.array[:pad[2]].max() < 1e-3 * smooth_volume.intensity_range()   # outside the original grid: zeros
+
+
+def test_resample_to_own_grid_returns_the_voxels_and_geometry(smooth_volume):
+    """resample_to on an oblique, anisotropic image's own grid: same voxels (float32) and geometry, as
+    resampling through an identity transform gives; another grid still resamples."""
+    grid = smooth_volume.grid
+    same = resample_to(smooth_volume.with_array(smooth_volume.array.astype(np.float64)), grid)
+    assert same.array.dtype == np.float32 and same.grid.same_as(grid)
+    np.testing.assert_array_equal(same.array, smooth_volume.array)
+    through_identity = resample_to(smooth_volume, grid, RigidTransform(center_mm=grid.center_physical()))
+    np.testing.assert_allclose(through_identity.array, same.array, atol=1e-3 * smooth_volume.intensity_range())
+    coarse = resample_to(smooth_volume, grid.with_spacing(2 * grid.spacing))
+    assert coarse.grid.same_as(grid.with_spacing(2 * grid.spacing)) and coarse.array.shape != same.array.shape
 
 
 def test_warp_nearest_labels_match_sitk(smooth_volume):

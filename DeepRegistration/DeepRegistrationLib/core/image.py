@@ -85,6 +85,13 @@ class Grid:
         size = np.maximum(np.floor(extent / spacing + 1e-6).astype(int) + 1, 1)
         return Grid(tuple(size), spacing, self.origin, self.direction)
 
+    def widened(self, margin_mm: float) -> "Grid":
+        """This grid grown by ``margin_mm`` (rounded up to whole voxels) on every side; same spacing and
+        direction, so every voxel centre of this grid is a voxel centre of the wider one."""
+        pad = np.ceil(margin_mm / self.spacing).astype(int)
+        return Grid(tuple(np.asarray(self.size) + 2 * pad), self.spacing,
+                    self.origin - self.direction @ (self.spacing * pad), self.direction)
+
     def is_oblique(self, tol: float = 1e-6) -> bool:
         d = np.abs(self.direction)
         return not np.allclose(d * (d > 0.5), d, atol=tol) or not np.allclose(d.max(axis=0), 1.0, atol=tol)
