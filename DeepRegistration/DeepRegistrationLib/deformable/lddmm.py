@@ -11,7 +11,7 @@ integration.
   summed over the axes inside the bracket (the operator L of a 3D grid), with Δx_d the physical spacing.
 - The momentum is zero-padded (at least 12 voxels per side by default) before the FFT so the convolution
   is not cyclic; the padded sides are rounded up to lengths with prime factors 2, 3 and 5 only, which the
-  FFT handles 3-4x faster than lengths with large prime factors (the extra padding only moves the
+  FFT handles about 3x faster than lengths with large prime factors (the extra padding only moves the
   periodic copies further away).
 - Scaling and squaring with N = 7 steps (eq. 3.4): u ← v / 2^N, then N times u ← u + u∘(id + u);
   the same with −v gives φ⁻¹. Compositions run in z-slabs (``slab``) so a large volume needs only the

@@ -1,0 +1,166 @@
+"""Where the time of one ``register(..., 'diffeo')`` call goes, and two of its parts against a baseline.
+
+Data: the first evaluation pair of benchmarks/diffeo_evaluation.py (ICBM 2009a T1 subjects at 2 mm,
+99×117×95), registered after the same rigid NMI step. The call is run once to warm up, then
+``--repeats`` times; the table gives the median of each stage from the report's timings, and of the
+report's quality figures timed one by one. Then, in the same run:
+
+- the FFT smoothing (3 channels, rfftn + irfftn) on the grid padded by exactly 12 voxels per side (the
+  baseline) and on ``lddmm.padded_shape`` (rounded up to 2-3-5 lengths, what ``smooth`` uses);
+- the Jacobian determinant of the forward field: ``numpy.linalg.det`` of the stacked 3×3 matrices (the
+  baseline) against ``core.jacobian.jacobian_determinant``, with their largest difference;
+- the network's multiply-adds per tile voxel (counted from its convolution layers) and for the tiles.
+
+    python benchmarks/diffeo_profile.py --threads 1
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from DeepRegistrationLib.api import inverse_consistency_mm, register
+from DeepRegistrationLib.core.jacobian import jacobian_determinant
+from DeepRegistrationLib.core.transforms import DisplacementField
+from DeepRegistrationLib.core.warp import warp
+from DeepRegistrationLib.data import sources
+from DeepRegistrationLib.data.synthetic import random_rigid
+from DeepRegistrationLib.deformable import lddmm
+from DeepRegistrationLib.deformable.diffeo_method import DEFAULT_MODEL, DEFAULT_TILE, load_momentum_net
+from DeepRegistrationLib.deformable.model_input import resample_to
+from DeepRegistrationLib.deformable.patchwise import DISCARD, tile_layout
+from DeepRegistrationLib.rigid.mi import nmi_value
+
+sys.path.insert(0, str(Path(__file__).parent))
+from diffeo_evaluation import SPACING, make_subject  # noqa: E402
+
+
+def seconds(fn, repeats: int) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs, after one warm-up run."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def multiply_adds_per_voxel(net, tile: int) -> float:
+    """Multiply-adds of all (transposed) convolutions for one tile³ input, per input voxel."""
+    total = 0
+
+    def count(module, inputs, output):
+        nonlocal total
+        kernel = module.weight[0, 0].numel()
+        if isinstance(module, torch.nn.ConvTranspose3d):
+            total += inputs[0][0].numel() * module.weight.shape[1] * kernel
+        else:
+            total += output[0].numel() * module.weight.shape[1] * kernel
+
+    hooks = [m.register_forward_hook(count) for m in net.modules()
+             if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))]
+    with torch.no_grad():
+        x = torch.zeros(1, 1, tile, tile, tile)
+        net(x, x)
+    for h in hooks:
+        h.remove()
+    return total / tile ** 3
+
+
+def fft_smoothing(shape) -> float:
+    x = torch.randn(3, *shape)
+    return torch.fft.irfftn(torch.fft.rfftn(x, dim=(-3, -2, -1)), s=shape, dim=(-3, -2, -1))
+
+
+def numpy_det_jacobian(field: DisplacementField) -> np.ndarray:
+    """The baseline: I + ∂u/∂x stacked as (..., 3, 3) and ``numpy.linalg.det``."""
+    u = field.displacement_mm
+    index_from_physical = np.linalg.inv(field.grid.direction @ np.diag(field.grid.spacing)).astype(np.float32)
+    grads = np.stack([np.gradient(u, axis=ax) for ax in (2, 1, 0)], axis=-1)
+    return np.linalg.det(grads @ index_from_physical + np.eye(3, dtype=np.float32))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
+    grid = sources.icbm152("t1").grid.with_spacing([SPACING] * 3)
+    t1, gm, wm = (resample_to(sources.icbm152(k), grid) for k in ("t1", "gm", "wm"))
+    fixed = make_subject(t1, gm, wm, 1000)[0]
+    moving = warp(make_subject(t1, gm, wm, 1001)[0], grid,
+                  random_rigid(np.random.default_rng(3000), grid.center_physical(), (1.0, 5.0), 0.05).inverse())
+    rigid = register(fixed, moving, "mi").transform
+
+    register(fixed, moving, "diffeo", initial_transform=rigid)
+    reports = [register(fixed, moving, "diffeo", initial_transform=rigid).report for _ in range(args.repeats)]
+    stage = {name: statistics.median(fn(r) for r in reports) for name, fn in (
+        ("tile predictions (network)", lambda r: r["seconds_momentum"]),
+        ("smoothing and integration", lambda r: r["seconds_integration"]),
+        ("rest of the method (loading, resampling, fields on the image grids)",
+         lambda r: r["seconds_method"] - r["seconds_momentum"] - r["seconds_integration"]),
+        ("warped image", lambda r: r["seconds_resample"]),
+        ("QA report", lambda r: r["seconds_total"] - r["seconds_method"] - r["seconds_resample"]),
+        ("whole register() call", lambda r: r["seconds_total"]))}
+    result = register(fixed, moving, "diffeo", initial_transform=rigid)
+    forward = DisplacementField.from_transform(result.transform, fixed.grid)
+    report_parts = {
+        "NMI before": seconds(lambda: nmi_value(fixed, moving, rigid, 64, "cpu"), args.repeats),
+        "NMI after": seconds(lambda: nmi_value(fixed, moving, result.transform, 64, "cpu"), args.repeats),
+        "forward field on the fixed grid": seconds(lambda: DisplacementField.from_transform(result.transform, fixed.grid),
+                                                   args.repeats),
+        "Jacobian determinant": seconds(lambda: jacobian_determinant(forward), args.repeats),
+        "inverse consistency": seconds(lambda: inverse_consistency_mm(result.transform, result.inverse, fixed.grid),
+                                       args.repeats),
+    }
+
+    print(f"Data: evaluation pair 1 of diffeo_evaluation.py (2 mm, {grid.size}); {platform.machine()} CPU, "
+          f"{args.threads} thread(s); medians of {args.repeats} runs after a warm-up.\n")
+    print("| stage of register(..., 'diffeo') | seconds |")
+    print("|---|---|")
+    for name, value in stage.items():
+        print(f"| {name} | {value:.2f} |")
+    print("\n| QA report part | seconds |")
+    print("|---|---|")
+    for name, value in report_parts.items():
+        print(f"| {name} | {value:.3f} |")
+
+    shape = fixed.grid.shape
+    exact = tuple(n + 2 * lddmm.PADDING for n in shape)
+    rounded = lddmm.padded_shape(shape)
+    t_exact = seconds(lambda: fft_smoothing(exact), args.repeats)
+    t_rounded = seconds(lambda: fft_smoothing(rounded), args.repeats)
+    t_numpy = seconds(lambda: numpy_det_jacobian(forward), args.repeats)
+    t_ours = seconds(lambda: jacobian_determinant(forward), args.repeats)
+    difference = float(np.abs(numpy_det_jacobian(forward) - jacobian_determinant(forward)).max())
+    print("\n| part | baseline | seconds | ours | seconds | ratio |")
+    print("|---|---|---|---|---|---|")
+    print(f"| FFT smoothing, 3 channels | padded by 12: {'×'.join(map(str, exact))} | {t_exact:.3f} | "
+          f"rounded: {'×'.join(map(str, rounded))} | {t_rounded:.3f} | {t_exact / t_rounded:.1f} |")
+    print(f"| Jacobian determinant | numpy.linalg.det | {t_numpy:.3f} | triple product | {t_ours:.3f} | "
+          f"{t_numpy / t_ours:.1f} |")
+    print(f"\nlargest |det J difference|: {difference:.1e}")
+
+    net = load_momentum_net(DEFAULT_MODEL)[0]
+    per_voxel = multiply_adds_per_voxel(net, DEFAULT_TILE)
+    tiles = len(list(itertools.product(*[tile_layout(n, DEFAULT_TILE, DISCARD) for n in shape])))
+    total = per_voxel * tiles * DEFAULT_TILE ** 3
+    print(f"network: {per_voxel:,.0f} multiply-adds per tile voxel; {tiles} tiles of {DEFAULT_TILE}³ = "
+          f"{tiles * DEFAULT_TILE ** 3 / np.prod(shape):.1f}× the volume's voxels; {total / 1e9:.1f} G multiply-adds, "
+          f"{total / 1e9 / stage['tile predictions (network)']:.1f} G per second of tile prediction")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
