@@ -9,6 +9,10 @@ report's quality figures timed one by one. Then, in the same run:
   baseline) and on ``lddmm.padded_shape`` (rounded up to 2-3-5 lengths, what ``smooth`` uses);
 - the Jacobian determinant of the forward field: ``numpy.linalg.det`` of the stacked 3×3 matrices (the
   baseline) against ``core.jacobian.jacobian_determinant``, with their largest difference;
+- one scaling-and-squaring composition's sampling (``grid_sample`` of a 3-channel field of the volume's size
+  at x + u(x)): ``torch.nn.functional.grid_sample`` (the baseline; its CPU kernel uses one thread per
+  batch item) against ``core.grid_sampling.grid_sample`` (the points cut into one batch item per thread),
+  with their largest difference;
 - the network's multiply-adds per tile voxel (counted from its convolution layers) and for the tiles.
 
     python benchmarks/diffeo_profile.py --threads 1
@@ -26,8 +30,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
+import torch.nn.functional as F
 
 from DeepRegistrationLib.api import inverse_consistency_mm, register
+from DeepRegistrationLib.core.grid_sampling import grid_sample
 from DeepRegistrationLib.core.jacobian import jacobian_determinant
 from DeepRegistrationLib.core.transforms import DisplacementField
 from DeepRegistrationLib.core.warp import warp
@@ -37,6 +43,7 @@ from DeepRegistrationLib.deformable import lddmm
 from DeepRegistrationLib.deformable.diffeo_method import DEFAULT_MODEL, DEFAULT_TILE, load_momentum_net
 from DeepRegistrationLib.deformable.model_input import resample_to
 from DeepRegistrationLib.deformable.patchwise import DISCARD, tile_layout
+from DeepRegistrationLib.deformable.spatial_transformer import identity_grid, voxels_to_normalized
 from DeepRegistrationLib.rigid.mi import nmi_value
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -79,6 +86,13 @@ def multiply_adds_per_voxel(net, tile: int) -> float:
 def fft_smoothing(shape) -> float:
     x = torch.randn(3, *shape)
     return torch.fft.irfftn(torch.fft.rfftn(x, dim=(-3, -2, -1)), s=shape, dim=(-3, -2, -1))
+
+
+def composition_coords(shape) -> torch.Tensor:
+    """grid_sample coordinates of x + u(x) for a smooth random u of about 2 voxels on ``shape``."""
+    u = F.interpolate(torch.randn(1, 3, *(max(n // 16, 2) for n in shape), generator=torch.Generator().manual_seed(0)),
+                      size=shape, mode="trilinear", align_corners=True) * 2.0
+    return voxels_to_normalized(identity_grid(shape) + u)
 
 
 def numpy_det_jacobian(field: DisplacementField) -> np.ndarray:
@@ -144,13 +158,21 @@ def main(argv=None) -> int:
     t_numpy = seconds(lambda: numpy_det_jacobian(forward), args.repeats)
     t_ours = seconds(lambda: jacobian_determinant(forward), args.repeats)
     difference = float(np.abs(numpy_det_jacobian(forward) - jacobian_determinant(forward)).max())
+    field = torch.randn(1, 3, *shape)
+    coords = composition_coords(shape)
+    t_torch = seconds(lambda: F.grid_sample(field, coords, padding_mode="border", align_corners=True), args.repeats)
+    t_threads = seconds(lambda: grid_sample(field, coords, padding_mode="border"), args.repeats)
+    sampling_difference = float((F.grid_sample(field, coords, padding_mode="border", align_corners=True)
+                                 - grid_sample(field, coords, padding_mode="border")).abs().max())
     print("\n| part | baseline | seconds | ours | seconds | ratio |")
     print("|---|---|---|---|---|---|")
     print(f"| FFT smoothing, 3 channels | padded by 12: {'×'.join(map(str, exact))} | {t_exact:.3f} | "
           f"rounded: {'×'.join(map(str, rounded))} | {t_rounded:.3f} | {t_exact / t_rounded:.1f} |")
     print(f"| Jacobian determinant | numpy.linalg.det | {t_numpy:.3f} | triple product | {t_ours:.3f} | "
           f"{t_numpy / t_ours:.1f} |")
-    print(f"\nlargest |det J difference|: {difference:.1e}")
+    print(f"| sampling of one composition, 3 channels | F.grid_sample | {t_torch:.3f} | one batch item per thread | "
+          f"{t_threads:.3f} | {t_torch / t_threads:.1f} |")
+    print(f"\nlargest |det J difference|: {difference:.1e}; largest sampling difference: {sampling_difference:.1e}")
 
     net = load_momentum_net(DEFAULT_MODEL)[0]
     per_voxel = multiply_adds_per_voxel(net, DEFAULT_TILE)

@@ -157,3 +157,34 @@ def test_affine_from_sitk_similarity():
     t = from_sitk(s)
     assert isinstance(t, AffineTransform)
     np.testing.assert_allclose(t.transform_points(np.array([[5.0, 6, 7]]))[0], s.TransformPoint((5, 6, 7)), atol=1e-9)
+
+
+@pytest.mark.parametrize("coords_shape", [(1, 23, 29, 31, 3), (1, 1, 1, 20001, 3), (1, 37, 16, 16, 3)])
+@pytest.mark.parametrize("mode,padding", [("bilinear", "border"), ("bilinear", "zeros"), ("nearest", "zeros")])
+def test_threaded_grid_sample_equals_torch(monkeypatch, coords_shape, mode, padding):
+    import torch
+    import torch.nn.functional as F
+    from DeepRegistrationLib.core import grid_sampling
+    g = torch.Generator().manual_seed(3)
+    volume = torch.rand((1, 3, 10, 12, 14), generator=g)
+    coords = torch.rand(coords_shape, generator=g) * 2.4 - 1.2
+    expected = F.grid_sample(volume, coords, mode=mode, padding_mode=padding, align_corners=True)
+    batches = []
+    torch_grid_sample = F.grid_sample
+
+    def spy(v, c, **kw):
+        batches.append(c.shape[0])
+        return torch_grid_sample(v, c, **kw)
+
+    monkeypatch.setattr(grid_sampling.F, "grid_sample", spy)
+    threads = torch.get_num_threads()
+    points = int(np.prod(coords_shape[1:-1]))
+    try:
+        for n in (2, 3, 16):
+            torch.set_num_threads(n)
+            out = grid_sampling.grid_sample(volume, coords, mode=mode, padding_mode=padding)
+            assert out.shape == expected.shape
+            assert torch.equal(out, expected)
+            assert batches[-1] == min(n, max(coords_shape[1:-1]), points // grid_sampling.POINTS_PER_THREAD)
+    finally:
+        torch.set_num_threads(threads)

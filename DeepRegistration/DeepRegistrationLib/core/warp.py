@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from .grid_sampling import grid_sample
 from .image import Grid, Image
 
 #: Voxels of the reference grid warped per chunk: bounds memory by the chunk, not the volume.
@@ -77,7 +77,7 @@ def sample_at_points(volume: torch.Tensor, grid: Grid, points_lps: torch.Tensor,
     """Sample ``volume`` (C, nz, ny, nx) living on ``grid`` at LPS points (..., 3) -> (C, ...)."""
     lead = points_lps.shape[:-1]
     coords = physical_to_normalized(grid, points_lps.to(volume.dtype)).reshape(1, 1, 1, -1, 3)
-    out = F.grid_sample(volume[None], coords, mode=mode, padding_mode=padding_mode, align_corners=True)
+    out = grid_sample(volume[None], coords, mode=mode, padding_mode=padding_mode)
     return out.reshape(volume.shape[0], *lead)
 
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..core.grid_sampling import grid_sample
+
 ALPHA = 20.0
 GAMMA = 1.0
 PADDING = 12
@@ -108,13 +110,12 @@ def compose(u_outer: torch.Tensor, u_inner: torch.Tensor, slab: int = None) -> t
     slab = nz if slab is None else max(1, int(slab))
     if slab >= nz:
         coords = _normalized_coords(u_inner, 0, u_inner.shape[2:])
-        return u_inner + F.grid_sample(u_outer, coords, mode="bilinear", padding_mode="border", align_corners=True)
+        return u_inner + grid_sample(u_outer, coords, padding_mode="border")
     out = torch.empty_like(u_inner)
     for z0 in range(0, nz, slab):
         part = u_inner[:, :, z0:z0 + slab]
         coords = _normalized_coords(part, z0, u_inner.shape[2:])
-        out[:, :, z0:z0 + slab] = part + F.grid_sample(u_outer, coords, mode="bilinear", padding_mode="border",
-                                                       align_corners=True)
+        out[:, :, z0:z0 + slab] = part + grid_sample(u_outer, coords, padding_mode="border")
     return out
 
 

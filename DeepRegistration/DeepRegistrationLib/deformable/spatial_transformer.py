@@ -7,7 +7,8 @@ handled outside, where the patch's spacing is known.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from ..core.grid_sampling import grid_sample
 
 
 def identity_grid(shape, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -30,8 +31,7 @@ def warp_voxels(image: torch.Tensor, u_vox: torch.Tensor, mode: str = "bilinear"
                 padding_mode: str = "border") -> torch.Tensor:
     """image(x + u(x)) for image (B, C, *shape) and u (B, ndim, *shape) in voxels, x-first channels."""
     coords = identity_grid(image.shape[2:], image.device, u_vox.dtype) + u_vox
-    return F.grid_sample(image, voxels_to_normalized(coords), mode=mode, padding_mode=padding_mode,
-                         align_corners=True)
+    return grid_sample(image, voxels_to_normalized(coords), mode=mode, padding_mode=padding_mode)
 
 
 def inside_fraction_mask(u_vox: torch.Tensor) -> torch.Tensor:

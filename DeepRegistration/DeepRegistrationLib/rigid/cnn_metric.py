@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..core.errors import InputError
+from ..core.grid_sampling import grid_sample
 from ..core.image import Image
 from ..core.progress import Progress
 from ..core.transforms import RigidTransform
@@ -121,7 +121,7 @@ class PatchObjective:
         na = n @ a
         coords = (self.centres @ na.T + (n @ b + n0))[:, None, :] + (self.offsets @ na.T)[None]
         p = self.patch_size
-        out = F.grid_sample(volume[None], coords.reshape(1, 1, 1, -1, 3), align_corners=True)
+        out = grid_sample(volume[None], coords.reshape(1, 1, 1, -1, 3))
         return out.reshape(-1, p, p, p)
 
     def moving_patches(self, transform) -> torch.Tensor:
