@@ -98,6 +98,21 @@ def test_sliced_composition_equals_whole_composition():
     np.testing.assert_allclose(lddmm.exponential(v, slab=3).numpy(), lddmm.exponential(v).numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("slab", [None, 3])
+def test_two_buffer_squarings_equal_the_plain_ones(slab):
+    """The inference path's ping-pong buffers change the memory, not one bit of the fields."""
+    from DeepRegistrationLib.deformable.patchwise import exponentials
+    v = _velocity((20, 16, 18), (1.0, 1.0, 1.0), peak_mm=3.0).float()
+    forward = lddmm.exponential(v, slab=slab)
+    start = v / 2 ** lddmm.STEPS
+    buffers = (start.clone(), torch.empty_like(v))
+    buffered, spare = lddmm.squarings(buffers[0], slab=slab, spare=buffers[1])
+    assert torch.equal(buffered, forward)
+    assert {buffered.data_ptr(), spare.data_ptr()} == {b.data_ptr() for b in buffers}   # no third field
+    whole_forward, whole_inverse = exponentials(v.clone())
+    assert torch.equal(whole_forward, lddmm.exponential(v)) and torch.equal(whole_inverse, lddmm.exponential(-v))
+
+
 @pytest.mark.parametrize("peak_mm", [3.0, 8.0])
 def test_jacobian_positive_for_realistic_magnitudes(peak_mm):
     spacing = (1.0, 1.0, 1.0)

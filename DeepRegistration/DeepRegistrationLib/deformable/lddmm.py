@@ -15,7 +15,8 @@ integration.
   periodic copies further away).
 - Scaling and squaring with N = 7 steps (eq. 3.4): u ← v / 2^N, then N times u ← u + u∘(id + u);
   the same with −v gives φ⁻¹. Compositions run in z-slabs (``slab``) so a large volume needs only the
-  field, its successor and one slab of sampling coordinates in memory.
+  field, its successor and one slab of sampling coordinates in memory; without autograd the two
+  alternate between two buffers (:func:`squarings`).
 """
 from __future__ import annotations
 
@@ -73,11 +74,10 @@ def smooth(momentum: torch.Tensor, spacing_zyx, alpha: float = ALPHA, gamma: flo
     pads = []
     for n, total in zip(reversed(shape), reversed(padded)):      # F.pad lists the last axis first
         pads += [padding, total - n - padding]
-    for c in range(momentum.shape[1]):
-        m = F.pad(momentum[:, c].float(), pads)
-        v = torch.fft.irfftn(torch.fft.rfftn(m, dim=(-3, -2, -1)) * spectrum, s=padded, dim=(-3, -2, -1))
-        out[:, c] = v[(slice(None), *crop)].to(momentum.dtype)
-        del m, v
+    for c in range(momentum.shape[1]):                # at most a spectrum and a padded channel at a time
+        product = torch.fft.rfftn(F.pad(momentum[:, c].float(), pads), dim=(-3, -2, -1)).mul_(spectrum)
+        out[:, c] = torch.fft.irfftn(product, s=padded, dim=(-3, -2, -1))[(slice(None), *crop)].to(momentum.dtype)
+        del product
     return out
 
 
@@ -100,18 +100,19 @@ def _normalized_coords(u_vox: torch.Tensor, z0: int, full_shape) -> torch.Tensor
     return coords
 
 
-def compose(u_outer: torch.Tensor, u_inner: torch.Tensor, slab: int = None) -> torch.Tensor:
+def compose(u_outer: torch.Tensor, u_inner: torch.Tensor, slab: int = None, out: torch.Tensor = None) -> torch.Tensor:
     """Displacement (voxels) of (id + u_outer)∘(id + u_inner) = u_inner + u_outer(x + u_inner(x)).
 
     Border values outside the grid (``padding_mode="border"``). With ``slab`` the sampling runs over
-    z-slabs of that many planes, bounding the coordinate buffers by the slab.
+    z-slabs of that many planes, bounding the coordinate buffers by the slab. ``out`` (no autograd) is
+    written instead of a new tensor; it must not share memory with either input.
     """
     nz = u_inner.shape[2]
     slab = nz if slab is None else max(1, int(slab))
     if slab >= nz:
         coords = _normalized_coords(u_inner, 0, u_inner.shape[2:])
-        return u_inner + grid_sample(u_outer, coords, padding_mode="border")
-    out = torch.empty_like(u_inner)
+        return torch.add(u_inner, grid_sample(u_outer, coords, padding_mode="border"), out=out)
+    out = torch.empty_like(u_inner) if out is None else out
     for z0 in range(0, nz, slab):
         part = u_inner[:, :, z0:z0 + slab]
         coords = _normalized_coords(part, z0, u_inner.shape[2:])
@@ -119,12 +120,22 @@ def compose(u_outer: torch.Tensor, u_inner: torch.Tensor, slab: int = None) -> t
     return out
 
 
+def squarings(u: torch.Tensor, steps: int = STEPS, slab: int = None, spare: torch.Tensor = None) -> tuple:
+    """``steps`` times u ← u∘u, i.e. u + u(x + u(x)) (eq. 3.4): ``(result, spare)``.
+
+    With a ``spare`` field (no autograd) the steps write alternately into ``spare`` and ``u``'s own
+    memory, so the whole integration holds two fields; the buffer not holding the result is returned.
+    """
+    for _ in range(steps):
+        out = compose(u, u, slab, out=spare)
+        spare = None if spare is None else u
+        u = out
+    return u, spare
+
+
 def exponential(v_vox: torch.Tensor, steps: int = STEPS, slab: int = None) -> torch.Tensor:
     """exp(v) by scaling and squaring (eq. 3.4): displacement in voxels of φ = exp(v)."""
-    u = v_vox / (2 ** steps)
-    for _ in range(steps):
-        u = compose(u, u, slab)
-    return u
+    return squarings(v_vox / (2 ** steps), steps, slab)[0]
 
 
 def forward_and_inverse(v_vox: torch.Tensor, steps: int = STEPS, slab: int = None):

@@ -123,10 +123,12 @@ def integrate(momentum: torch.Tensor, spacing_zyx, alpha: float = lddmm.ALPHA, g
 
 @torch.no_grad()
 def exponentials(v: torch.Tensor, steps: int = lddmm.STEPS) -> tuple:
-    """(exp(v), exp(−v)) in z-slabs; ``v`` is negated in place to save a field's worth of memory."""
+    """(exp(v), exp(−v)) in z-slabs, with three fields of memory at most: ``v`` is overwritten by the
+    start of the inverse, and the inverse reuses the forward's spare buffer."""
     slab = lddmm.slab_for(v.shape)
-    forward = lddmm.exponential(v, steps, slab)
-    inverse = lddmm.exponential(v.neg_(), steps, slab)
+    scale = 2.0 ** -steps
+    forward, spare = lddmm.squarings(v * scale, steps, slab, spare=torch.empty_like(v))
+    inverse, _ = lddmm.squarings(v.mul_(-scale), steps, slab, spare=spare)
     return forward, inverse
 
 
