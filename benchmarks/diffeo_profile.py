@@ -13,9 +13,12 @@ report's quality figures timed one by one. Then, in the same run:
   at x + u(x)): ``torch.nn.functional.grid_sample`` (the baseline; its CPU kernel uses one thread per
   batch item) against ``core.grid_sampling.grid_sample`` (the points cut into one batch item per thread),
   with their largest difference;
-- the network's multiply-adds per tile voxel (counted from its convolution layers) and for the tiles.
+- the network's multiply-adds per tile voxel (counted from its convolution layers) and for the tiles;
+- with ``--tile-batches``, the tile predictions' time (best of ``--repeats`` calls) for each number of
+  tiles per network call.
 
     python benchmarks/diffeo_profile.py --threads 1
+    python benchmarks/diffeo_profile.py --threads 2 --tile-batches 2,4,8,9,16,24
 """
 from __future__ import annotations
 
@@ -83,7 +86,7 @@ def multiply_adds_per_voxel(net, tile: int) -> float:
     return total / tile ** 3
 
 
-def fft_smoothing(shape) -> float:
+def fft_smoothing(shape) -> torch.Tensor:
     x = torch.randn(3, *shape)
     return torch.fft.irfftn(torch.fft.rfftn(x, dim=(-3, -2, -1)), s=shape, dim=(-3, -2, -1))
 
@@ -107,6 +110,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--tile-batches", default="", help="comma-separated tiles per network call to time")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
@@ -181,6 +185,13 @@ def main(argv=None) -> int:
     print(f"network: {per_voxel:,.0f} multiply-adds per tile voxel; {tiles} tiles of {DEFAULT_TILE}³ = "
           f"{tiles * DEFAULT_TILE ** 3 / np.prod(shape):.1f}× the volume's voxels; {total / 1e9:.1f} G multiply-adds, "
           f"{total / 1e9 / stage['tile predictions (network)']:.1f} G per second of tile prediction")
+    if args.tile_batches:
+        print("\n| tiles per network call | tile predictions (s) |")
+        print("|---|---|")
+        for batch in (int(b) for b in args.tile_batches.split(",")):
+            best = min(register(fixed, moving, "diffeo", initial_transform=rigid, tile_batch=batch).report[
+                "seconds_momentum"] for _ in range(args.repeats))
+            print(f"| {batch} | {best:.2f} |")
     return 0
 
 

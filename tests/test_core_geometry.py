@@ -78,6 +78,28 @@ def test_warp_matches_sitk_resample_oblique_anisotropic(smooth_volume):
     assert err <= 1e-3 * smooth_volume.intensity_range(), err
 
 
+def test_warp_on_two_threads_matches_one_thread_and_sitk_oblique_anisotropic(smooth_volume):
+    """Enough reference voxels that core.grid_sampling splits the points between the threads."""
+    import torch
+    from DeepRegistrationLib.core.grid_sampling import POINTS_PER_THREAD
+    reference = Grid((26, 31, 18), (0.7, 1.2, 0.95), (-5.0, 10.0, 28.0), RigidTransform([-0.3, 0.1, 0.05]).rotation_matrix())
+    assert reference.num_voxels >= 2 * POINTS_PER_THREAD
+    t = RigidTransform([0.05, -0.1, 0.2], [2.0, -1.5, 3.0], smooth_volume.grid.center_physical())
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = warp(smooth_volume, reference, t)
+        torch.set_num_threads(2)
+        two = warp(smooth_volume, reference, t)
+    finally:
+        torch.set_num_threads(threads)
+    assert two.grid.same_as(reference) and np.array_equal(two.array, one.array)
+    inside = _inside(smooth_volume.grid, reference, t)
+    assert inside.mean() > 0.15
+    err = np.abs(two.array - _sitk_resample(smooth_volume, reference, t))[inside].max()
+    assert err <= 1e-3 * smooth_volume.intensity_range(), err
+
+
 def test_widened_grid_keeps_every_voxel_centre(smooth_volume):
     """Grid.widened on an oblique, anisotropic grid: voxel (i, j, k) lands on voxel (i, j, k) + pad, in mm."""
     grid = smooth_volume.grid
