@@ -1,4 +1,4 @@
-"""Where the time of one ``register(..., 'diffeo')`` call goes, and two of its parts against a baseline.
+"""Where the time of one ``register(..., 'diffeo')`` call goes, and three of its parts against a baseline.
 
 Data: the first evaluation pair of benchmarks/diffeo_evaluation.py (ICBM 2009a T1 subjects at 2 mm,
 99×117×95), registered after the same rigid NMI step. The call is run once to warm up, then
@@ -35,11 +35,11 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from DeepRegistrationLib.api import inverse_consistency_mm, register
+from DeepRegistrationLib.api import register
 from DeepRegistrationLib.core.grid_sampling import grid_sample
 from DeepRegistrationLib.core.jacobian import jacobian_determinant
 from DeepRegistrationLib.core.transforms import DisplacementField
-from DeepRegistrationLib.core.warp import warp
+from DeepRegistrationLib.core.warp import inside_mask, warp
 from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.data.synthetic import random_rigid
 from DeepRegistrationLib.deformable import lddmm
@@ -47,7 +47,9 @@ from DeepRegistrationLib.deformable.diffeo_method import DEFAULT_MODEL, DEFAULT_
 from DeepRegistrationLib.deformable.model_input import resample_to
 from DeepRegistrationLib.deformable.patchwise import DISCARD, tile_layout
 from DeepRegistrationLib.deformable.spatial_transformer import identity_grid, voxels_to_normalized
-from DeepRegistrationLib.rigid.mi import nmi_value
+from DeepRegistrationLib.quality_report import (REPORT_POINTS, inverse_consistency_mm, jacobian_map, mapped_sample,
+                                                 quality_report)
+from DeepRegistrationLib.rigid.mi import NMIObjective
 
 sys.path.insert(0, str(Path(__file__).parent))
 from diffeo_evaluation import SPACING, make_subject  # noqa: E402
@@ -133,14 +135,22 @@ def main(argv=None) -> int:
         ("whole register() call", lambda r: r["seconds_total"]))}
     result = register(fixed, moving, "diffeo", initial_transform=rigid)
     forward = DisplacementField.from_transform(result.transform, fixed.grid)
+    nmi = NMIObjective(fixed, moving, 64, REPORT_POINTS, seed=0, device="cpu", linear_binning=False)
+    mapped = mapped_sample(result.transform, fixed.grid, nmi.points)
+    inside = inside_mask(moving.grid, mapped)
     report_parts = {
-        "NMI before": seconds(lambda: nmi_value(fixed, moving, rigid, 64, "cpu"), args.repeats),
-        "NMI after": seconds(lambda: nmi_value(fixed, moving, result.transform, 64, "cpu"), args.repeats),
-        "forward field on the fixed grid": seconds(lambda: DisplacementField.from_transform(result.transform, fixed.grid),
+        "NMI sample (fixed voxels and values)": seconds(
+            lambda: NMIObjective(fixed, moving, 64, REPORT_POINTS, seed=0, device="cpu", linear_binning=False),
+            args.repeats),
+        "NMI before": seconds(lambda: nmi(rigid), args.repeats),
+        "forward transform at the sample": seconds(lambda: mapped_sample(result.transform, fixed.grid, nmi.points),
                                                    args.repeats),
-        "Jacobian determinant": seconds(lambda: jacobian_determinant(forward), args.repeats),
-        "inverse consistency": seconds(lambda: inverse_consistency_mm(result.transform, result.inverse, fixed.grid),
+        "NMI after": seconds(lambda: nmi.at_points(mapped, inside_mask(moving.grid, mapped)), args.repeats),
+        "Jacobian determinant map": seconds(lambda: jacobian_map(result.transform, fixed.grid), args.repeats),
+        "inverse consistency": seconds(lambda: inverse_consistency_mm(result.inverse, mapped, nmi.points, inside),
                                        args.repeats),
+        "whole QA report": seconds(lambda: quality_report(fixed, moving, rigid, result.transform, result.inverse),
+                                   args.repeats),
     }
 
     print(f"Data: evaluation pair 1 of diffeo_evaluation.py (2 mm, {grid.size}); {platform.machine()} CPU, "

@@ -158,6 +158,33 @@ def test_displacement_field_matches_sitk_and_files(tmp_path, smooth_volume):
     assert b"intent_code:=1006" in header and b"displacement field type:=resampling" in header
 
 
+def test_voxel_centres_mapped_directly_equal_interpolated_mapping(smooth_volume):
+    """A field on its own (oblique, anisotropic) grid, first in a composite, contributes its voxel values
+    without interpolation; elsewhere map_voxel_centres is transform_points_torch of the voxel centres."""
+    import torch
+    from DeepRegistrationLib.core.warp import physical_grid_points
+
+    g = smooth_volume.grid
+    from scipy.ndimage import gaussian_filter
+    rng = np.random.default_rng(4)
+    u = np.stack([gaussian_filter(rng.normal(size=g.shape), 2) * 6 for _ in range(3)], -1).astype(np.float32)
+    field = DisplacementField(u, g)
+    rigid = RigidTransform([0.1, -0.05, 0.2], [1.0, 2.0, -3.0], g.center_physical())
+    other = Grid((9, 11, 7), (2.0, 1.5, 2.5), (-3.0, 4.0, 20.0), RigidTransform([0.2, 0.0, -0.1]).rotation_matrix())
+    for transform in (field, compose(field, rigid), rigid, compose(rigid, field)):
+        for grid in (g, other):
+            pts = physical_grid_points(grid, dtype=torch.float64)
+            interpolated = transform.transform_points_torch(pts)
+            direct = transform.map_voxel_centres(grid)
+            assert direct.dtype == torch.float64 and direct.shape == (*grid.shape, 3)
+            assert float((direct - interpolated).abs().max()) < 1e-4
+            slab = transform.map_voxel_centres(grid, z_range=(2, 5))
+            assert torch.equal(slab, direct[2:5])
+    exact = field.map_voxel_centres(g) - physical_grid_points(g, dtype=torch.float64)
+    assert float((exact - torch.as_tensor(u, dtype=torch.float64)).abs().max()) < 1e-12
+    assert torch.equal(compose().map_voxel_centres(other), physical_grid_points(other, dtype=torch.float64))
+
+
 def test_composition_order_matches_sitk(smooth_volume):
     g = smooth_volume.grid
     u = np.zeros((*g.shape, 3), np.float32)

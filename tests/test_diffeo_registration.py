@@ -61,7 +61,8 @@ def test_end_to_end_regular_invertible_and_on_the_fixed_grid(case, capsys):
     assert "bundled" in r.report["model_note"]
     assert r.transform.grid.same_as(case["fixed"].grid) and r.inverse.grid.same_as(case["moving"].grid)
     assert r.report["folding_voxels"] == 0 and r.report["jacobian_min"] > 0
-    assert r.report["inverse_consistency_mm"]["mean"] < 0.1
+    ic = r.report["inverse_consistency_mm"]
+    assert ic["mean"] < 0.02 and ic["max"] < 0.5 and ic["fraction_of_voxels"] > 0.9   # 0.0054 mm, 0.070 mm, 0.968
     with capsys.disabled():
         print(f"\ndiffeo on ICBM T1 (2 mm, 64x80x64): folding {r.report['folding_voxels']}, Jacobian "
               f"[{r.report['jacobian_min']:.3f}, {r.report['jacobian_max']:.3f}], inverse consistency "

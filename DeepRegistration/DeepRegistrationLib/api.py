@@ -21,11 +21,11 @@ from .core.device import resolve_device
 from .core.errors import InputError
 from .core.image import Image
 from .core.io import write_image
-from .core.jacobian import jacobian_determinant, jacobian_statistics
 from .core.progress import Progress, as_progress
-from .core.transforms import CompositeTransform, DisplacementField, LinearTransform, RigidTransform, write_transform
+from .core.transforms import LinearTransform, RigidTransform, write_transform
 from .core.validation import check_overlap, check_volume
 from .core.warp import warp
+from .quality_report import quality_report
 
 #: method name -> module holding ``run``; the description is shown by ``--help`` and in Slicer.
 METHODS = {
@@ -83,14 +83,6 @@ def method_module(method: str):
     return importlib.import_module(METHODS[method][0])
 
 
-def _deformation_field(transform, grid) -> Optional[DisplacementField]:
-    if isinstance(transform, DisplacementField) and transform.grid.same_as(grid):
-        return transform
-    if isinstance(transform, (DisplacementField, CompositeTransform)):
-        return DisplacementField.from_transform(transform, grid)
-    return None
-
-
 def transform_report(transform) -> dict:
     """Parameters and matrix of a linear transform (LPS, fixed -> moving)."""
     if isinstance(transform, RigidTransform):
@@ -127,22 +119,13 @@ def register(fixed: Image, moving: Image, method: str = "mi", device: str = "aut
         warped = warp(moving, fixed.grid, out.transform, device=torch_device)
         t_warp = time.perf_counter() - t1
 
-    from .rigid.mi import nmi_value
+    quality, jac_img = quality_report(fixed, moving, initial_transform, out.transform, out.inverse, torch_device,
+                                      deformable=method not in RIGID_METHODS)
     report = {
         "method": method, "method_description": METHODS[method][1], "device": str(torch_device),
         "fixed_grid": fixed.grid.to_dict(), "moving_grid": moving.grid.to_dict(),
-        "nmi64_before": nmi_value(fixed, moving, initial_transform, 64, torch_device),
-        "nmi64_after": nmi_value(fixed, moving, out.transform, 64, torch_device),
-        **transform_report(out.transform), **out.report,
+        **quality, **transform_report(out.transform), **out.report,
     }
-    jac_img = None
-    field_fwd = _deformation_field(out.transform, fixed.grid)
-    if field_fwd is not None and method not in RIGID_METHODS:
-        det = jacobian_determinant(field_fwd)
-        jac_img = Image(det, fixed.grid)
-        report.update(jacobian_statistics(det))
-        if out.inverse is not None:
-            report["inverse_consistency_mm"] = inverse_consistency_mm(out.transform, out.inverse, fixed.grid)
     report["seconds_method"] = t_method
     report["seconds_resample"] = t_warp
     report["seconds_total"] = time.perf_counter() - t0
@@ -164,17 +147,6 @@ def _out_of_memory_as_input_error(device, fixed: Image):
             f"out of memory on {device} registering a {' x '.join(map(str, fixed.grid.size))} volume "
             f"({type(err).__name__}); try --device cpu, a smaller prediction tile (--param tile=...), "
             "or downsample the images") from None
-
-
-def inverse_consistency_mm(forward, inverse, grid) -> dict:
-    """‖φ⁻¹(φ(x)) − x‖ over the fixed grid (mm; at most 2^22 voxels drawn with a fixed seed): mean and max."""
-    import torch
-
-    from .core.warp import physical_points_at, sample_voxel_indices
-
-    pts = physical_points_at(grid, sample_voxel_indices(grid, 2 ** 22), dtype=torch.float64)
-    err = (inverse.transform_points_torch(forward.transform_points_torch(pts)) - pts).norm(dim=-1)
-    return {"mean": float(err.mean()), "max": float(err.max())}
 
 
 def write_outputs(result: RegistrationResult, out_transform=None, out_volume=None, report=None, out_inverse=None,

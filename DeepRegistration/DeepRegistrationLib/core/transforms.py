@@ -2,7 +2,8 @@
 
 This is ITK's resampling convention ("from parent" in Slicer): warping the moving image
 with a transform T gives ``out(x) = moving(T(x))`` on the fixed grid.
-Every transform has ``transform_points`` (NumPy, (..., 3)) and ``transform_points_torch``.
+Every transform has ``transform_points`` (NumPy, (..., 3)), ``transform_points_torch`` and
+``map_voxel_centres`` (T at the voxel centres of a grid, what warping and field sampling need).
 """
 from __future__ import annotations
 
@@ -50,6 +51,10 @@ class LinearTransform(abc.ABC):
     def transform_points_torch(self, points: torch.Tensor) -> torch.Tensor:
         m = torch.as_tensor(self.matrix4(), dtype=points.dtype, device=points.device)
         return affine_points(points, m[:3, :3], m[:3, 3])
+
+    def map_voxel_centres(self, grid: Grid, device=None, z_range=None) -> torch.Tensor:
+        """T(x) at the voxel centres of ``grid`` (or a z-slab), float64 (nz, ny, nx, 3)."""
+        return self.transform_points_torch(physical_grid_points(grid, device, torch.float64, z_range))
 
     def inverse(self) -> "AffineTransform":
         return AffineTransform(np.linalg.inv(self.matrix4()))
@@ -153,13 +158,25 @@ class DisplacementField:
                 f"displacement array shape {self.displacement_mm.shape} does not match grid {self.grid.shape} + (3,)"
             )
 
-    def transform_points_torch(self, points: torch.Tensor) -> torch.Tensor:
-        key = str(points.device)
+    def _field_on(self, device) -> torch.Tensor:
+        """u as a (3, nz, ny, nx) tensor on ``device`` (kept for reuse)."""
+        key = str(device)
         if key not in self._on_device:
-            self._on_device = {key: torch.as_tensor(self.displacement_mm, device=points.device).permute(3, 0, 1, 2)}
-        field = self._on_device[key]
-        u = sample_at_points(field, self.grid, points, mode="bilinear", padding_mode="zeros")
+            self._on_device = {key: torch.as_tensor(self.displacement_mm, device=device).permute(3, 0, 1, 2)}
+        return self._on_device[key]
+
+    def transform_points_torch(self, points: torch.Tensor) -> torch.Tensor:
+        u = sample_at_points(self._field_on(points.device), self.grid, points, mode="bilinear", padding_mode="zeros")
         return points + u.movedim(0, -1).to(points.dtype)
+
+    def map_voxel_centres(self, grid: Grid, device=None, z_range=None) -> torch.Tensor:
+        """φ(x) at the voxel centres of ``grid`` (or a z-slab), float64 (nz, ny, nx, 3). On the field's own
+        grid that is x + u at the voxels themselves, which interpolation would return up to rounding."""
+        pts = physical_grid_points(grid, device, torch.float64, z_range)
+        if not grid.same_as(self.grid):
+            return self.transform_points_torch(pts)
+        z0, z1 = z_range if z_range is not None else (0, grid.size[2])
+        return pts + self._field_on(pts.device).movedim(0, -1)[z0:z1]
 
     def transform_points(self, points: np.ndarray) -> np.ndarray:
         return self.transform_points_torch(torch.as_tensor(np.asarray(points, dtype=np.float64))).numpy()
@@ -174,8 +191,7 @@ class DisplacementField:
     @classmethod
     def from_transform(cls, transform, grid: Grid, device="cpu") -> "DisplacementField":
         """Sample any transform on a grid: u(x) = T(x) - x."""
-        pts = physical_grid_points(grid, device=device, dtype=torch.float64)
-        u = transform.transform_points_torch(pts) - pts
+        u = transform.map_voxel_centres(grid, device) - physical_grid_points(grid, device, torch.float64)
         return cls(u.cpu().numpy().astype(np.float32), grid)
 
 
@@ -196,6 +212,15 @@ class CompositeTransform:
 
     def transform_points_torch(self, points: torch.Tensor) -> torch.Tensor:
         for t in self.transforms:
+            points = t.transform_points_torch(points)
+        return points
+
+    def map_voxel_centres(self, grid: Grid, device=None, z_range=None) -> torch.Tensor:
+        """T(x) at the voxel centres of ``grid`` (or a z-slab), float64 (nz, ny, nx, 3)."""
+        if not self.transforms:
+            return physical_grid_points(grid, device, torch.float64, z_range)
+        points = self.transforms[0].map_voxel_centres(grid, device, z_range)
+        for t in self.transforms[1:]:
             points = t.transform_points_torch(points)
         return points
 

@@ -106,9 +106,10 @@ def warp(moving: Image, reference: Grid, fixed_to_moving=None, mode: str = "line
     out_parts = []
     for z0 in range(0, reference.size[2], slab):
         z1 = min(z0 + slab, reference.size[2])
-        pts = physical_grid_points(reference, device=device, dtype=torch.float64, z_range=(z0, z1))
-        if fixed_to_moving is not None:
-            pts = fixed_to_moving.transform_points_torch(pts)
+        if fixed_to_moving is None:
+            pts = physical_grid_points(reference, device=device, dtype=torch.float64, z_range=(z0, z1))
+        else:
+            pts = fixed_to_moving.map_voxel_centres(reference, device, (z0, z1))
         sampled = sample_at_points(vol, moving.grid, pts.to(vol.dtype), mode=torch_mode)
         if default_value != 0.0:
             sampled = torch.where(inside_mask(moving.grid, pts)[None], sampled,

@@ -31,10 +31,6 @@ class MISettings:
                                                                           max_translation_mm=50.0))
 
 
-#: Voxels used for the NMI reported before and after registration (all of them below this count).
-REPORT_POINTS = 2 ** 22
-
-
 class NMIObjective:
     """NMI between fixed samples and the moving image read at T(x) for a fixed set of points x."""
 
@@ -52,8 +48,14 @@ class NMIObjective:
 
     def __call__(self, transform: RigidTransform) -> float:
         with torch.no_grad():
-            mapped = transform.transform_points_torch(self.points)
-            inside = inside_mask(self.moving.grid, mapped)
+            return self.at_points(transform.transform_points_torch(self.points))
+
+    def at_points(self, mapped: torch.Tensor, inside: torch.Tensor = None) -> float:
+        """NMI with the moving image read at ``mapped``, the images of ``self.points`` under some transform
+        (``inside``: which of them lie within the moving image, if already known)."""
+        with torch.no_grad():
+            if inside is None:
+                inside = inside_mask(self.moving.grid, mapped)
             if int(inside.sum()) < 64:
                 return 1.0
             sampled = sample_at_points(self.moving_volume, self.moving.grid, mapped)[0]
