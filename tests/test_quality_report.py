@@ -53,6 +53,11 @@ def test_inverse_consistency_counts_only_voxels_mapped_into_the_moving_image():
     assert ic["max"] < 1e-5
     np.testing.assert_allclose(jacobian.array, 1.0, atol=1e-6)
     assert report["folding_voxels"] == 0
+    shift[..., 0] = 50.0          # every image beyond the 40 mm wide moving grid: nothing to measure
+    report, _ = quality_report(image, image, RigidTransform(), DisplacementField(shift, grid),
+                               DisplacementField(-shift, grid))
+    assert report["inverse_consistency_mm"] == {"mean": None, "max": None, "fraction_of_voxels": 0.0}
+    assert report["nmi64_after"] == 1.0
 
 
 def test_sample_images_read_the_field_at_its_voxels_or_interpolate_it(smooth_volume):

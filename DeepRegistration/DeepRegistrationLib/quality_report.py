@@ -51,9 +51,9 @@ def mapped_sample(transform, grid: Grid, points: torch.Tensor) -> torch.Tensor:
 
 def inverse_consistency_mm(inverse, mapped: torch.Tensor, points: torch.Tensor, inside: torch.Tensor) -> dict:
     """Mean and max of ‖φ⁻¹(φ(x)) − x‖ in mm over the points x whose images φ(x) are ``inside`` the moving
-    image, and the fraction of points that are."""
+    image, and the fraction of points that are (mean and max None when none is)."""
     if not bool(inside.any()):
-        return {"mean": float("nan"), "max": float("nan"), "fraction_of_voxels": 0.0}
+        return {"mean": None, "max": None, "fraction_of_voxels": 0.0}
     with torch.no_grad():
         err = (inverse.transform_points_torch(mapped[inside]) - points[inside]).norm(dim=-1)
     return {"mean": float(err.mean()), "max": float(err.max()), "fraction_of_voxels": float(inside.double().mean())}
