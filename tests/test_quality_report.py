@@ -4,7 +4,7 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from DeepRegistrationLib.core.image import Grid, Image
+from DeepRegistrationLib.core.image import Image
 from DeepRegistrationLib.core.jacobian import jacobian_determinant
 from DeepRegistrationLib.core.transforms import AffineTransform, DisplacementField, RigidTransform, compose
 from DeepRegistrationLib.quality_report import REPORT_POINTS, quality_report
@@ -38,22 +38,22 @@ def test_report_equals_nmi_and_jacobian_computed_directly(smooth_volume, linear)
     assert "inverse_consistency_mm" not in report
 
 
-def test_inverse_consistency_counts_only_voxels_mapped_into_the_moving_image():
-    """φ(x) = x + 4 mm along the grid's x axis, φ⁻¹ = x − 4 mm on the moving grid: exact where φ(x)
-    is inside the moving image (the last two of 20 columns at 2 mm are not); the old whole-grid mean
-    would have been 0.4 mm."""
-    grid = Grid((20, 12, 10), (2.0, 2.0, 2.0), (-20.0, -12.0, -10.0), np.eye(3))
+def test_inverse_consistency_counts_only_voxels_mapped_into_the_moving_image(oblique_grid):
+    """On an oblique, anisotropic grid, φ(x) = x + 2 voxels along the grid's first axis and φ⁻¹ = x − 2 voxels:
+    exact where φ(x) is inside the moving image (the last two of 23 columns are not); the old whole-grid
+    mean would have been 2/23 of the shift."""
+    grid = oblique_grid
     image = Image(gaussian_filter(np.random.default_rng(0).random(grid.shape), 1.5).astype(np.float32), grid)
     shift = np.zeros((*grid.shape, 3), np.float32)
-    shift[..., 0] = 4.0
+    shift[...] = 2 * grid.spacing[0] * grid.direction[:, 0]
     forward, inverse = DisplacementField(shift, grid), DisplacementField(-shift, grid)
     report, jacobian = quality_report(image, image, RigidTransform(), forward, inverse)
     ic = report["inverse_consistency_mm"]
-    assert ic["fraction_of_voxels"] == pytest.approx(18 / 20)
-    assert ic["max"] < 1e-5
+    assert ic["fraction_of_voxels"] == pytest.approx(21 / 23)
+    assert ic["max"] < 1e-4          # float32 rounding on the oblique grid: 1.7e-5 mm
     np.testing.assert_allclose(jacobian.array, 1.0, atol=1e-6)
     assert report["folding_voxels"] == 0
-    shift[..., 0] = 50.0          # every image beyond the 40 mm wide moving grid: nothing to measure
+    shift[...] = 30 * grid.spacing[0] * grid.direction[:, 0]     # 30 voxels: beyond the 23-voxel grid
     report, _ = quality_report(image, image, RigidTransform(), DisplacementField(shift, grid),
                                DisplacementField(-shift, grid))
     assert report["inverse_consistency_mm"] == {"mean": None, "max": None, "fraction_of_voxels": 0.0}
