@@ -244,7 +244,7 @@ def figure_dice(args, results: dict, path: Path) -> None:
     ax.boxplot(data, showmeans=True)
     ax.set_xticks(range(1, len(METRICS) + 1), [LABELS[m] for m in METRICS])
     top = max(float(d.max()) for d in data)
-    for i, (m, d) in enumerate(zip(METRICS[1:], data[1:]), start=2):
+    for i, d in enumerate(data[1:], start=2):
         p = stats.wilcoxon(ds, d, alternative="greater").pvalue
         ax.text(i, top + 0.01, f"{stars(p)}\nd={cohens_d(ds, d):+.2f}", ha="center", va="bottom", fontsize=8)
     ax.axhline(np.mean(results["identity"]["dice"]), color="gray", linestyle=":", label="before registration")

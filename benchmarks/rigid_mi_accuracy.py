@@ -72,7 +72,7 @@ def main():
     for name, method, cols, sec, ok in rows:
         print(f"| {name} | {method} | " + " | ".join(cols) + f" | {ok:.0f} % | {sec:.1f} |")
     by_task = {}
-    for name, method, _, sec, _ in rows:
+    for name, _, _, sec, _ in rows:
         by_task.setdefault(name, []).append(sec)
     print("\nwall-time ratio SimpleITK / ours per task: " +
           ", ".join(f"{k}: {v[1] / v[0]:.2f}" for k, v in by_task.items()))

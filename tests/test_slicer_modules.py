@@ -14,7 +14,7 @@ def ui_widgets(module):
     tree = ET.parse(ROOT / module / "Resources" / "UI" / f"{module}.ui")
     widgets = {w.get("name"): w for w in tree.iter("widget") if w.get("name")}
     bound = {}
-    for name, w in widgets.items():
+    for w in widgets.values():
         for prop in w.findall("property"):
             if prop.get("name") == "SlicerParameterName":
                 bound[prop.find("string").text] = w

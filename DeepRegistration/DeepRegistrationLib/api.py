@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import torch
 
 from .core.device import resolve_device
 from .core.errors import InputError
@@ -136,8 +137,6 @@ def register(fixed: Image, moving: Image, method: str = "mi", device: str = "aut
 @contextmanager
 def _out_of_memory_as_input_error(device, fixed: Image):
     """Running out of (GPU or host) memory becomes one clear message; nothing has been written then."""
-    import torch
-
     try:
         yield
     except (MemoryError, torch.cuda.OutOfMemoryError) as err:

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 
+from . import __version__
 from .core.errors import Cancelled, InputError
 
 COMMAND_MODULES = (
@@ -25,8 +26,6 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
     parser = argparse.ArgumentParser(
         prog="deepregistration",
         description="Learned and classical image registration in physical space (ITK/LPS, mm). "

@@ -11,14 +11,22 @@ Slicer works in RAS, the library in LPS: ``F = diag(-1, -1, 1, 1)`` converts eit
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import slicer
+import torch
 import vtk
 from vtk.util import numpy_support
 
+from .api import register
+from .core.device import resolve_device
 from .core.errors import InputError
 from .core.image import Grid, Image
-from .core.transforms import DisplacementField, LinearTransform, AffineTransform
+from .core.io import read_image
+from .core.transforms import AffineTransform, DisplacementField, LinearTransform, RigidTransform, read_transform
+from .rigid.response import PARAMETERS, UNITS, build_metrics, response_functions
+from .training.metric_patches import PatchPairSampler, SamplerSettings, prepare_level
 
 LPS_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -237,8 +245,6 @@ def register_nodes(fixed_node, moving_node, method: str = "mi", device: str = "a
     nothing is added to the scene when the registration fails or is cancelled. Placing the moving
     volume under the result (for live display) changes only which transform it observes.
     """
-    from .api import register
-
     scene = fixed_node.GetScene()
     fixed = volume_node_to_image(fixed_node, "fixed volume")
     moving = volume_node_to_image(moving_node, "moving volume")
@@ -275,11 +281,6 @@ def result_to_nodes(scene, fixed_node, moving_node, method: str, transform, repo
 def nodes_from_outputs(scene, fixed_node, moving_node, method: str, outputs: dict, output_transform_node=None,
                        output_volume_node=None) -> dict:
     """Nodes from the files a background ``deepregistration register`` run wrote (``outputs``: kind -> path)."""
-    import json
-
-    from .core.io import read_image
-    from .core.transforms import read_transform
-
     transform = read_transform(outputs["transform"])
     report = json.loads(open(outputs["report"]).read())
     fixed_grid, moving_grid = grid_from_volume_node(fixed_node), grid_from_volume_node(moving_node)
@@ -295,10 +296,6 @@ def response_chart_nodes(fixed_node, moving_node, transform_node=None, cnn_model
     """Response functions (Sedghi et al., Fig. 2) around the current pose as one plot chart per rigid
     parameter, with NMI and (given ``cnn_model``) every stage of the learned metric, each curve scaled
     to [0, 1] so that their shapes compare on one axis."""
-    from .core.device import resolve_device
-    from .core.transforms import RigidTransform
-    from .rigid.response import PARAMETERS, UNITS, build_metrics, response_functions
-
     scene = fixed_node.GetScene()
     fixed = volume_node_to_image(fixed_node, "fixed volume")
     moving = volume_node_to_image(moving_node, "moving volume")
@@ -331,11 +328,6 @@ def patch_preview_node(fixed_node, moving_node, scene=None, pairs: int = 6, patc
                        spacing_mm: float = 2.0, dither_variance_mm2: float = 0.0, seed: int = 0):
     """A montage volume of sampled training patch pairs (middle slices): row r shows pair r as
     [fixed | moving]; the first ``pairs`` rows are positives (corresponding), the rest negatives."""
-    import torch
-
-    from .core.transforms import RigidTransform
-    from .training.metric_patches import PatchPairSampler, SamplerSettings, prepare_level
-
     scene = scene or fixed_node.GetScene()
     fixed = prepare_level(volume_node_to_image(fixed_node, "fixed volume"), spacing_mm)
     moving = prepare_level(volume_node_to_image(moving_node, "moving volume"), spacing_mm)

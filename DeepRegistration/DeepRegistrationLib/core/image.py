@@ -92,10 +92,6 @@ class Grid:
         return Grid(tuple(np.asarray(self.size) + 2 * pad), self.spacing,
                     self.origin - self.direction @ (self.spacing * pad), self.direction)
 
-    def is_oblique(self, tol: float = 1e-6) -> bool:
-        d = np.abs(self.direction)
-        return not np.allclose(d * (d > 0.5), d, atol=tol) or not np.allclose(d.max(axis=0), 1.0, atol=tol)
-
     def same_as(self, other: "Grid", tol: float = 1e-5) -> bool:
         return (
             self.size == other.size

@@ -181,9 +181,6 @@ class DisplacementField:
     def transform_points(self, points: np.ndarray) -> np.ndarray:
         return self.transform_points_torch(torch.as_tensor(np.asarray(points, dtype=np.float64))).numpy()
 
-    def as_image(self) -> Image:
-        return Image(self.displacement_mm, self.grid)
-
     def to_sitk(self) -> sitk.Transform:
         img = Image(self.displacement_mm.astype(np.float64), self.grid).to_sitk()
         return sitk.DisplacementFieldTransform(img)

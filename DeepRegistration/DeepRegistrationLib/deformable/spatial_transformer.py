@@ -41,8 +41,3 @@ def inside_fraction_mask(u_vox: torch.Tensor) -> torch.Tensor:
     view = [1, -1] + [1] * (u_vox.dim() - 2)
     inside = (coords >= 0) & (coords <= (sizes - 1).view(view))
     return inside.all(dim=1, keepdim=True).to(u_vox.dtype)
-
-
-def compose_voxels(u_outer: torch.Tensor, u_inner: torch.Tensor) -> torch.Tensor:
-    """Displacement of (id + u_outer)∘(id + u_inner): u_inner + u_outer(x + u_inner(x))."""
-    return u_inner + warp_voxels(u_outer, u_inner, padding_mode="border")

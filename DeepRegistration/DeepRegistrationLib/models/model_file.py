@@ -14,6 +14,7 @@ import torch
 
 from .. import __version__
 from ..core.errors import InputError
+from ..data.sources import cache_dir
 
 FORMAT = "deepregistration-model/1"
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
@@ -60,8 +61,6 @@ def bundled_model_names() -> list:
 
 def user_models_dir() -> Path:
     """Where models trained by the user are saved by default (listed next to the bundled ones)."""
-    from ..data.sources import cache_dir
-
     folder = cache_dir() / "models"
     folder.mkdir(parents=True, exist_ok=True)
     return folder

@@ -14,7 +14,7 @@ import torch
 from ..core.image import Image
 from ..core.progress import Progress
 from ..core.transforms import RigidTransform
-from ..core.warp import inside_mask, physical_points_at, sample_at_points, sample_voxel_indices
+from ..core.warp import inside_mask, physical_points_at, sample_at_points, sample_voxel_indices, warp
 from ..metrics.similarity import nmi
 from .powell import PowellSettings, maximize_rigid
 from .pyramid import downsample
@@ -72,7 +72,6 @@ def register_nmi(fixed: Image, moving: Image, initial: RigidTransform, device, s
         f, m = downsample(fixed, factor), downsample(moving, factor)
         mask = None
         if fixed_mask is not None:
-            from ..core.warp import warp
             mask = warp(fixed_mask, f.grid, None, mode="nearest").array
         objective = NMIObjective(f, m, settings.bins, settings.max_points, settings.seed, device, mask)
         t0 = time.perf_counter()
@@ -83,9 +82,3 @@ def register_nmi(fixed: Image, moving: Image, initial: RigidTransform, device, s
         infos.append(info)
     return transform, infos
 
-
-def nmi_value(fixed: Image, moving: Image, transform, bins: int, device) -> float:
-    """NMI (hard binning) over the fixed grid (at most 2^22 voxels, drawn with a fixed seed, on large
-    volumes): the number reported before and after registration."""
-    return NMIObjective(fixed, moving, bins, max_points=REPORT_POINTS, seed=0, device=device,
-                        linear_binning=False)(transform)

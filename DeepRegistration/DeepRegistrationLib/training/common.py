@@ -10,7 +10,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ..core.device import resolve_device
 from ..core.errors import InputError
+from ..core.progress import emit_json
 
 PAIR_COLUMNS = ("fixed", "moving")
 OPTIONAL_COLUMNS = ("fixed_mask", "moving_mask", "fixed_labels", "moving_labels")
@@ -113,8 +115,6 @@ class Distributed:
 @contextmanager
 def distributed(device_name: str = "auto"):
     """Context giving a :class:`Distributed`; sets up and tears down the process group under torchrun."""
-    from ..core.device import resolve_device
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         yield Distributed(0, 1, resolve_device(device_name))
@@ -140,8 +140,6 @@ def progress_bar(total: int, description: str, enabled: bool = True):
 def emit_progress(enabled: bool, **event) -> None:
     """A JSON progress line (the training-command contract's ``--progress-json``) when enabled."""
     if enabled:
-        from ..core.progress import emit_json
-
         emit_json(**event)
 
 

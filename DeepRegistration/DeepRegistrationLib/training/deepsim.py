@@ -324,7 +324,7 @@ def train_registration(settings: RegistrationTraining, data: VolumeSet, validati
                               fraction=index / len(settings.lambdas), loss=float("nan"),
                               message=f"{settings.similarity}, λ = {lam} ({index + 1} of {len(settings.lambdas)})")
 
-            def step_fn(_step, model=model, optimizer=optimizer, loss_fn=loss_fn):
+            def step_fn(_step, model=model, optimizer=optimizer, loss_fn=loss_fn, generator=generator):
                 moving, fixed, ml, fl = [None if t is None else t.to(dist.device)
                                          for t in data.sample_pairs(per_rank, generator)]
                 model.train()

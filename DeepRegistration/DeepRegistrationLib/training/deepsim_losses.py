@@ -102,10 +102,6 @@ class RegistrationLoss:
         self.similarity, self.lam, self.deepsim = similarity, float(lam), deepsim
         self.classes, self.sup_weight = classes, sup_weight
 
-    @property
-    def needs_labels(self) -> bool:
-        return self.similarity == "ncc_sup"
-
     def dissimilarity(self, warped, fixed, u, moving_labels=None, fixed_labels=None) -> torch.Tensor:
         if self.similarity == "deepsim":
             return self.deepsim.loss(warped, fixed)

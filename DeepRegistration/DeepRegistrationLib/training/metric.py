@@ -40,7 +40,7 @@ from ..metrics.evaluation import rigid_errors
 from ..networks.metric_cnn import MetricCNN, default_architecture
 from ..rigid.cnn_metric import CNNSettings, MetricStage, register_cnn, save_metric_set
 from ..rigid.powell import PowellSettings
-from .common import Distributed, atomic_save, load_checkpoint
+from .common import Distributed, atomic_save, load_checkpoint, progress_bar
 from .metric_patches import (FOREGROUND_DEFAULT, INTENSITY_NORMALIZATION, PatchPairSampler, SamplerSettings,
                              prepare_level)
 
@@ -116,7 +116,6 @@ class Reporter:
         self.total, self.json_lines, self.enabled = max(total_steps, 1), json_lines, enabled
         self.bar = None
         if enabled and not json_lines:
-            from .common import progress_bar
             self.bar = progress_bar(total_steps, "train-metric")
 
     def __call__(self, event: str, step: int, **values) -> None:
