@@ -158,6 +158,12 @@ def test_train_diffeo_cli_checkpoint_resume_and_model(small_pairs, tmp_path, cap
     assert meta["training"]["identity_val_loss"] == pytest.approx(epoch["identity_val_loss"])   # same patches
     assert meta["lddmm"] == {"alpha": 20.0, "gamma": 1.0, "padding": 12, "steps": 7}
     assert main(common + ["--epochs", "3", "--resume", "--reg-weight", "1e-3"]) == 2   # other settings: refused
+    capsys.readouterr()
+    uninterrupted = tmp_path / "whole.pt"
+    whole = ["--out", str(uninterrupted), "--checkpoint-dir", str(tmp_path / "whole_ckpt"), "--epochs", "2"]
+    assert main(common[:common.index("--out")] + common[common.index("--out") + 2:] + whole) == 0
+    expected = load_model(uninterrupted, "diffeo")[0]
+    assert all(torch.equal(state[k], expected[k]) for k in expected)    # resumed exactly (dropout state included)
 
 
 def test_train_diffeo_with_deepsim_as_epsilon(small_pairs, tmp_path, capsys):

@@ -1,8 +1,10 @@
-"""What every training command shares: pair lists, atomic checkpoints, torchrun/DDP, progress bars."""
+"""What every training command shares: pair lists, atomic checkpoints and resuming, torchrun/DDP, progress
+bars, and the step loop."""
 from __future__ import annotations
 
 import csv
 import os
+import signal
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from ..core.device import resolve_device
-from ..core.errors import InputError
+from ..core.errors import Cancelled, InputError
 from ..core.progress import emit_json
 
 PAIR_COLUMNS = ("fixed", "moving")
@@ -74,6 +76,20 @@ def load_checkpoint(path) -> dict:
     if not path.exists():
         raise InputError(f"checkpoint not found: {path}")
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def torch_rng_state(device: torch.device) -> dict:
+    """PyTorch's global random state (dropout draws from it), for a checkpoint to resume exactly."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_torch_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 @dataclass
@@ -157,3 +173,58 @@ class StopRequest:
     def __call__(self, signum, frame):
         self.requested = True
 
+
+class StepLoop:
+    """The loop of optimizer steps every trainer runs: validation each epoch, atomic checkpoints every
+    ``checkpoint_every`` steps, at the end and on SIGTERM/Ctrl-C, a progress bar or JSON lines."""
+
+    def __init__(self, dist, name: str, total_all: int, progress_json: bool, save):
+        self.dist, self.name, self.total_all, self.progress_json, self.save = dist, name, total_all, progress_json, save
+
+    def run(self, step_fn, validate, start: int, total: int, offset: int, steps_per_epoch: int,
+            checkpoint_every: int, history: list) -> int:
+        """Run steps ``start``..``total``; ``offset`` counts the steps of earlier stages toward the fraction."""
+        dist, step = self.dist, start
+        stop = StopRequest()
+        previous = signal.signal(signal.SIGTERM, stop)
+        bar = progress_bar(self.total_all, self.name, dist.is_main and not self.progress_json)
+        bar.update(offset + step)
+        try:
+            while step < total:
+                loss_value = dist.mean(step_fn(step))
+                step += 1
+                done = (offset + step) / self.total_all
+                if dist.is_main:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss_value:.4f}")
+                    emit_progress(self.progress_json, event="step", epoch=(step - 1) // steps_per_epoch, step=step,
+                                  fraction=done, loss=loss_value, message="")
+                if step % steps_per_epoch == 0:
+                    val = validate()
+                    history.append({"step": step, "loss": loss_value, **val})
+                    if dist.is_main:
+                        emit_progress(self.progress_json, event="epoch", epoch=step // steps_per_epoch, step=step,
+                                      fraction=done, loss=loss_value, **val,
+                                      message=", ".join(f"{k} {v:.4f}" for k, v in val.items()))
+                if step % checkpoint_every == 0 or step == total:
+                    self.save(step)
+                if stop.requested:
+                    raise Cancelled("training stopped by SIGTERM")
+        except (KeyboardInterrupt, Cancelled):
+            self.save(step)
+            raise
+        finally:
+            bar.close()
+            signal.signal(signal.SIGTERM, previous)
+        return step
+
+
+def resume_checkpoint(resume: bool, ckpt_path: Path, settings_dict: dict) -> dict:
+    """The checkpoint to resume from ({} without ``resume``); refused when written with other settings."""
+    if not resume:
+        return {}
+    ckpt = load_checkpoint(ckpt_path)
+    if settings_without(ckpt["settings"], "epochs") != settings_without(settings_dict, "epochs"):
+        raise InputError(f"{ckpt_path} was written with other settings; resume with the same options "
+                         "(only --epochs may change)")
+    return ckpt

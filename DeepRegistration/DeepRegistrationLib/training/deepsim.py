@@ -17,7 +17,6 @@ its own batches (batch / world size) and DDP averages the gradients; only rank 0
 """
 from __future__ import annotations
 
-import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,12 +25,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.errors import Cancelled, InputError
+from ..core.errors import InputError
 from ..deformable.deepsim_method import MODEL_KIND, NORMALIZATION
 from ..metrics.deepsim import FEATURE_MODEL_KIND, load_deepsim
 from ..models.model_file import save_model
 from ..networks.deepsim_unet import FeatureExtractorUNet, RegistrationUNet, feature_config, registration_config
-from .common import StopRequest, atomic_save, distributed, emit_progress, load_checkpoint, progress_bar, settings_without
+from .common import StepLoop, atomic_save, distributed, emit_progress, resume_checkpoint
 from .deepsim_data import VolumeSet
 from .deepsim_losses import SIMILARITIES, RegistrationLoss, dice_scores
 from .deepsim_subjects import TISSUE_CLASSES
@@ -122,60 +121,6 @@ def _segmentation_dice(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float(np.mean(scores)) if scores else float("nan")
 
 
-class _Loop:
-    """The step loop both stages share: checkpoints, SIGTERM, progress bar and JSON lines."""
-
-    def __init__(self, dist, name: str, total_all: int, progress_json: bool, save):
-        self.dist, self.name, self.total_all, self.progress_json, self.save = dist, name, total_all, progress_json, save
-
-    def run(self, step_fn, validate, start: int, total: int, offset: int, steps_per_epoch: int,
-            checkpoint_every: int, history: list) -> int:
-        """Run steps ``start``..``total``; ``offset`` counts the steps of earlier stages toward the fraction."""
-        dist, step = self.dist, start
-        stop = StopRequest()
-        previous = signal.signal(signal.SIGTERM, stop)
-        bar = progress_bar(self.total_all, self.name, dist.is_main and not self.progress_json)
-        bar.update(offset + step)
-        try:
-            while step < total:
-                loss_value = dist.mean(step_fn(step))
-                step += 1
-                done = (offset + step) / self.total_all
-                if dist.is_main:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss_value:.4f}")
-                    emit_progress(self.progress_json, event="step", epoch=(step - 1) // steps_per_epoch, step=step,
-                                  fraction=done, loss=loss_value, message="")
-                if step % steps_per_epoch == 0:
-                    val = validate()
-                    history.append({"step": step, "loss": loss_value, **val})
-                    if dist.is_main:
-                        emit_progress(self.progress_json, event="epoch", epoch=step // steps_per_epoch, step=step,
-                                      fraction=done, loss=loss_value, **val,
-                                      message=", ".join(f"{k} {v:.4f}" for k, v in val.items()))
-                if step % checkpoint_every == 0 or step == total:
-                    self.save(step)
-                if stop.requested:
-                    raise Cancelled("training stopped by SIGTERM")
-        except (KeyboardInterrupt, Cancelled):
-            self.save(step)
-            raise
-        finally:
-            bar.close()
-            signal.signal(signal.SIGTERM, previous)
-        return step
-
-
-def _resume_state(resume: bool, ckpt_path: Path, settings_dict: dict) -> dict:
-    if not resume:
-        return {}
-    ckpt = load_checkpoint(ckpt_path)
-    if settings_without(ckpt["settings"], "epochs") != settings_without(settings_dict, "epochs"):
-        raise InputError(f"{ckpt_path} was written with other settings; resume with the same options "
-                         "(only --epochs may change)")
-    return ckpt
-
-
 def feature_metadata(settings: FeatureTraining, training: dict) -> dict:
     return {
         "kind": FEATURE_MODEL_KIND,
@@ -203,7 +148,7 @@ def train_features(settings: FeatureTraining, data: VolumeSet, validation: Volum
         torch.manual_seed(settings.seed)
         net = FeatureExtractorUNet(config).to(dist.device)
         optimizer = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
-        ckpt = _resume_state(resume, ckpt_path, settings.to_dict())
+        ckpt = resume_checkpoint(resume, ckpt_path, settings.to_dict())
         step, history = int(ckpt.get("step", 0)), list(ckpt.get("history", []))
         if ckpt:
             net.load_state_dict(ckpt["model"])
@@ -238,7 +183,7 @@ def train_features(settings: FeatureTraining, data: VolumeSet, validation: Volum
                              "history": history, "settings": settings.to_dict()}, ckpt_path)
 
         t0 = time.perf_counter()
-        step = _Loop(dist, "train-deepsim-features", total, progress_json, save).run(
+        step = StepLoop(dist, "train-deepsim-features", total, progress_json, save).run(
             step_fn, validate, step, total, 0, settings.steps_per_epoch, settings.checkpoint_every, history)
         if dist.is_main:
             training = {"command": command, "data": data.description, "validation": validation.description,
@@ -295,7 +240,7 @@ def train_registration(settings: RegistrationTraining, data: VolumeSet, validati
     with distributed(device) as dist:
         if settings.batch_size % dist.world_size:
             raise InputError(f"--batch-size {settings.batch_size} is not divisible by the {dist.world_size} processes")
-        ckpt = _resume_state(resume, ckpt_path, settings.to_dict())
+        ckpt = resume_checkpoint(resume, ckpt_path, settings.to_dict())
         # every candidate's state is kept, so a resume with more --epochs continues each of them
         states, results = dict(ckpt.get("candidates", {})), dict(ckpt.get("results", {}))
         per_rank = settings.batch_size // dist.world_size
@@ -351,7 +296,7 @@ def train_registration(settings: RegistrationTraining, data: VolumeSet, validati
                 if dist.is_main:
                     atomic_save({"settings": settings.to_dict(), "candidates": states, "results": results}, ckpt_path)
 
-            step = _Loop(dist, "train-deepsim", total * len(settings.lambdas), progress_json, save).run(
+            step = StepLoop(dist, "train-deepsim", total * len(settings.lambdas), progress_json, save).run(
                 step_fn, validate, step, total, index * total, settings.steps_per_epoch, settings.checkpoint_every,
                 history)
             final = validate()

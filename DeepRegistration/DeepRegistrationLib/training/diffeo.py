@@ -27,7 +27,6 @@ ICBM 2009a template, a different population average, so train and test subjects 
 from __future__ import annotations
 
 import math
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.errors import Cancelled, InputError
+from ..core.errors import InputError
 from ..core.image import Image
 from ..core.io import read_image
 from ..core.warp import warp
@@ -50,8 +49,8 @@ from ..deformable.model_input import normalize_intensity, resample_to
 from ..deformable.spatial_transformer import inside_fraction_mask, warp_voxels
 from ..models.model_file import save_model
 from ..networks.momentum_unet import MomentumUNet, MomentumUNetConfig
-from .common import (StopRequest, atomic_save, distributed, emit_progress, load_checkpoint, progress_bar,
-                     read_pairs_csv, settings_without)
+from .common import (StepLoop, atomic_save, distributed, emit_progress, read_pairs_csv, restore_torch_rng_state,
+                     resume_checkpoint, torch_rng_state)
 
 CHECKPOINT_NAME = "diffeo_last.pt"
 NMSE_A = 0.2
@@ -278,15 +277,13 @@ def train(settings: DiffeoTraining, data: PairSource, out, checkpoint_dir=None, 
         net = MomentumUNet(settings.config).to(dist.device)
         initial = initial_weights(net, settings) if settings.init_model else None
         optimizer = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
-        step, history = 0, []
-        if resume:
-            ckpt = load_checkpoint(ckpt_path)
-            if settings_without(ckpt["settings"], "epochs") != settings_without(settings.to_dict(), "epochs"):
-                raise InputError(f"{ckpt_path} was written with other settings; resume with the same options "
-                                 "(only --epochs may change)")
+        ckpt = resume_checkpoint(resume, ckpt_path, settings.to_dict())
+        step, history = int(ckpt.get("step", 0)), list(ckpt.get("history", []))
+        if ckpt:
             net.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
-            step, history = int(ckpt["step"]), list(ckpt["history"])
+            if "torch_rng" in ckpt:
+                restore_torch_rng_state(ckpt["torch_rng"], dist.device)
         model = dist.wrap(net)
         val_rng = np.random.default_rng([settings.seed, 10 ** 6])
         val_fixed, val_moving = random_patches([data.pair(val_rng, fresh=True) for _ in range(settings.validation_pairs)],
@@ -295,60 +292,37 @@ def train(settings: DiffeoTraining, data: PairSource, out, checkpoint_dir=None, 
         steps_per_epoch = settings.groups_per_epoch * settings.batches_per_group
         total = settings.epochs * steps_per_epoch
         per_rank = settings.batch_size // dist.world_size
-        stop = StopRequest()
-        previous = signal.signal(signal.SIGTERM, stop)
+        group = {}
 
-        def save_checkpoint():
+        def step_fn(at_step):
+            # §4.4: the patches of batches_per_group batches come from one group of volume pairs, drawn per group
+            index, b = divmod(at_step, settings.batches_per_group)
+            if group.get("index") != index:
+                rng = np.random.default_rng([settings.seed, dist.rank, index])
+                group.update(index=index, patches=random_patches(data.group(rng), settings, rng))
+            lo = b * settings.batch_size + dist.rank * per_rank
+            fixed, moving = (p[lo:lo + per_rank].to(dist.device) for p in group["patches"])
+            model.train()
+            loss, _ = diffeo_loss(model(fixed, moving), fixed, moving, settings, sim, settings.reg_weight_at(at_step))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            return loss.item()
+
+        def validate():
+            net.eval()
+            val = validation_loss(net, val_fixed, val_moving, settings, sim, dist.device)
+            return {"val_loss": val, "identity_val_loss": identity_val}
+
+        def save(at_step):
             if dist.is_main:
-                atomic_save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                             "history": history, "settings": settings.to_dict()}, ckpt_path)
+                atomic_save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": at_step,
+                             "history": history, "settings": settings.to_dict(),
+                             "torch_rng": torch_rng_state(dist.device)}, ckpt_path)
 
-        bar = progress_bar(total, "train-diffeo", dist.is_main and not progress_json)
-        bar.update(step)
         t0 = time.perf_counter()
-        try:
-            while step < total:
-                group_index = step // settings.batches_per_group
-                rng = np.random.default_rng([settings.seed, dist.rank, group_index])
-                fixed_all, moving_all = random_patches(data.group(rng), settings, rng)
-                first = step % settings.batches_per_group
-                for b in range(first, settings.batches_per_group):
-                    lo = b * settings.batch_size + dist.rank * per_rank
-                    fixed = fixed_all[lo:lo + per_rank].to(dist.device)
-                    moving = moving_all[lo:lo + per_rank].to(dist.device)
-                    model.train()
-                    loss, parts = diffeo_loss(model(fixed, moving), fixed, moving, settings, sim,
-                                              settings.reg_weight_at(step))
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                    step += 1
-                    loss_value = dist.mean(loss.item())
-                    if dist.is_main:
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{loss_value:.4f}")
-                        emit_progress(progress_json, event="step", epoch=(step - 1) // steps_per_epoch, step=step,
-                              fraction=step / total, loss=loss_value, message="")
-                    if step % steps_per_epoch == 0:
-                        net.eval()
-                        val = validation_loss(net, val_fixed, val_moving, settings, sim, dist.device)
-                        net.train()
-                        history.append({"step": step, "loss": loss_value, "val_loss": val, **parts})
-                        save_checkpoint()
-                        if dist.is_main:
-                            emit_progress(progress_json, event="epoch", epoch=step // steps_per_epoch, step=step,
-                                  fraction=step / total, loss=loss_value, val_loss=val, identity_val_loss=identity_val,
-                                  message=f"validation loss {val:.5f} (identity {identity_val:.5f})")
-                    if stop.requested:
-                        raise Cancelled("training stopped by SIGTERM")
-                    if step >= total:
-                        break
-        except (KeyboardInterrupt, Cancelled):
-            save_checkpoint()
-            raise
-        finally:
-            bar.close()
-            signal.signal(signal.SIGTERM, previous)
+        step = StepLoop(dist, "train-diffeo", total, progress_json, save).run(
+            step_fn, validate, step, total, 0, steps_per_epoch, steps_per_epoch, history)
         seconds = time.perf_counter() - t0
         if dist.is_main:
             training = {"command": command, "data": data.description, "steps": step,

@@ -15,7 +15,6 @@ DDP averages the gradients; only rank 0 writes and reports.
 from __future__ import annotations
 
 import math
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.errors import Cancelled, InputError
+from ..core.errors import InputError
 from ..core.io import read_image
 from ..data import sources
 from ..deformable.bspline import bspline_displacement
@@ -33,8 +32,7 @@ from ..deformable.spatial_transformer import warp_voxels
 from ..metrics.similarity import ncc
 from ..models.model_file import save_model
 from ..networks.dirnet import DIRNet, DIRNetConfig
-from .common import (StopRequest, atomic_save, distributed, emit_progress, load_checkpoint, progress_bar,
-                     read_pairs_csv, settings_without)
+from .common import StepLoop, atomic_save, distributed, emit_progress, read_pairs_csv, resume_checkpoint
 
 CHECKPOINT_NAME = "dirnet_last.pt"
 
@@ -160,64 +158,37 @@ def train(settings: DIRNetTraining, data: VolumePairs, out, checkpoint_dir=None,
         torch.manual_seed(settings.seed)
         net = DIRNet(settings.config).to(dist.device)
         optimizer = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
-        step, history = 0, []
-        if resume:
-            ckpt = load_checkpoint(ckpt_path)
-            if settings_without(ckpt["settings"], "epochs") != settings_without(settings.to_dict(), "epochs"):
-                raise InputError(f"{ckpt_path} was written with other settings; resume with the same options "
-                                 "(only --epochs may change)")
+        ckpt = resume_checkpoint(resume, ckpt_path, settings.to_dict())
+        step, history = int(ckpt.get("step", 0)), list(ckpt.get("history", []))
+        if ckpt:
             net.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
-            step, history = int(ckpt["step"]), list(ckpt["history"])
         model = dist.wrap(net)
         generator = torch.Generator().manual_seed(settings.seed * 1000 + dist.rank + 7919 * step)
         val_fixed, val_moving = data.sample(settings.validation_pairs, torch.Generator().manual_seed(10 ** 6 + settings.seed))
         total = settings.epochs * settings.steps_per_epoch
         per_rank = settings.batch_size // dist.world_size
-        stop = StopRequest()
-        previous = signal.signal(signal.SIGTERM, stop)
 
-        def save_checkpoint():
+        def step_fn(_step):
+            fixed, moving = data.sample(per_rank, generator)
+            fixed, moving = fixed.to(dist.device), moving.to(dist.device)
+            model.train()
+            warped, _, _ = model(fixed, moving)
+            loss = ncc_loss(warped, fixed)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            return loss.item()
+
+        def save(at_step):
             if dist.is_main:
-                atomic_save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                atomic_save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": at_step,
                              "history": history, "settings": settings.to_dict()}, ckpt_path)
 
-        bar = progress_bar(total, "train-dirnet", dist.is_main and not progress_json)
-        bar.update(step)
         t0 = time.perf_counter()
-        try:
-            while step < total:
-                fixed, moving = data.sample(per_rank, generator)
-                fixed, moving = fixed.to(dist.device), moving.to(dist.device)
-                model.train()
-                warped, _, _ = model(fixed, moving)
-                loss = ncc_loss(warped, fixed)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                step += 1
-                loss_value = dist.mean(loss.item())
-                if dist.is_main:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss_value:.4f}")
-                    emit_progress(progress_json, event="step", epoch=(step - 1) // settings.steps_per_epoch, step=step,
-                          fraction=step / total, loss=loss_value, message="")
-                if step % settings.steps_per_epoch == 0:
-                    val = validation_loss(net, val_fixed, val_moving, dist.device)
-                    history.append({"step": step, "loss": loss_value, "val_loss": val})
-                    if dist.is_main:
-                        emit_progress(progress_json, event="epoch", epoch=step // settings.steps_per_epoch, step=step,
-                              fraction=step / total, loss=loss_value, val_loss=val, message=f"validation NCC loss {val:.4f}")
-                if step % settings.checkpoint_every == 0 or step == total:
-                    save_checkpoint()
-                if stop.requested:
-                    raise Cancelled("training stopped by SIGTERM")
-        except (KeyboardInterrupt, Cancelled):
-            save_checkpoint()
-            raise
-        finally:
-            bar.close()
-            signal.signal(signal.SIGTERM, previous)
+        step = StepLoop(dist, "train-dirnet", total, progress_json, save).run(
+            step_fn, lambda: {"val_loss": validation_loss(net, val_fixed, val_moving, dist.device)}, step, total, 0,
+            settings.steps_per_epoch, settings.checkpoint_every, history)
         seconds = time.perf_counter() - t0
         if dist.is_main:
             training = {"command": command, "data": data.description, "steps": step, "batch_size": settings.batch_size,
