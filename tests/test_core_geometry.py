@@ -2,12 +2,15 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
 
 from DeepRegistrationLib.core.image import Grid, Image
 from DeepRegistrationLib.core.io import read_image, write_image
 from DeepRegistrationLib.core.transforms import (AffineTransform, DisplacementField, RigidTransform, compose,
                                                  read_transform, write_transform, read_displacement_nrrd)
-from DeepRegistrationLib.core.warp import warp
+from DeepRegistrationLib.core.warp import inside_mask, physical_grid_points, warp
 from DeepRegistrationLib.deformable.model_input import resample_to
 
 
@@ -61,8 +64,6 @@ def _sitk_resample(moving: Image, reference: Grid, transform, interp=sitk.sitkLi
 
 
 def _inside(moving_grid, reference, transform):
-    from DeepRegistrationLib.core.warp import physical_grid_points, inside_mask
-    import torch
     pts = transform.transform_points_torch(physical_grid_points(reference, dtype=torch.float64))
     return inside_mask(moving_grid, pts).numpy()
 
@@ -80,7 +81,6 @@ def test_warp_matches_sitk_resample_oblique_anisotropic(smooth_volume):
 
 def test_warp_on_two_threads_matches_one_thread_and_sitk_oblique_anisotropic(smooth_volume):
     """Enough reference voxels that core.grid_sampling splits the points between the threads."""
-    import torch
     from DeepRegistrationLib.core.grid_sampling import POINTS_PER_THREAD
     reference = Grid((26, 31, 18), (0.7, 1.2, 0.95), (-5.0, 10.0, 28.0), RigidTransform([-0.3, 0.1, 0.05]).rotation_matrix())
     assert reference.num_voxels >= 2 * POINTS_PER_THREAD
@@ -142,7 +142,6 @@ def test_warp_nearest_labels_match_sitk(smooth_volume):
 def test_displacement_field_matches_sitk_and_files(tmp_path, smooth_volume):
     g = smooth_volume.grid
     rng = np.random.default_rng(3)
-    from scipy.ndimage import gaussian_filter
     u = np.stack([gaussian_filter(rng.normal(size=g.shape), 2) * 6 for _ in range(3)], -1).astype(np.float32)
     field = DisplacementField(u, g)
     ours = warp(smooth_volume, g, field).array
@@ -161,11 +160,7 @@ def test_displacement_field_matches_sitk_and_files(tmp_path, smooth_volume):
 def test_voxel_centres_mapped_directly_equal_interpolated_mapping(smooth_volume):
     """A field on its own (oblique, anisotropic) grid, first in a composite, contributes its voxel values
     without interpolation; elsewhere map_voxel_centres is transform_points_torch of the voxel centres."""
-    import torch
-    from DeepRegistrationLib.core.warp import physical_grid_points
-
     g = smooth_volume.grid
-    from scipy.ndimage import gaussian_filter
     rng = np.random.default_rng(4)
     u = np.stack([gaussian_filter(rng.normal(size=g.shape), 2) * 6 for _ in range(3)], -1).astype(np.float32)
     field = DisplacementField(u, g)
@@ -211,8 +206,6 @@ def test_affine_from_sitk_similarity():
 @pytest.mark.parametrize("coords_shape", [(1, 23, 29, 31, 3), (1, 1, 1, 20001, 3), (1, 37, 16, 16, 3)])
 @pytest.mark.parametrize("mode,padding", [("bilinear", "border"), ("bilinear", "zeros"), ("nearest", "zeros")])
 def test_threaded_grid_sample_equals_torch(monkeypatch, coords_shape, mode, padding):
-    import torch
-    import torch.nn.functional as F
     from DeepRegistrationLib.core import grid_sampling
     g = torch.Generator().manual_seed(3)
     volume = torch.rand((1, 3, 10, 12, 14), generator=g)

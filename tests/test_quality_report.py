@@ -7,7 +7,8 @@ from scipy.ndimage import gaussian_filter
 from DeepRegistrationLib.core.image import Image
 from DeepRegistrationLib.core.jacobian import jacobian_determinant
 from DeepRegistrationLib.core.transforms import AffineTransform, DisplacementField, RigidTransform, compose
-from DeepRegistrationLib.quality_report import REPORT_POINTS, quality_report
+from DeepRegistrationLib.core.warp import physical_points_at, sample_voxel_indices
+from DeepRegistrationLib.quality_report import REPORT_POINTS, mapped_sample, quality_report
 from DeepRegistrationLib.rigid.mi import NMIObjective
 
 
@@ -62,9 +63,6 @@ def test_inverse_consistency_counts_only_voxels_mapped_into_the_moving_image(obl
 
 def test_sample_images_read_the_field_at_its_voxels_or_interpolate_it(smooth_volume):
     """Every voxel (the sample up to REPORT_POINTS): the field's own values; a drawn sample: interpolation."""
-    from DeepRegistrationLib.core.warp import physical_points_at, sample_voxel_indices
-    from DeepRegistrationLib.quality_report import mapped_sample
-
     grid = smooth_volume.grid
     transform = compose(DisplacementField(_smooth_field(grid, 2, 6), grid),
                         RigidTransform([0.1, 0.0, -0.2], [3.0, 0.0, 1.0], grid.center_physical()))
