@@ -60,8 +60,8 @@ class DeepRegistrationParameterNode:
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     histogramBins: Annotated[int, WithinRange(8, 256)] = 60
     pyramidLevels: str = "4,2,1"
-    cnnPatches: Annotated[int, WithinRange(16, 4096)] = 256
-    tileSize: Annotated[int, WithinRange(48, 512)] = 96
+    cnnPatches: Annotated[int, WithinRange(16, 4096)] = 128
+    tileSize: Annotated[int, WithinRange(48, 512)] = 48
     outputTransform: vtkMRMLTransformNode
     outputVolume: vtkMRMLScalarVolumeNode
     fusionOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5

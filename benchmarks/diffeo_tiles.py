@@ -1,16 +1,19 @@
-"""Tile size for whole-volume prediction: agreement with 48³ tiles (the training patch) and speed.
+"""Tile size and network precision for whole-volume prediction: agreement with 48³ float32 tiles (the
+training patch and arithmetic) and speed.
 
 Data (test split): one pair of subjects made from the nilearn ICBM 2009a T1 at 2 mm (99×117×95; the
 bundled model never saw ICBM data), as in benchmarks/diffeo_evaluation.py. For each tile size (12 voxels
-discarded per side) the momentum is predicted tile by tile and smoothed and integrated on the whole
-volume; the forward displacement is compared with the one from 48³ tiles (mean and max |Δu| in mm over
-the volume) and the momentum prediction is timed (best of ``--repeats``). The default is the fastest
-tile size whose field agrees with 48³ tiles: mean |Δu| < 0.05 mm and < 5 % of the mean |u|, and max |Δu|
-< 0.5 mm; prediction times within 10 % count as a tie, won by the smaller tile (less memory per tile).
-Each tile size's registration result is also scored against the subjects' GM maps (moving GM warped by
+discarded per side) and network precision (float32, or bfloat16 under autocast) the momentum is predicted
+tile by tile and smoothed and integrated on the whole volume (float32); the forward displacement is
+compared with the one from 48³ float32 tiles (mean and max |Δu| in mm over the volume) and the momentum
+prediction is timed (best of ``--repeats``). A setting agrees with 48³ float32 when mean |Δu| < 0.05 mm
+and < 5 % of the mean |u|, and max |Δu| < 0.5 mm. The default tile is the fastest agreeing float32 tile
+(times within 10 % count as a tie, won by the smaller tile: less memory per tile); bfloat16 is then the
+default precision where it agrees at that tile and is faster by more than 10 %.
+Each setting's registration result is also scored against the subjects' GM maps (moving GM warped by
 φ vs fixed GM, both thresholded at 0.5), so a disagreement can be read as better or worse, not only different.
 
-    python benchmarks/diffeo_tiles.py --tiles 48,64,80,96,128
+    python benchmarks/diffeo_tiles.py --tiles 48,64,80,96,128 --precisions float32,bfloat16
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from DeepRegistrationLib.core.device import has_native_bfloat16
 from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.deformable.diffeo_method import DEFAULT_MODEL, lddmm_parameters, load_momentum_net
 from DeepRegistrationLib.deformable.patchwise import integrate, predict_momentum
@@ -41,12 +45,16 @@ TIE = 1.10
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiles", default="48,64,80,96,128")
+    parser.add_argument("--precisions", default="float32,bfloat16")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="diffeo model: bundled name or file (default: bundled)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tiles = [int(t) for t in args.tiles.split(",")]
+    precisions = args.precisions.split(",")
+    if "float32" not in precisions:
+        parser.error("--precisions must include float32 (the reference)")
     grid = sources.icbm152("t1").grid.with_spacing([2.0] * 3)
     t1, gm, wm = (resample_to(sources.icbm152(k), grid) for k in ("t1", "gm", "wm"))
     pair = [make_subject(t1, gm, wm, seed) for seed in (1000, 1001)]
@@ -59,40 +67,43 @@ def main():
         return dice_per_label(fixed_gm, (warped > 0.5).astype(np.uint8), [1])[1]
     net, meta = load_momentum_net(args.model)
     params = lddmm_parameters(meta)
-    rows, fields = [], {}
-    for tile in tiles:
+    settings = [(tile, precision) for precision in precisions for tile in tiles]
+    seconds, fields = {}, {}
+    for tile, precision in settings:
         best = float("inf")
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            momentum = predict_momentum(net, subjects[0], subjects[1], tile, 12)
+            momentum = predict_momentum(net, subjects[0], subjects[1], tile, 12, precision=precision)
             best = min(best, time.perf_counter() - t0)
-        fields[tile] = integrate(momentum, [2.0] * 3, **params)[0] * 2.0
-        rows.append((tile, best))
-    ref = fields[48] if 48 in fields else fields[tiles[0]]
+        fields[tile, precision] = integrate(momentum, [2.0] * 3, **params)[0] * 2.0
+        seconds[tile, precision] = best
+    reference = (48 if 48 in tiles else tiles[0], "float32")
+    ref = fields[reference]
     print(f"Data: one test pair of ICBM 2009a T1 subjects (2 mm, {t1.grid.size}); model {args.model}; "
-          f"{args.threads} CPU thread(s); 12 voxels discarded per tile side; GM Dice before registration "
+          f"{args.threads} CPU thread(s); 12 voxels discarded per tile side; CPU bfloat16 instructions: "
+          f"{'yes' if has_native_bfloat16('cpu') else 'no'}; GM Dice before registration "
           f"{gm_dice(torch.zeros_like(ref)):.4f}.\n")
-    print("| tile | kept per tile | momentum prediction (s) | speed-up vs 48³ | mean |Δu| vs 48³ (mm) | "
-          "max |Δu| (mm) | agrees | GM Dice |")
-    print("|---|---|---|---|---|---|---|---|")
-    t48 = dict(rows).get(48, rows[0][1])
-    agreeing = []
-    for tile, seconds in rows:
-        diff = (fields[tile] - ref).norm(dim=1)
-        ok = (float(diff.mean()) < min(MEAN_TOLERANCE_MM, RELATIVE_TOLERANCE * float(ref.norm(dim=1).mean()))
-              and float(diff.max()) < MAX_TOLERANCE_MM)
-        if ok:
-            agreeing.append((seconds, tile))
-        print(f"| {tile}³ | {100 * ((tile - 24) / tile) ** 3:.1f} % | {seconds:.2f} | {t48 / seconds:.2f} | "
-              f"{float(diff.mean()):.4f} | {float(diff.max()):.4f} | {'yes' if ok else 'no'} | "
-              f"{gm_dice(fields[tile]):.4f} |")
-    print(f"\nmean |u| of the 48³ result: {float(ref.norm(dim=1).mean()):.3f} mm (max {float(ref.norm(dim=1).max()):.3f})")
-    if agreeing:
-        fastest = min(agreeing)[0]
-        print(f"fastest agreeing tile (ties within 10 % go to the smaller tile): "
-              f"{min(t for s, t in agreeing if s <= TIE * fastest)}³")
-    else:
-        print("no tile size agrees")
+    print(f"| tile | precision | kept per tile | momentum prediction (s) | speed-up vs {reference[0]}³ float32 | "
+          "mean |Δu| (mm) | max |Δu| (mm) | agrees | GM Dice |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    agrees = {}
+    for tile, precision in settings:
+        diff = (fields[tile, precision] - ref).norm(dim=1)
+        agrees[tile, precision] = (float(diff.mean()) < min(MEAN_TOLERANCE_MM, RELATIVE_TOLERANCE * float(ref.norm(dim=1).mean()))
+                                   and float(diff.max()) < MAX_TOLERANCE_MM)
+        print(f"| {tile}³ | {precision} | {100 * ((tile - 24) / tile) ** 3:.1f} % | {seconds[tile, precision]:.2f} | "
+              f"{seconds[reference] / seconds[tile, precision]:.2f} | {float(diff.mean()):.4f} | {float(diff.max()):.4f} | "
+              f"{'yes' if agrees[tile, precision] else 'no'} | {gm_dice(fields[tile, precision]):.4f} |")
+    print(f"\nmean |u| of the {reference[0]}³ float32 result: {float(ref.norm(dim=1).mean()):.3f} mm "
+          f"(max {float(ref.norm(dim=1).max()):.3f})")
+    agreeing = [(seconds[tile, "float32"], tile) for tile in tiles if agrees[tile, "float32"]]
+    fastest = min(agreeing)[0]
+    tile = min(t for s, t in agreeing if s <= TIE * fastest)
+    print(f"fastest agreeing float32 tile (ties within 10 % go to the smaller tile): {tile}³")
+    if "bfloat16" in precisions:
+        faster = agrees[tile, "bfloat16"] and seconds[tile, "bfloat16"] * TIE < seconds[tile, "float32"]
+        print(f"bfloat16 at {tile}³: {'agrees and is faster: the default on this CPU' if faster else 'not the default'} "
+              f"({seconds[tile, 'float32'] / seconds[tile, 'bfloat16']:.2f}x)")
 
 
 if __name__ == "__main__":

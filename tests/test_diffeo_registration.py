@@ -7,6 +7,8 @@ import torch
 
 from DeepRegistrationLib.api import register
 from DeepRegistrationLib.cli import main
+from DeepRegistrationLib.core.device import has_native_bfloat16, resolve_precision
+from DeepRegistrationLib.core.errors import InputError
 from DeepRegistrationLib.core.image import Grid, Image
 from DeepRegistrationLib.core.io import read_image, write_image
 from DeepRegistrationLib.core.jacobian import jacobian_determinant
@@ -17,6 +19,7 @@ from DeepRegistrationLib.data.synthetic import smooth_random_field
 from DeepRegistrationLib.deformable.diffeo_method import DEFAULT_MODEL, lddmm_parameters, load_momentum_net
 from DeepRegistrationLib.deformable.model_input import normalize_intensity, resample_to
 from DeepRegistrationLib.deformable.patchwise import integrate, predict_momentum, tile_layout, voxels_to_lps_mm
+from DeepRegistrationLib.deformable.spatial_transformer import warp_voxels
 from DeepRegistrationLib.metrics.evaluation import dice_per_label
 from DeepRegistrationLib.training.diffeo import DiffeoTraining, diffeo_loss, normalized_mse
 
@@ -143,6 +146,40 @@ def test_stitching_agrees_between_tile_sizes(case):
     assert float(diff.max()) < 0.5 * float(magnitude.max())
 
 
+def test_bfloat16_network_agrees_with_float32(case, capsys):
+    """benchmarks/diffeo_tiles.py's agreement rule (mean |Δu| < 0.05 mm and < 5 % of the motion, max < 0.5 mm)
+    for the network run in bfloat16, and the same GM Dice."""
+    net, meta = load_momentum_net(DEFAULT_MODEL)
+    f, m = normalize_intensity(case["fixed"].array), normalize_intensity(case["moving"].array)
+    moving_gm = torch.as_tensor(case["moving_gm"].array, dtype=torch.float32)[None, None]
+    fixed_gm = (case["fixed_gm"].array > 0.5).astype(np.uint8)
+    fields, dice = {}, {}
+    for precision in ("float32", "bfloat16"):
+        momentum = predict_momentum(net, f, m, 48, 12, precision=precision)
+        assert momentum.dtype == torch.float32
+        fields[precision] = integrate(momentum, [2.0] * 3, **lddmm_parameters(meta))[0] * 2.0   # mm
+        warped = warp_voxels(moving_gm, fields[precision] / 2.0, padding_mode="zeros")[0, 0].numpy()
+        dice[precision] = dice_per_label(fixed_gm, (warped > 0.5).astype(np.uint8), [1])[1]
+    diff = (fields["bfloat16"] - fields["float32"]).norm(dim=1)
+    magnitude = fields["float32"].norm(dim=1)
+    with capsys.disabled():
+        print(f"\nbfloat16 vs float32 network: mean |Δu| {float(diff.mean()):.4f} mm, max {float(diff.max()):.4f} mm "
+              f"(mean |u| {float(magnitude.mean()):.3f} mm); GM Dice {dice['float32']:.4f} vs {dice['bfloat16']:.4f}")
+    assert float(magnitude.mean()) > 0.3
+    assert float(diff.mean()) < min(0.05, 0.05 * float(magnitude.mean())) and float(diff.max()) < 0.5
+    assert abs(dice["bfloat16"] - dice["float32"]) < 0.002
+    with pytest.raises(InputError, match="float32 or bfloat16"):
+        predict_momentum(net, f, m, 48, 12, precision="float16")
+
+
+def test_precision_auto_is_bfloat16_only_on_a_cpu_with_bfloat16_instructions():
+    assert resolve_precision("auto", "cpu") == ("bfloat16" if has_native_bfloat16("cpu") else "float32")
+    assert resolve_precision("auto", "cuda") == "float32"            # not measured on a GPU
+    assert resolve_precision("float32", "cpu") == "float32" and resolve_precision("BFloat16", "cuda") == "bfloat16"
+    with pytest.raises(InputError, match="unknown precision 'half'"):
+        resolve_precision("half", "cpu")
+
+
 def test_cli_register_diffeo_writes_every_output(case, tmp_path, capsys):
     """Inputs at 3 mm are resampled to the model's 2 mm; outputs come back on the images' own grids."""
     grid3 = case["fixed"].grid.with_spacing([3.0, 3.0, 3.0])
@@ -163,6 +200,7 @@ def test_cli_register_diffeo_writes_every_output(case, tmp_path, capsys):
                 "seconds_total", "seconds_momentum", "seconds_integration"):
         assert key in report
     assert report["folding_voxels"] == 0 and report["tile"] == 48
+    assert report["network_precision"] == resolve_precision("auto", "cpu")
     jac = read_image(outs["--out-jacobian"], "jacobian")
     assert jac.grid.same_as(grid3) and float(jac.array.min()) > 0
     assert read_image(outs["--out-volume"], "w").grid.same_as(grid3)
@@ -170,3 +208,4 @@ def test_cli_register_diffeo_writes_every_output(case, tmp_path, capsys):
     pts = grid3.index_to_physical(np.array([[5.0, 6.0, 7.0], [10.0, 12.0, 9.0]]))
     assert np.abs(inverse.transform_points(forward.transform_points(pts)) - pts).max() < 0.3
     assert main(args[:5] + ["--param", "tile=50"]) == 2          # bad tile: a clear error, nothing written
+    assert main(args[:5] + ["--param", "precision=half"]) == 2

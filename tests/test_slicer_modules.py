@@ -6,6 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from DeepRegistrationLib.deformable.diffeo_method import DEFAULT_TILE
+from DeepRegistrationLib.rigid.cnn_metric import CNNSettings
+from DeepRegistrationLib.rigid.mi import MISettings
+
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = ["DeepRegistration", "DeepMetricTraining"]
 
@@ -76,6 +80,21 @@ def test_module_follows_template(module):
     assert "connectGui(self.ui)" in src
     first_lines = "\n".join(line for line in src.splitlines() if line.startswith(("import", "from")))
     assert "torch" not in first_lines, "torch must be imported lazily, after the SlicerPyTorch check"
+
+
+def test_registration_presets_start_at_the_library_defaults():
+    """The panel's method presets (parameter defaults and the .ui's initial values) are the library's defaults,
+    so a registration from the panel and one from the CLI or API run the same method."""
+    fields = parameter_fields("DeepRegistration")
+    _, bound = ui_widgets("DeepRegistration")
+    library = {"histogramBins": MISettings().bins, "pyramidLevels": ",".join(map(str, MISettings().levels)),
+               "cnnPatches": CNNSettings().patches, "tileSize": DEFAULT_TILE}
+    for name, value in library.items():
+        assert ast.literal_eval(fields[name].value) == value, name
+        ui_value = bound[name].find("property[@name='value']/number")
+        ui_value = ui_value if ui_value is not None else bound[name].find("property[@name='text']/string")
+        assert ui_value.text == str(value), name
+    assert bound["tileSize"].find("property[@name='singleStep']/number").text == "4"   # tiles: multiples of 4
 
 
 def cmake_list(path, keyword):

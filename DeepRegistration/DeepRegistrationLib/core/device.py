@@ -1,4 +1,4 @@
-"""Choosing the torch device: auto, cpu or cuda."""
+"""Choosing the torch device (auto, cpu or cuda) and the arithmetic a network runs in on it."""
 from __future__ import annotations
 
 import torch
@@ -6,6 +6,7 @@ import torch
 from .errors import InputError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+PRECISION_CHOICES = ("auto", "float32", "bfloat16")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -26,3 +27,23 @@ def describe_devices() -> str:
         names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         return "CUDA: " + ", ".join(names)
     return "CPU only (no CUDA device detected)"
+
+
+def has_native_bfloat16(device) -> bool:
+    """True on a CPU with bfloat16 instructions (AVX-512 BF16 or AMX), where oneDNN's bfloat16 convolutions
+    are about twice as fast as float32 ones; False elsewhere, including every CUDA device (not measured)."""
+    if torch.device(device).type != "cpu":
+        return False
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(probe() for probe in probes if probe is not None)       # older PyTorch lacks the probes: float32
+
+
+def resolve_precision(name: str, device) -> str:
+    """``float32`` or ``bfloat16`` for a network's forward pass; ``auto`` is bfloat16 where
+    :func:`has_native_bfloat16`, else float32."""
+    name = str(name or "auto").lower()
+    if name not in PRECISION_CHOICES:
+        raise InputError(f"unknown precision {name!r}: choose one of {', '.join(PRECISION_CHOICES)}")
+    if name == "auto":
+        return "bfloat16" if has_native_bfloat16(device) else "float32"
+    return name

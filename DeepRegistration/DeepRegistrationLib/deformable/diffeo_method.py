@@ -8,8 +8,10 @@ that is not the identity), and φ⁻¹ = exp(−v) as a field on the moving imag
 
 Options (``--param KEY=VALUE``): ``tile`` (tile side in voxels, multiple of 4; default 48, chosen by
 benchmarks/diffeo_tiles.py), ``discard`` (voxels dropped per tile side, default 12), ``tile_batch``
-(tiles per network call, default about 1 M voxels' worth, at least 2). Without ``--model`` the bundled brain-T1 model is used and the
-report says so.
+(tiles per network call, default about 1 M voxels' worth, at least 2), ``precision`` (the network's
+arithmetic: ``auto``, the default, is bfloat16 on a CPU with bfloat16 instructions and float32 elsewhere;
+``float32``; ``bfloat16``; chosen by benchmarks/diffeo_tiles.py; smoothing and integration are always
+float32). Without ``--model`` the bundled brain-T1 model is used and the report says so.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 
 from ..api import MethodOutput, RegistrationContext
+from ..core.device import resolve_precision
 from ..core.errors import InputError
 from ..core.image import Grid, Image
 from ..core.transforms import DisplacementField, compose
@@ -29,7 +32,7 @@ from .model_input import chosen_model, initial_or_none, normalize_intensity, res
 
 DEFAULT_MODEL = "diffeo_brain_t1"
 DEFAULT_TILE = 48
-OPTIONS = ("tile", "discard", "tile_batch")
+OPTIONS = ("tile", "discard", "tile_batch", "precision")
 
 
 def load_momentum_net(name_or_path, device="cpu"):
@@ -77,6 +80,7 @@ def run(fixed: Image, moving: Image, ctx: RegistrationContext) -> MethodOutput:
     tile_batch = _int_option(ctx.options, "tile_batch", tiles_per_call(tile))
     if discard < 0 or tile_batch < 1:
         raise InputError("--param discard must be >= 0 and tile_batch >= 1")
+    precision = resolve_precision(ctx.options.get("precision", "auto"), ctx.device)
     ctx.progress(0.02, "loading model")
     net, meta = load_momentum_net(name, ctx.device)
     grid = fixed.grid.with_spacing(meta["spacing_mm"])
@@ -86,7 +90,8 @@ def run(fixed: Image, moving: Image, ctx: RegistrationContext) -> MethodOutput:
     m = normalize_intensity(resample_to(moving, grid, initial).array)
     params = lddmm_parameters(meta)
     u_vox, u_inv_vox, timings = predict_fields(net, f, m, list(reversed(grid.spacing.tolist())), params, tile, discard,
-                                               ctx.device, tile_batch, progress=ctx.progress.sub(0.1, 0.85))
+                                               ctx.device, tile_batch, progress=ctx.progress.sub(0.1, 0.85),
+                                               precision=precision)
     del f, m
     ctx.progress(0.88, "fields on the image grids")
     forward = DisplacementField(voxels_to_lps_mm(u_vox, grid), grid)
@@ -101,5 +106,5 @@ def run(fixed: Image, moving: Image, ctx: RegistrationContext) -> MethodOutput:
         inverse_on_moving = field_on_grid(inverse, moving.grid, back, ctx.device)
     transform = forward if initial is None else compose(forward, initial)
     report.update({"model": str(resolve_model_path(name)), "model_grid": grid.to_dict(), "tile": tile,
-                   "discard": discard, "lddmm": params, **timings})
+                   "discard": discard, "network_precision": precision, "lddmm": params, **timings})
     return MethodOutput(transform, inverse_on_moving, report)

@@ -84,10 +84,13 @@ class MomentumMarginals:
 @torch.no_grad()
 def predict_momentum(net, fixed: np.ndarray, moving: np.ndarray, tile: int = 48, discard: int = DISCARD,
                      device="cpu", tile_batch: int = None, marginals: MomentumMarginals = None,
-                     progress=None) -> torch.Tensor:
+                     progress=None, precision: str = "float32") -> torch.Tensor:
     """Whole-volume momentum (1, 3, nz, ny, nx) from ``tile``³ tiles of the normalized arrays (z-first),
-    ``tile_batch`` tiles per network call (default :func:`tiles_per_call`)."""
+    ``tile_batch`` tiles per network call (default :func:`tiles_per_call`). With ``precision="bfloat16"``
+    the network runs under autocast (bfloat16 convolutions, float32 accumulation); the momentum is float32."""
     check_tile(tile, discard, net.DIVISOR)
+    if precision not in ("float32", "bfloat16"):
+        raise InputError(f"network precision must be float32 or bfloat16, got {precision!r}")
     tile_batch = tile_batch or tiles_per_call(tile)
     shape = fixed.shape
     pad = [(max(tile - n, 0) // 2, max(tile - n, 0) - max(tile - n, 0) // 2) for n in shape]
@@ -100,7 +103,8 @@ def predict_momentum(net, fixed: np.ndarray, moving: np.ndarray, tile: int = 48,
         sl = [tuple(slice(s, s + tile) for s, _, _ in t) for t in chunk]
         ft = torch.as_tensor(np.stack([f[s] for s in sl]))[:, None].to(device)
         mt = torch.as_tensor(np.stack([m[s] for s in sl]))[:, None].to(device)
-        out = net(ft, mt).float()
+        with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=precision == "bfloat16"):
+            out = net(ft, mt).float()
         if marginals is not None:
             marginals.add(out)
         for k, t in enumerate(chunk):
@@ -133,11 +137,12 @@ def exponentials(v: torch.Tensor, steps: int = lddmm.STEPS) -> tuple:
 
 
 def predict_fields(net, fixed: np.ndarray, moving: np.ndarray, spacing_zyx, lddmm_params: dict, tile: int = 48,
-                   discard: int = DISCARD, device="cpu", tile_batch: int = None, marginals=None, progress=None) -> tuple:
+                   discard: int = DISCARD, device="cpu", tile_batch: int = None, marginals=None, progress=None,
+                   precision: str = "float32") -> tuple:
     """(φ, φ⁻¹, timings): voxel displacements (1, 3, nz, ny, nx), x-first, on the arrays' grid."""
     t0 = time.perf_counter()
     momentum = predict_momentum(net, fixed, moving, tile, discard, device, tile_batch, marginals,
-                                progress.sub(0.0, 0.8) if progress is not None else None)
+                                progress.sub(0.0, 0.8) if progress is not None else None, precision)
     t1 = time.perf_counter()
     if progress is not None:
         progress(0.85, "smoothing and integrating")
