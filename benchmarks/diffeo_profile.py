@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from DeepRegistrationLib.api import register
+from DeepRegistrationLib.core.device import PRECISION_CHOICES, resolve_precision
 from DeepRegistrationLib.core.grid_sampling import grid_sample
 from DeepRegistrationLib.core.jacobian import jacobian_determinant
 from DeepRegistrationLib.core.transforms import DisplacementField
@@ -114,7 +115,10 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--tile-batches", default="", help="comma-separated tiles per network call to time")
+    p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
+                   help="the network's arithmetic (default auto: bfloat16 on a CPU with bfloat16 instructions)")
     args = p.parse_args(argv)
+    precision = resolve_precision(args.precision, "cpu")
     torch.set_num_threads(args.threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
     grid = sources.icbm152("t1").grid.with_spacing([SPACING] * 3)
@@ -124,8 +128,8 @@ def main(argv=None) -> int:
                   random_rigid(np.random.default_rng(3000), grid.center_physical(), (1.0, 5.0), 0.05).inverse())
     rigid = register(fixed, moving, "mi").transform
 
-    register(fixed, moving, "diffeo", initial_transform=rigid)
-    reports = [register(fixed, moving, "diffeo", initial_transform=rigid).report for _ in range(args.repeats)]
+    register(fixed, moving, "diffeo", initial_transform=rigid, precision=precision)
+    reports = [register(fixed, moving, "diffeo", initial_transform=rigid, precision=precision).report for _ in range(args.repeats)]
     stage = {name: statistics.median(fn(r) for r in reports) for name, fn in (
         ("tile predictions (network)", lambda r: r["seconds_momentum"]),
         ("smoothing and integration", lambda r: r["seconds_integration"]),
@@ -134,7 +138,7 @@ def main(argv=None) -> int:
         ("warped image", lambda r: r["seconds_resample"]),
         ("QA report", lambda r: r["seconds_total"] - r["seconds_method"] - r["seconds_resample"]),
         ("whole register() call", lambda r: r["seconds_total"]))}
-    result = register(fixed, moving, "diffeo", initial_transform=rigid)
+    result = register(fixed, moving, "diffeo", initial_transform=rigid, precision=precision)
     forward = DisplacementField.from_transform(result.transform, fixed.grid)
     nmi = NMIObjective(fixed, moving, 64, REPORT_POINTS, seed=0, device="cpu", linear_binning=False)
     mapped = mapped_sample(result.transform, fixed.grid, nmi.points)
@@ -155,7 +159,7 @@ def main(argv=None) -> int:
     }
 
     print(f"Data: evaluation pair 1 of diffeo_evaluation.py (2 mm, {grid.size}); {platform.machine()} CPU, "
-          f"{args.threads} thread(s); medians of {args.repeats} runs after a warm-up.\n")
+          f"{args.threads} thread(s), network in {precision}; medians of {args.repeats} runs after a warm-up.\n")
     print("| stage of register(..., 'diffeo') | seconds |")
     print("|---|---|")
     for name, value in stage.items():
@@ -206,7 +210,8 @@ def main(argv=None) -> int:
         print("\n| tiles per network call | tile predictions (s) |")
         print("|---|---|")
         for batch in (int(b) for b in args.tile_batches.split(",")):
-            best = min(register(fixed, moving, "diffeo", initial_transform=rigid, tile_batch=batch).report[
+            best = min(register(fixed, moving, "diffeo", initial_transform=rigid, tile_batch=batch,
+                                precision=precision).report[
                 "seconds_momentum"] for _ in range(args.repeats))
             print(f"| {batch} | {best:.2f} |")
     return 0
