@@ -26,25 +26,35 @@ import numpy as np
 RESERVE_GB = 6.0
 
 
-def run_one(n: int, tile: int, rigid_initial: bool) -> dict:
-    import torch
+def synthetic_pair(shape_zyx, rigid_initial: bool) -> tuple:
+    """(fixed, moving, initial transform): the ICBM 2009a T1 zoomed to ``shape_zyx`` voxels at 2 mm (the model
+    spacing) and a copy rolled by two voxels along x and intensity-jittered; the initial transform is the
+    small rigid one of ``--rigid-initial`` or the identity."""
     from scipy.ndimage import zoom
 
-    from DeepRegistrationLib.api import register
     from DeepRegistrationLib.core.image import Grid, Image
     from DeepRegistrationLib.core.transforms import RigidTransform
     from DeepRegistrationLib.data import sources
     from DeepRegistrationLib.data.synthetic import intensity_jitter
 
-    torch.set_num_threads(1)
     t1 = sources.icbm152("t1")
-    arr = zoom(t1.array.astype(np.float32), [n / s for s in t1.array.shape], order=1)[:n, :n, :n]
-    grid = Grid((n, n, n), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0))
+    arr = zoom(t1.array.astype(np.float32), [n / s for n, s in zip(shape_zyx, t1.array.shape)], order=1)
+    arr = np.ascontiguousarray(arr[tuple(slice(0, n) for n in shape_zyx)])
+    grid = Grid(tuple(reversed(shape_zyx)), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0))
     fixed = Image(arr, grid)
     moving = intensity_jitter(Image(np.roll(arr, 2, axis=2), grid), np.random.default_rng(0))
-    del arr
     initial = RigidTransform([0.02, -0.01, 0.03] if rigid_initial else [0.0] * 3,
                              [1.0, -2.0, 0.5] if rigid_initial else [0.0] * 3, grid.center_physical())
+    return fixed, moving, initial
+
+
+def run_one(n: int, tile: int, rigid_initial: bool) -> dict:
+    import torch
+
+    from DeepRegistrationLib.api import register
+
+    torch.set_num_threads(1)
+    fixed, moving, initial = synthetic_pair((n, n, n), rigid_initial)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
     t0 = time.perf_counter()
     result = register(fixed, moving, "diffeo", initial_transform=initial, tile=tile)

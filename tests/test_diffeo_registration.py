@@ -146,30 +146,50 @@ def test_stitching_agrees_between_tile_sizes(case):
     assert float(diff.max()) < 0.5 * float(magnitude.max())
 
 
-def test_bfloat16_network_agrees_with_float32(case, capsys):
-    """benchmarks/diffeo_tiles.py's agreement rule (mean |Δu| < 0.05 mm and < 5 % of the motion, max < 0.5 mm)
-    for the network run in bfloat16, and the same GM Dice."""
-    net, meta = load_momentum_net(DEFAULT_MODEL)
+def agree(u_mm: torch.Tensor, reference_mm: torch.Tensor) -> tuple:
+    """benchmarks/diffeo_tiles.py's agreement rule: mean |Δu| < 0.05 mm and < 5 % of the mean motion, max < 0.5 mm."""
+    diff, magnitude = (u_mm - reference_mm).norm(dim=1), reference_mm.norm(dim=1)
+    ok = float(diff.mean()) < min(0.05, 0.05 * float(magnitude.mean())) and float(diff.max()) < 0.5
+    return ok, float(diff.mean()), float(diff.max()), float(magnitude.mean())
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_bfloat16_network_agrees_with_float32(case, capsys, device):
+    """The network run in bfloat16 agrees with float32 by the tile benchmark's rule, with the same GM Dice."""
+    net, meta = load_momentum_net(DEFAULT_MODEL, device)
     f, m = normalize_intensity(case["fixed"].array), normalize_intensity(case["moving"].array)
     moving_gm = torch.as_tensor(case["moving_gm"].array, dtype=torch.float32)[None, None]
     fixed_gm = (case["fixed_gm"].array > 0.5).astype(np.uint8)
     fields, dice = {}, {}
     for precision in ("float32", "bfloat16"):
-        momentum = predict_momentum(net, f, m, 48, 12, precision=precision)
+        momentum = predict_momentum(net, f, m, 48, 12, device, precision=precision)
         assert momentum.dtype == torch.float32
-        fields[precision] = integrate(momentum, [2.0] * 3, **lddmm_parameters(meta))[0] * 2.0   # mm
+        fields[precision] = integrate(momentum, [2.0] * 3, **lddmm_parameters(meta))[0].cpu() * 2.0   # mm
         warped = warp_voxels(moving_gm, fields[precision] / 2.0, padding_mode="zeros")[0, 0].numpy()
         dice[precision] = dice_per_label(fixed_gm, (warped > 0.5).astype(np.uint8), [1])[1]
-    diff = (fields["bfloat16"] - fields["float32"]).norm(dim=1)
-    magnitude = fields["float32"].norm(dim=1)
+    ok, mean, largest, motion = agree(fields["bfloat16"], fields["float32"])
     with capsys.disabled():
-        print(f"\nbfloat16 vs float32 network: mean |Δu| {float(diff.mean()):.4f} mm, max {float(diff.max()):.4f} mm "
-              f"(mean |u| {float(magnitude.mean()):.3f} mm); GM Dice {dice['float32']:.4f} vs {dice['bfloat16']:.4f}")
-    assert float(magnitude.mean()) > 0.3
-    assert float(diff.mean()) < min(0.05, 0.05 * float(magnitude.mean())) and float(diff.max()) < 0.5
+        print(f"\nbfloat16 vs float32 network ({device}): mean |Δu| {mean:.4f} mm, max {largest:.4f} mm "
+              f"(mean |u| {motion:.3f} mm); GM Dice {dice['float32']:.4f} vs {dice['bfloat16']:.4f}")
+    assert motion > 0.3 and ok
     assert abs(dice["bfloat16"] - dice["float32"]) < 0.002
     with pytest.raises(InputError, match="float32 or bfloat16"):
-        predict_momentum(net, f, m, 48, 12, precision="float16")
+        predict_momentum(net, f, m, 48, 12, device, precision="float16")
+
+
+@pytest.mark.gpu
+def test_cuda_registration_agrees_with_the_cpu_one(case, capsys):
+    """The whole register() call on CUDA (float32 network) against the CPU in float32: the same field by the
+    tile benchmark's rule, diffeomorphic, on the fixed grid."""
+    results = {d: register(case["fixed"], case["moving"], "diffeo", device=d, precision="float32") for d in ("cpu", "cuda")}
+    fields = {d: torch.as_tensor(DisplacementField.from_transform(r.transform, case["fixed"].grid).displacement_mm)
+              .permute(3, 0, 1, 2)[None] for d, r in results.items()}
+    ok, mean, largest, motion = agree(fields["cuda"], fields["cpu"])
+    with capsys.disabled():
+        print(f"\ncuda vs cpu register(): mean |Δu| {mean:.4f} mm, max {largest:.4f} mm (mean |u| {motion:.3f} mm); "
+              f"{results['cuda'].report['seconds_total']:.2f} s on {torch.cuda.get_device_name()}")
+    assert ok and results["cuda"].report["folding_voxels"] == 0
+    assert results["cuda"].report["network_precision"] == "float32"
 
 
 def test_precision_auto_is_bfloat16_only_on_a_cpu_with_bfloat16_instructions():

@@ -99,17 +99,18 @@ def test_custom_similarity_is_used_for_both_directions():
     assert len(calls) == 2 and momentum.grad is not None and float(momentum.grad.abs().sum()) > 0
 
 
-def test_network_learns_to_register_a_fixed_batch_through_eq_3_2():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_network_learns_to_register_a_fixed_batch_through_eq_3_2(device):
     """Gradients reach the U-Net through smoothing, scaling and squaring and warping: it fits one batch."""
     settings = DiffeoTraining(config=MomentumUNetConfig(channels=4, dropout=0.0), patch_size=24,
                               patches_per_volume=2, volumes_at_once=1)
     rng = np.random.default_rng(0)
-    fixed, moving = random_patches(PairSource.from_template(settings).group(rng), settings, rng)
+    fixed, moving = (x.to(device) for x in random_patches(PairSource.from_template(settings).group(rng), settings, rng))
     torch.manual_seed(0)
-    net = MomentumUNet(settings.config)
+    net = MomentumUNet(settings.config).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
     loss = lambda momentum: diffeo_loss(momentum, fixed, moving, settings, normalized_mse, 1e-4)[0]  # noqa: E731
-    zero = float(loss(torch.zeros(2, 3, 24, 24, 24)))
+    zero = float(loss(torch.zeros(2, 3, 24, 24, 24, device=device)))
     for _ in range(60):
         value = loss(net(fixed, moving))
         optimizer.zero_grad()

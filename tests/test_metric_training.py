@@ -35,11 +35,13 @@ def tiny_config(**kw):
     return MetricTrainingConfig(**base)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+@pytest.fixture(scope="module", params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def trained(tmp_path_factory, request):
+    """A tiny metric trained on the CPU, and on CUDA where there is one (sampling and training on the device)."""
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("metric") / "tiny.pt"
-    trainer = MetricTrainer(tiny_pairs(), tiny_config(), out, None, Distributed(), show_progress=False)
+    trainer = MetricTrainer(tiny_pairs(), tiny_config(), out, None, Distributed(device=torch.device(request.param)),
+                            show_progress=False)
     trainer.train()
     return out, trainer
 
