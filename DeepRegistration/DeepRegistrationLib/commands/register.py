@@ -31,8 +31,9 @@ def add_command(sub) -> None:
     p.add_argument("--method", choices=list(METHODS), default="mi",
                    help="; ".join(f"{k}: {v[1]}" for k, v in METHODS.items()))
     p.add_argument("--model", action="append", help="model name (bundled) or file; repeat for staged models")
-    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method option, e.g. bins=60 (mi), patches=128 (cnn), tile=48 or "
-                   "precision=float32 (diffeo); an unknown key's error lists the method's keys")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE",
+                   help="method option, e.g. bins=60 (mi), patches=128 (cnn), tile=48 or precision=float32 (diffeo); "
+                        "an unknown key's error lists the method's keys")
     p.add_argument("--initial-transform", help="ITK transform file to start from (fixed -> moving)")
     p.add_argument("--fixed-mask")
     p.add_argument("--moving-mask")
