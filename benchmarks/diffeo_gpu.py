@@ -29,7 +29,7 @@ from DeepRegistrationLib.core.transforms import DisplacementField
 
 sys.path.insert(0, str(Path(__file__).parent))
 from diffeo_memory import synthetic_pair  # noqa: E402
-from diffeo_tiles import MAX_TOLERANCE_MM, MEAN_TOLERANCE_MM, RELATIVE_TOLERANCE  # noqa: E402
+from diffeo_tiles import agreement  # noqa: E402
 
 TARGET_SECONDS = 2.0
 TARGET_GB = 8.0
@@ -77,17 +77,14 @@ def main():
             memory = (f"{torch.cuda.max_memory_allocated(args.device) / 2 ** 30:.2f} | "
                       f"{torch.cuda.max_memory_reserved(args.device) / 2 ** 30:.2f}") if gpu else "– | –"
             fields[precision] = torch.as_tensor(
-                DisplacementField.from_transform(result.transform, fixed.grid).displacement_mm).permute(3, 0, 1, 2)
-            agreement = "–"
+                DisplacementField.from_transform(result.transform, fixed.grid).displacement_mm).permute(3, 0, 1, 2)[None]
+            agrees = "–"
             if "float32" in fields and precision != "float32":
-                diff = (fields[precision] - fields["float32"]).norm(dim=0)
-                motion = float(fields["float32"].norm(dim=0).mean())
-                ok = (float(diff.mean()) < min(MEAN_TOLERANCE_MM, RELATIVE_TOLERANCE * motion)
-                      and float(diff.max()) < MAX_TOLERANCE_MM)
-                agreement = f"{float(diff.mean()):.4f} / {float(diff.max()):.4f} ({'agrees' if ok else 'does not agree'})"
+                ok, mean, largest = agreement(fields[precision], fields["float32"])
+                agrees = f"{mean:.4f} / {largest:.4f} ({'agrees' if ok else 'does not agree'})"
             print(f"| {'×'.join(map(str, size_xyz))} | {report['network_precision']} | {cold:.2f} | "
                   f"{statistics.median(s for _, s in warm):.2f} | {report['seconds_momentum']:.2f} | "
-                  f"{report['seconds_integration']:.2f} | {memory} | {report['folding_voxels']} | {agreement} |",
+                  f"{report['seconds_integration']:.2f} | {memory} | {report['folding_voxels']} | {agrees} |",
                   flush=True)
             del result, warm
             if gpu:

@@ -129,7 +129,8 @@ def main(argv=None) -> int:
     rigid = register(fixed, moving, "mi").transform
 
     register(fixed, moving, "diffeo", initial_transform=rigid, precision=precision)
-    reports = [register(fixed, moving, "diffeo", initial_transform=rigid, precision=precision).report for _ in range(args.repeats)]
+    reports = [register(fixed, moving, "diffeo", initial_transform=rigid, precision=precision).report
+               for _ in range(args.repeats)]
     stage = {name: statistics.median(fn(r) for r in reports) for name, fn in (
         ("tile predictions (network)", lambda r: r["seconds_momentum"]),
         ("smoothing and integration", lambda r: r["seconds_integration"]),
@@ -211,8 +212,7 @@ def main(argv=None) -> int:
         print("|---|---|")
         for batch in (int(b) for b in args.tile_batches.split(",")):
             best = min(register(fixed, moving, "diffeo", initial_transform=rigid, tile_batch=batch,
-                                precision=precision).report[
-                "seconds_momentum"] for _ in range(args.repeats))
+                                precision=precision).report["seconds_momentum"] for _ in range(args.repeats))
             print(f"| {batch} | {best:.2f} |")
     return 0
 

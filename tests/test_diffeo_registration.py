@@ -173,7 +173,7 @@ def test_bfloat16_network_agrees_with_float32(case, capsys, device):
               f"(mean |u| {motion:.3f} mm); GM Dice {dice['float32']:.4f} vs {dice['bfloat16']:.4f}")
     assert motion > 0.3 and ok
     assert abs(dice["bfloat16"] - dice["float32"]) < 0.002
-    with pytest.raises(InputError, match="float32 or bfloat16"):
+    with pytest.raises(InputError, match="unknown precision 'float16'"):
         predict_momentum(net, f, m, 48, 12, device, precision="float16")
 
 

@@ -22,6 +22,7 @@ import time
 import numpy as np
 import torch
 
+from ..core.device import resolve_precision
 from ..core.errors import InputError
 from ..core.image import Grid
 from . import lddmm
@@ -89,8 +90,7 @@ def predict_momentum(net, fixed: np.ndarray, moving: np.ndarray, tile: int = 48,
     ``tile_batch`` tiles per network call (default :func:`tiles_per_call`). With ``precision="bfloat16"``
     the network runs under autocast (bfloat16 convolutions, float32 accumulation); the momentum is float32."""
     check_tile(tile, discard, net.DIVISOR)
-    if precision not in ("float32", "bfloat16"):
-        raise InputError(f"network precision must be float32 or bfloat16, got {precision!r}")
+    precision = resolve_precision(precision, device)
     tile_batch = tile_batch or tiles_per_call(tile)
     shape = fixed.shape
     pad = [(max(tile - n, 0) // 2, max(tile - n, 0) - max(tile - n, 0) // 2) for n in shape]
