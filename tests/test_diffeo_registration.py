@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from scipy.ndimage import gaussian_filter
 
 from DeepRegistrationLib.api import register
 from DeepRegistrationLib.cli import main
@@ -12,11 +13,11 @@ from DeepRegistrationLib.core.errors import InputError
 from DeepRegistrationLib.core.image import Grid, Image
 from DeepRegistrationLib.core.io import read_image, write_image
 from DeepRegistrationLib.core.jacobian import jacobian_determinant
-from DeepRegistrationLib.core.transforms import DisplacementField, read_transform
+from DeepRegistrationLib.core.transforms import DisplacementField, RigidTransform, read_transform
 from DeepRegistrationLib.core.warp import warp
 from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.data.synthetic import smooth_random_field
-from DeepRegistrationLib.deformable.diffeo_method import DEFAULT_MODEL, lddmm_parameters, load_momentum_net
+from DeepRegistrationLib.deformable.diffeo_method import DEFAULT_MODEL, field_on_grid, lddmm_parameters, load_momentum_net
 from DeepRegistrationLib.deformable.model_input import normalize_intensity, resample_to
 from DeepRegistrationLib.deformable.patchwise import integrate, predict_momentum, tile_layout, voxels_to_lps_mm
 from DeepRegistrationLib.deformable.spatial_transformer import warp_voxels
@@ -92,6 +93,58 @@ def test_end_to_end_improves_mse_and_dice_without_folding(case, capsys):
     assert r.report["folding_voxels"] == 0 and r.report["jacobian_min"] > 0
     assert r.report["inverse_consistency_mm"]["mean"] < 0.1
     assert r.report["nmi64_after"] > r.report["nmi64_before"]
+
+
+def test_voxel_fields_become_physical_fields_on_oblique_anisotropic_grids(oblique_grid):
+    """voxels_to_lps_mm: a voxel displacement u on the grid maps the voxel centre p(i) to p(i + u(i)) (the
+    grid's direction and spacing applied); field_on_grid: the field resampled onto another oblique grid,
+    through a rigid map P, maps x to φ(P(x)) at that grid's voxel centres."""
+    rng = np.random.default_rng(3)
+    u_vox = torch.as_tensor(np.stack([gaussian_filter(rng.normal(size=oblique_grid.shape), 2) * 4 for _ in range(3)])
+                            [None], dtype=torch.float32)                                   # (1, 3, nz, ny, nx), x-first
+    field = DisplacementField(voxels_to_lps_mm(u_vox, oblique_grid), oblique_grid)
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in oblique_grid.size], indexing="ij"), -1).reshape(-1, 3)
+    moved = idx + u_vox[0].permute(3, 2, 1, 0).reshape(-1, 3).numpy()                     # x-first index order
+    expected = oblique_grid.index_to_physical(moved.astype(float))
+    assert np.abs(field.transform_points(oblique_grid.index_to_physical(idx.astype(float))) - expected).max() < 1e-4
+    assert float(u_vox.abs().max()) > 0.5                                                   # the voxels really move
+
+    target = _oblique_grid(Image(np.zeros(oblique_grid.shape, np.float32), oblique_grid), (17, 21, 12),
+                           (1.1, 1.0, 1.7), (-0.3, 0.2, 0.1))
+    rigid = RigidTransform([0.05, -0.04, 0.08], [0.6, -0.4, 0.3], oblique_grid.center_physical())
+    on_target = field_on_grid(field, target, rigid)
+    assert on_target.grid.same_as(target)
+    centres = target.index_to_physical(np.stack(np.meshgrid(*[np.arange(n) for n in target.size], indexing="ij"),
+                                                -1).reshape(-1, 3).astype(float))
+    assert np.abs(on_target.transform_points(centres) - field.transform_points(rigid.transform_points(centres))).max() < 1e-3
+
+
+def _oblique_grid(image: Image, size_xyz, spacing, angles_rad) -> Grid:
+    """An anisotropic grid of ``size_xyz`` voxels with rotated axes, centred on ``image``."""
+    direction = RigidTransform(angles_rad).rotation_matrix()
+    spacing = np.asarray(spacing, float)
+    origin = image.grid.center_physical() - direction @ (spacing * (np.asarray(size_xyz) - 1) / 2)
+    return Grid(tuple(size_xyz), spacing, origin, direction)
+
+
+def test_oblique_anisotropic_inputs_register_in_physical_space(case, capsys):
+    """Fixed and moving on two different oblique, anisotropic grids: the method resamples both to the model
+    spacing along the fixed image's axes and returns the fields on the images' own grids; the GM overlap in
+    physical space improves (measured: 0.8763 -> 0.8975)."""
+    fixed_grid = _oblique_grid(case["fixed"], (56, 58, 38), (1.8, 2.2, 2.6), (0.15, -0.1, 0.2))
+    moving_grid = _oblique_grid(case["fixed"], (44, 76, 48), (2.4, 1.7, 2.1), (-0.1, 0.12, 0.08))
+    fixed, fixed_gm = warp(case["fixed"], fixed_grid), warp(case["fixed_gm"], fixed_grid)
+    moving, moving_gm = warp(case["moving"], moving_grid), warp(case["moving_gm"], moving_grid)
+    r = register(fixed, moving, "diffeo")
+    assert r.transform.grid.same_as(fixed_grid) and r.inverse.grid.same_as(moving_grid)
+    dice_before = dice_per_label(fixed_gm.array > 0.5, warp(moving_gm, fixed_grid).array > 0.5)[1]
+    dice_after = dice_per_label(fixed_gm.array > 0.5, warp(moving_gm, fixed_grid, r.transform).array > 0.5)[1]
+    with capsys.disabled():
+        print(f"\ndiffeo on oblique anisotropic grids: GM Dice {dice_before:.4f} -> {dice_after:.4f}, folding "
+              f"{r.report['folding_voxels']}, inverse consistency {r.report['inverse_consistency_mm']['mean']:.4f} mm")
+    assert dice_after > dice_before + 0.01         # axis-aligned grids (test above): +0.028
+    assert r.report["folding_voxels"] == 0
+    assert r.report["inverse_consistency_mm"]["mean"] < 0.1
 
 
 def test_momentum_fitted_with_eq_3_2_registers_the_pair_through_the_prediction_path(case, capsys):
