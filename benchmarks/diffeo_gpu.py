@@ -8,7 +8,8 @@ tiles, smoothing, integration, both fields on the image grids, the warped image 
 first call cold (CUDA context, kernel loading) and then ``--repeats`` warm calls, the clock stopped after
 ``torch.cuda.synchronize()``. Peak GPU memory is PyTorch's ``max_memory_allocated`` (tensors) and
 ``max_memory_reserved`` (what its caching allocator held) over the warm calls. The bfloat16 field is
-compared with the float32 one by benchmarks/diffeo_tiles.py's agreement rule, on the fixed grid.
+compared with the float32 one on the fixed grid by the tile benchmark's agreement rule
+(``metrics.evaluation.fields_agree``).
 
     python benchmarks/diffeo_gpu.py --shapes 400x400x250,512x512x512 --repeats 3
 
@@ -26,10 +27,10 @@ import torch
 
 from DeepRegistrationLib.api import register
 from DeepRegistrationLib.core.transforms import DisplacementField
+from DeepRegistrationLib.metrics.evaluation import fields_agree
 
 sys.path.insert(0, str(Path(__file__).parent))
 from diffeo_memory import synthetic_pair  # noqa: E402
-from diffeo_tiles import agreement  # noqa: E402
 
 TARGET_SECONDS = 2.0
 TARGET_GB = 8.0
@@ -80,7 +81,7 @@ def main():
                 DisplacementField.from_transform(result.transform, fixed.grid).displacement_mm).permute(3, 0, 1, 2)[None]
             agrees = "–"
             if "float32" in fields and precision != "float32":
-                ok, mean, largest = agreement(fields[precision], fields["float32"])
+                ok, mean, largest, _ = fields_agree(fields[precision], fields["float32"])
                 agrees = f"{mean:.4f} / {largest:.4f} ({'agrees' if ok else 'does not agree'})"
             print(f"| {'×'.join(map(str, size_xyz))} | {report['network_precision']} | {cold:.2f} | "
                   f"{statistics.median(s for _, s in warm):.2f} | {report['seconds_momentum']:.2f} | "

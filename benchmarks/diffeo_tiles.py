@@ -31,23 +31,12 @@ from DeepRegistrationLib.deformable.diffeo_method import DEFAULT_MODEL, lddmm_pa
 from DeepRegistrationLib.deformable.patchwise import integrate, predict_momentum
 from DeepRegistrationLib.deformable.model_input import normalize_intensity, resample_to
 from DeepRegistrationLib.deformable.spatial_transformer import warp_voxels
-from DeepRegistrationLib.metrics.evaluation import dice_per_label
+from DeepRegistrationLib.metrics.evaluation import dice_per_label, fields_agree
 
 sys.path.insert(0, str(Path(__file__).parent))
 from diffeo_evaluation import make_subject  # noqa: E402
 
-MEAN_TOLERANCE_MM = 0.05
-MAX_TOLERANCE_MM = 0.5
-RELATIVE_TOLERANCE = 0.05
 TIE = 1.10
-
-
-def agreement(u_mm: torch.Tensor, reference_mm: torch.Tensor) -> tuple:
-    """(agrees, mean |Δu|, max |Δu|) of two displacement fields (1, 3, ...) in mm, by the rule above."""
-    diff = (u_mm - reference_mm).norm(dim=1)
-    motion = float(reference_mm.norm(dim=1).mean())
-    mean, largest = float(diff.mean()), float(diff.max())
-    return mean < min(MEAN_TOLERANCE_MM, RELATIVE_TOLERANCE * motion) and largest < MAX_TOLERANCE_MM, mean, largest
 
 
 def main():
@@ -96,7 +85,7 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|")
     agrees = {}
     for tile, precision in settings:
-        agrees[tile, precision], mean, largest = agreement(fields[tile, precision], ref)
+        agrees[tile, precision], mean, largest, _ = fields_agree(fields[tile, precision], ref)
         print(f"| {tile}³ | {precision} | {100 * ((tile - 24) / tile) ** 3:.1f} % | {seconds[tile, precision]:.2f} | "
               f"{seconds[reference] / seconds[tile, precision]:.2f} | {mean:.4f} | {largest:.4f} | "
               f"{'yes' if agrees[tile, precision] else 'no'} | {gm_dice(fields[tile, precision]):.4f} |")

@@ -21,7 +21,7 @@ from DeepRegistrationLib.deformable.diffeo_method import DEFAULT_MODEL, field_on
 from DeepRegistrationLib.deformable.model_input import normalize_intensity, resample_to
 from DeepRegistrationLib.deformable.patchwise import integrate, predict_momentum, tile_layout, voxels_to_lps_mm
 from DeepRegistrationLib.deformable.spatial_transformer import warp_voxels
-from DeepRegistrationLib.metrics.evaluation import dice_per_label
+from DeepRegistrationLib.metrics.evaluation import dice_per_label, fields_agree
 from DeepRegistrationLib.training.diffeo import DiffeoTraining, diffeo_loss, normalized_mse
 
 torch.set_num_threads(1)
@@ -199,13 +199,6 @@ def test_stitching_agrees_between_tile_sizes(case):
     assert float(diff.max()) < 0.5 * float(magnitude.max())
 
 
-def agree(u_mm: torch.Tensor, reference_mm: torch.Tensor) -> tuple:
-    """benchmarks/diffeo_tiles.py's agreement rule: mean |Δu| < 0.05 mm and < 5 % of the mean motion, max < 0.5 mm."""
-    diff, magnitude = (u_mm - reference_mm).norm(dim=1), reference_mm.norm(dim=1)
-    ok = float(diff.mean()) < min(0.05, 0.05 * float(magnitude.mean())) and float(diff.max()) < 0.5
-    return ok, float(diff.mean()), float(diff.max()), float(magnitude.mean())
-
-
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_bfloat16_network_agrees_with_float32(case, capsys, device):
     """The network run in bfloat16 agrees with float32 by the tile benchmark's rule, with the same GM Dice."""
@@ -220,7 +213,7 @@ def test_bfloat16_network_agrees_with_float32(case, capsys, device):
         fields[precision] = integrate(momentum, [2.0] * 3, **lddmm_parameters(meta))[0].cpu() * 2.0   # mm
         warped = warp_voxels(moving_gm, fields[precision] / 2.0, padding_mode="zeros")[0, 0].numpy()
         dice[precision] = dice_per_label(fixed_gm, (warped > 0.5).astype(np.uint8), [1])[1]
-    ok, mean, largest, motion = agree(fields["bfloat16"], fields["float32"])
+    ok, mean, largest, motion = fields_agree(fields["bfloat16"], fields["float32"])
     with capsys.disabled():
         print(f"\nbfloat16 vs float32 network ({device}): mean |Δu| {mean:.4f} mm, max {largest:.4f} mm "
               f"(mean |u| {motion:.3f} mm); GM Dice {dice['float32']:.4f} vs {dice['bfloat16']:.4f}")
@@ -237,7 +230,7 @@ def test_cuda_registration_agrees_with_the_cpu_one(case, capsys):
     results = {d: register(case["fixed"], case["moving"], "diffeo", device=d, precision="float32") for d in ("cpu", "cuda")}
     fields = {d: torch.as_tensor(DisplacementField.from_transform(r.transform, case["fixed"].grid).displacement_mm)
               .permute(3, 0, 1, 2)[None] for d, r in results.items()}
-    ok, mean, largest, motion = agree(fields["cuda"], fields["cpu"])
+    ok, mean, largest, motion = fields_agree(fields["cuda"], fields["cpu"])
     with capsys.disabled():
         print(f"\ncuda vs cpu register(): mean |Δu| {mean:.4f} mm, max {largest:.4f} mm (mean |u| {motion:.3f} mm); "
               f"{results['cuda'].report['seconds_total']:.2f} s on {torch.cuda.get_device_name()}")

@@ -1,4 +1,5 @@
-"""Evaluation of registration results: Dice, Sedghi et al.'s rigid errors, target registration error."""
+"""Evaluation of registration results: Dice, Sedghi et al.'s rigid errors, target registration error, agreement
+of two displacement fields."""
 from __future__ import annotations
 
 import numpy as np
@@ -38,3 +39,19 @@ def target_registration_error(fixed_points_mm: np.ndarray, moving_points_mm: np.
     """Distances between T(fixed landmark) and the corresponding moving landmark (mm)."""
     d = np.linalg.norm(fixed_to_moving.transform_points(fixed_points_mm) - moving_points_mm, axis=-1)
     return {"tre_mean_mm": float(d.mean()), "tre_max_mm": float(d.max()), "tre_per_point_mm": d.tolist()}
+
+
+FIELD_MEAN_TOLERANCE_MM = 0.05
+FIELD_MAX_TOLERANCE_MM = 0.5
+FIELD_RELATIVE_TOLERANCE = 0.05
+
+
+def fields_agree(u_mm, reference_mm) -> tuple:
+    """(agrees, mean |Δu|, max |Δu|, mean |u| of the reference) of two displacement fields (1, 3, ...) in mm
+    (torch tensors). They agree when mean |Δu| < 0.05 mm and < 5 % of the reference's mean motion, and max
+    |Δu| < 0.5 mm: the rule by which benchmarks/diffeo_tiles.py picks the tile size and the network precision."""
+    diff = (u_mm - reference_mm).norm(dim=1)
+    motion = float(reference_mm.norm(dim=1).mean())
+    mean, largest = float(diff.mean()), float(diff.max())
+    ok = mean < min(FIELD_MEAN_TOLERANCE_MM, FIELD_RELATIVE_TOLERANCE * motion) and largest < FIELD_MAX_TOLERANCE_MM
+    return ok, mean, largest, motion
