@@ -6,7 +6,7 @@ import torch
 from DeepRegistrationLib.core.image import Grid
 from DeepRegistrationLib.core.jacobian import jacobian_determinant, jacobian_statistics
 from DeepRegistrationLib.core.transforms import AffineTransform, DisplacementField, RigidTransform
-from DeepRegistrationLib.metrics.evaluation import dice_per_label, rigid_errors, target_registration_error
+from DeepRegistrationLib.metrics.evaluation import dice_per_label, lengths, rigid_errors, target_registration_error
 from DeepRegistrationLib.metrics.similarity import mae, mse, mutual_information, ncc, nmi
 
 
@@ -79,6 +79,16 @@ def test_rigid_errors_are_centre_independent():
     e = rigid_errors(est, true)
     assert e["t_norm_mm"] == pytest.approx(5.0)
     assert (e["theta_x_deg"], e["theta_y_deg"], e["theta_z_deg"]) == pytest.approx((1.0, 2.0, 0.5))
+
+
+def test_field_lengths_per_voxel():
+    u = torch.zeros(1, 3, 2, 3, 4)
+    u[0, :, 1, 2, 3] = torch.tensor([3.0, 4.0, 12.0])
+    u[0, 1, 0, 0, 0] = -2.0
+    length = lengths(u)
+    assert length.shape == (1, 2, 3, 4)
+    assert float(length[0, 1, 2, 3]) == 13.0 and float(length[0, 0, 0, 0]) == 2.0
+    assert float(length.sum()) == 15.0
 
 
 def test_target_registration_error():

@@ -17,6 +17,9 @@ integration.
   the same with −v gives φ⁻¹. Compositions run in z-slabs (``slab``) so a large volume needs only the
   field, its successor and one slab of sampling coordinates in memory; without autograd the two
   alternate between two buffers (:func:`squarings`).
+- On whole volumes (inference) the first N − 1 squarings may run on the grid of every other voxel
+  (:func:`coarsen`, :func:`refine`), where the field is still small and smooth, and the last on the full
+  grid; benchmarks/diffeo_integration_grid.py measures the agreement with the full-grid integration.
 """
 from __future__ import annotations
 
@@ -131,6 +134,29 @@ def squarings(u: torch.Tensor, steps: int = STEPS, slab: int = None, spare: torc
         spare = None if spare is None else u
         u = out
     return u, spare
+
+
+def coarsen(u_vox: torch.Tensor) -> torch.Tensor:
+    """The field at every other voxel (indices 0, 2, 4, ...), in voxels of that grid (half as many)."""
+    return u_vox[:, :, ::2, ::2, ::2] / 2.0
+
+
+def refine(u_coarse: torch.Tensor, shape, slab: int = None, out: torch.Tensor = None) -> torch.Tensor:
+    """Inverse of :func:`coarsen`: a field of voxels (1, 3, *shape) trilinearly interpolated from the grid of
+    every other voxel (border values beyond its last node), in z-slabs of ``slab`` planes."""
+    nz, ny, nx = shape
+    out = torch.empty((u_coarse.shape[0], 3, nz, ny, nx), dtype=u_coarse.dtype, device=u_coarse.device) \
+        if out is None else out
+    slab = nz if slab is None else max(1, int(slab))
+    sizes = u_coarse.shape[:1:-1]                                        # coarse x, y, z sizes
+    for z0 in range(0, nz, slab):
+        dz = min(slab, nz - z0)
+        coords = torch.empty((u_coarse.shape[0], dz, ny, nx, 3), dtype=u_coarse.dtype, device=u_coarse.device)
+        for c, (start, stop, view) in enumerate(((0, nx, (1, 1, nx)), (0, ny, (1, ny, 1)), (z0, z0 + dz, (dz, 1, 1)))):
+            index = torch.arange(start, stop, dtype=u_coarse.dtype, device=u_coarse.device) / 2.0
+            coords[..., c] = (index * (2.0 / max(sizes[c] - 1, 1)) - 1.0).view(view)
+        out[:, :, z0:z0 + dz] = grid_sample(u_coarse, coords, padding_mode="border").mul_(2.0)
+    return out
 
 
 def exponential(v_vox: torch.Tensor, steps: int = STEPS, slab: int = None) -> torch.Tensor:

@@ -25,12 +25,16 @@ import torch
 from ..core.device import resolve_precision
 from ..core.errors import InputError
 from ..core.image import Grid
+from ..metrics.evaluation import field_difference_within_tolerance, lengths
 from . import lddmm
 
 MODEL_KIND = "diffeo"
 #: Intensity normalization of every input (stated in model metadata).
 NORMALIZATION = "per image: (I - p1) / (p99 - p1) clipped to [0, 1], percentiles over the model grid"
 DISCARD = 12
+#: Squarings on the full grid (the rest on every other voxel): the fewest that agree with integrating on the
+#: full grid throughout, by benchmarks/diffeo_integration_grid.py.
+FINE_SQUARINGS = 1
 #: Voxels per network call when the tiles-per-call count is not given: several tiles per call, because
 #: PyTorch's CPU convolutions fall back to a 4-7x slower kernel for single-sample batches.
 VOXELS_PER_CALL = 2 ** 20
@@ -70,7 +74,7 @@ class MomentumMarginals:
         self.sum_sq = np.zeros((tile,) * 3, np.float64)
 
     def add(self, momentum: torch.Tensor) -> None:
-        magnitude = momentum.norm(dim=1).double().cpu().numpy()
+        magnitude = lengths(momentum).double().cpu().numpy()
         self.count += magnitude.shape[0]
         self.sum += magnitude.sum(axis=0)
         self.sum_sq += (magnitude ** 2).sum(axis=0)
@@ -122,18 +126,54 @@ def integrate(momentum: torch.Tensor, spacing_zyx, alpha: float = lddmm.ALPHA, g
               padding: int = lddmm.PADDING, steps: int = lddmm.STEPS) -> tuple:
     """Whole-volume v = K⁻¹ * m, then φ = exp(v), φ⁻¹ = exp(−v): displacements in voxels (1, 3, ...)."""
     v = lddmm.velocity_to_voxels(lddmm.smooth(momentum, spacing_zyx, alpha, gamma, padding), spacing_zyx)
-    return exponentials(v, steps)
+    return integrate_velocity(v, spacing_zyx, steps)[:2]
 
 
 @torch.no_grad()
-def exponentials(v: torch.Tensor, steps: int = lddmm.STEPS) -> tuple:
-    """(exp(v), exp(−v)) in z-slabs, with three fields of memory at most: ``v`` is overwritten by the
-    start of the inverse, and the inverse reuses the forward's spare buffer."""
+def integrate_velocity(v: torch.Tensor, spacing_zyx, steps: int = lddmm.STEPS) -> tuple:
+    """(φ, φ⁻¹, squarings run on every other voxel) from the whole-volume velocity (voxels; its memory is
+    reused): :data:`FINE_SQUARINGS` on the full grid when the coarse grid holds ``v``, else all of them."""
+    coarse_steps = steps - FINE_SQUARINGS if coarse_grid_holds(v, spacing_zyx) else 0
+    return (*exponentials(v, steps, steps - coarse_steps), coarse_steps)
+
+
+def coarse_grid_holds(v: torch.Tensor, spacing_zyx) -> bool:
+    """Whether the grid of every other voxel holds the velocity ``v`` (voxels): interpolated back from it
+    (:func:`lddmm.refine`), it agrees with ``v`` by the tile benchmark's field-agreement rule, in mm."""
+    mm = torch.as_tensor(list(reversed([float(s) for s in spacing_zyx])), dtype=v.dtype, device=v.device)
+    mm = mm.view(1, 3, 1, 1, 1)
     slab = lddmm.slab_for(v.shape)
+    back = lddmm.refine(lddmm.coarsen(v), v.shape[2:], slab)
+    total_diff, total_norm, largest = 0.0, 0.0, 0.0
+    for z0 in range(0, v.shape[2], slab):
+        part = v[:, :, z0:z0 + slab] * mm
+        diff = lengths(back[:, :, z0:z0 + slab].mul_(mm) - part)
+        total_diff, largest = total_diff + float(diff.sum()), max(largest, float(diff.max()))
+        total_norm += float(lengths(part).sum())
+    voxels = v[:, 0].numel()
+    return field_difference_within_tolerance(total_diff / voxels, largest, total_norm / voxels)
+
+
+@torch.no_grad()
+def exponentials(v: torch.Tensor, steps: int = lddmm.STEPS, fine_steps: int = FINE_SQUARINGS) -> tuple:
+    """(exp(v), exp(−v)) by scaling and squaring (eq. 3.4): the first ``steps − fine_steps`` squarings on the
+    grid of every other voxel, the last ``fine_steps`` on the full grid (``fine_steps = steps``: all of
+    them), in z-slabs. ``v``'s memory is reused, so at most three full-grid fields are held."""
     scale = 2.0 ** -steps
-    forward, spare = lddmm.squarings(v * scale, steps, slab, spare=torch.empty_like(v))
-    inverse, _ = lddmm.squarings(v.mul_(-scale), steps, slab, spare=spare)
-    return forward, inverse
+    fine_slab = lddmm.slab_for(v.shape)
+    if fine_steps >= steps:
+        forward, spare = lddmm.squarings(v * scale, steps, fine_slab, spare=torch.empty_like(v))
+        inverse, _ = lddmm.squarings(v.mul_(-scale), steps, fine_slab, spare=spare)
+        return forward, inverse
+    coarse = lddmm.coarsen(v).mul_(scale)
+    coarse_slab = lddmm.slab_for(coarse.shape)
+    fields, buffer = [], v
+    for sign in (1.0, -1.0):
+        u, _ = lddmm.squarings(coarse * sign, steps - fine_steps, coarse_slab, spare=torch.empty_like(coarse))
+        u = lddmm.refine(u, v.shape[2:], fine_slab, out=buffer)
+        u, buffer = lddmm.squarings(u, fine_steps, fine_slab, spare=torch.empty_like(v))
+        fields.append(u)
+    return tuple(fields)
 
 
 def predict_fields(net, fixed: np.ndarray, moving: np.ndarray, spacing_zyx, lddmm_params: dict, tile: int = 48,
@@ -149,9 +189,10 @@ def predict_fields(net, fixed: np.ndarray, moving: np.ndarray, spacing_zyx, lddm
     velocity = lddmm.velocity_to_voxels(lddmm.smooth(momentum, spacing_zyx, lddmm_params["alpha"],
                                                      lddmm_params["gamma"], lddmm_params["padding"]), spacing_zyx)
     del momentum                                    # only the velocity and the two fields from here on
-    forward, inverse = exponentials(velocity, lddmm_params["steps"])
+    forward, inverse, coarse_steps = integrate_velocity(velocity, spacing_zyx, lddmm_params["steps"])
     t2 = time.perf_counter()
-    return forward, inverse, {"seconds_momentum": t1 - t0, "seconds_integration": t2 - t1}
+    return forward, inverse, {"seconds_momentum": t1 - t0, "seconds_integration": t2 - t1,
+                              "squarings_on_every_other_voxel": coarse_steps}
 
 
 def voxels_to_lps_mm(u_vox: torch.Tensor, grid: Grid) -> np.ndarray:

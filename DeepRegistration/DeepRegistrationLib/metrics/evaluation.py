@@ -50,8 +50,18 @@ def fields_agree(u_mm, reference_mm) -> tuple:
     """(agrees, mean |Δu|, max |Δu|, mean |u| of the reference) of two displacement fields (1, 3, ...) in mm
     (torch tensors). They agree when mean |Δu| < 0.05 mm and < 5 % of the reference's mean motion, and max
     |Δu| < 0.5 mm: the rule by which benchmarks/diffeo_tiles.py picks the tile size and the network precision."""
-    diff = (u_mm - reference_mm).norm(dim=1)
-    motion = float(reference_mm.norm(dim=1).mean())
+    diff = lengths(u_mm - reference_mm)
+    motion = float(lengths(reference_mm).mean())
     mean, largest = float(diff.mean()), float(diff.max())
-    ok = mean < min(FIELD_MEAN_TOLERANCE_MM, FIELD_RELATIVE_TOLERANCE * motion) and largest < FIELD_MAX_TOLERANCE_MM
-    return ok, mean, largest, motion
+    return field_difference_within_tolerance(mean, largest, motion), mean, largest, motion
+
+
+def lengths(u):
+    """|u| per voxel of a field (B, 3, ...) (torch): the same as ``u.norm(dim=1)``, whose reduction across the
+    channel axis is about 40x slower on the CPU."""
+    return u.square().sum(dim=1).sqrt_()
+
+
+def field_difference_within_tolerance(mean_mm: float, max_mm: float, motion_mm: float) -> bool:
+    """The rule of :func:`fields_agree`, from the mean and max |Δu| and the reference's mean |u| (mm)."""
+    return mean_mm < min(FIELD_MEAN_TOLERANCE_MM, FIELD_RELATIVE_TOLERANCE * motion_mm) and max_mm < FIELD_MAX_TOLERANCE_MM
