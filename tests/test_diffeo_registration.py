@@ -19,7 +19,9 @@ from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.data.synthetic import smooth_random_field
 from DeepRegistrationLib.deformable.diffeo_method import DEFAULT_MODEL, field_on_grid, lddmm_parameters, load_momentum_net
 from DeepRegistrationLib.deformable.model_input import normalize_intensity, resample_to
-from DeepRegistrationLib.deformable.patchwise import integrate, predict_momentum, tile_layout, voxels_to_lps_mm
+from DeepRegistrationLib.deformable import lddmm
+from DeepRegistrationLib.deformable.patchwise import (FINE_SQUARINGS, integrate, predict_momentum, tile_layout,
+                                                     voxels_to_lps_mm)
 from DeepRegistrationLib.deformable.spatial_transformer import warp_voxels
 from DeepRegistrationLib.metrics.evaluation import dice_per_label, fields_agree
 from DeepRegistrationLib.training.diffeo import DiffeoTraining, diffeo_loss, normalized_mse
@@ -67,6 +69,7 @@ def test_end_to_end_regular_invertible_and_on_the_fixed_grid(case, capsys):
     assert r.report["folding_voxels"] == 0 and r.report["jacobian_min"] > 0
     ic = r.report["inverse_consistency_mm"]
     assert ic["mean"] < 0.02 and ic["max"] < 0.5 and ic["fraction_of_voxels"] > 0.9   # 0.0054 mm, 0.070 mm, 0.968
+    assert r.report["squarings_on_every_other_voxel"] == lddmm.STEPS - FINE_SQUARINGS   # 64x80x64: even sides
     with capsys.disabled():
         print(f"\ndiffeo on ICBM T1 (2 mm, 64x80x64): folding {r.report['folding_voxels']}, Jacobian "
               f"[{r.report['jacobian_min']:.3f}, {r.report['jacobian_max']:.3f}], inverse consistency "

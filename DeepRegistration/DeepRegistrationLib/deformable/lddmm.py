@@ -84,10 +84,15 @@ def smooth(momentum: torch.Tensor, spacing_zyx, alpha: float = ALPHA, gamma: flo
     return out
 
 
+def spacing_xyz(spacing_zyx, like: torch.Tensor) -> torch.Tensor:
+    """Voxel size (mm) per x-first component, shaped (1, 3, 1, 1, 1) to scale a field like ``like``."""
+    return torch.as_tensor(list(reversed([float(s) for s in spacing_zyx])), dtype=like.dtype,
+                           device=like.device).view(1, 3, 1, 1, 1)
+
+
 def velocity_to_voxels(v_mm: torch.Tensor, spacing_zyx) -> torch.Tensor:
     """x-first millimetre components along the index axes to voxels."""
-    spacing_xyz = torch.as_tensor(list(reversed([float(s) for s in spacing_zyx])), dtype=v_mm.dtype, device=v_mm.device)
-    return v_mm / spacing_xyz.view(1, 3, 1, 1, 1)
+    return v_mm / spacing_xyz(spacing_zyx, v_mm)
 
 
 def _normalized_coords(u_vox: torch.Tensor, z0: int, full_shape) -> torch.Tensor:
@@ -136,14 +141,28 @@ def squarings(u: torch.Tensor, steps: int = STEPS, slab: int = None, spare: torc
     return u, spare
 
 
+def _every_other(u: torch.Tensor, dim: int) -> torch.Tensor:
+    """Indices 0, 2, 4, ... of ``u`` along ``dim``; on an even side also index n, linearly extrapolated from the
+    last two voxels, so that the nodes span every voxel and :func:`refine` never reads past the last node."""
+    n = u.shape[dim]
+    nodes = u[(slice(None),) * dim + (slice(None, None, 2),)]
+    if n % 2 == 1:
+        return nodes
+    beyond = 2.0 * u.narrow(dim, n - 1, 1) - u.narrow(dim, n - 2, 1)
+    return torch.cat([nodes, beyond], dim)
+
+
 def coarsen(u_vox: torch.Tensor) -> torch.Tensor:
-    """The field at every other voxel (indices 0, 2, 4, ...), in voxels of that grid (half as many)."""
-    return u_vox[:, :, ::2, ::2, ::2] / 2.0
+    """The field on the grid of every other voxel (:func:`_every_other` along each axis), in voxels of that grid
+    (half as many)."""
+    for dim in (2, 3, 4):
+        u_vox = _every_other(u_vox, dim)
+    return u_vox / 2.0
 
 
 def refine(u_coarse: torch.Tensor, shape, slab: int = None, out: torch.Tensor = None) -> torch.Tensor:
     """Inverse of :func:`coarsen`: a field of voxels (1, 3, *shape) trilinearly interpolated from the grid of
-    every other voxel (border values beyond its last node), in z-slabs of ``slab`` planes."""
+    every other voxel, in z-slabs of ``slab`` planes."""
     nz, ny, nx = shape
     out = torch.empty((u_coarse.shape[0], 3, nz, ny, nx), dtype=u_coarse.dtype, device=u_coarse.device) \
         if out is None else out

@@ -140,8 +140,7 @@ def integrate_velocity(v: torch.Tensor, spacing_zyx, steps: int = lddmm.STEPS) -
 def coarse_grid_holds(v: torch.Tensor, spacing_zyx) -> bool:
     """Whether the grid of every other voxel holds the velocity ``v`` (voxels): interpolated back from it
     (:func:`lddmm.refine`), it agrees with ``v`` by the tile benchmark's field-agreement rule, in mm."""
-    mm = torch.as_tensor(list(reversed([float(s) for s in spacing_zyx])), dtype=v.dtype, device=v.device)
-    mm = mm.view(1, 3, 1, 1, 1)
+    mm = lddmm.spacing_xyz(spacing_zyx, v)
     slab = lddmm.slab_for(v.shape)
     back = lddmm.refine(lddmm.coarsen(v), v.shape[2:], slab)
     total_diff, total_norm, largest = 0.0, 0.0, 0.0
