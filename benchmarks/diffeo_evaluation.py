@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import re
 import time
 
 import numpy as np
@@ -99,6 +100,16 @@ def evaluate_direction(ref, ref_gm, ref_wm, mov, mov_gm, mov_wm, transform):
 def regularity(transform, grid) -> dict:
     field = transform if isinstance(transform, DisplacementField) else DisplacementField.from_transform(transform, grid)
     return jacobian_statistics(jacobian_determinant(field))
+
+
+def training_data(meta: dict) -> str:
+    """The training data of a model and of each model it was fine-tuned from, newest first."""
+    steps, training = [], meta.get("training", {})
+    while training:
+        synthetic = re.search(r"--synthetic (\S+)", training.get("command") or "")
+        steps.append((training.get("data") or "").split(" subjects:")[0] or (synthetic.group(1) if synthetic else "?"))
+        training = training.get("initialized_from") or {}
+    return " <- ".join(steps)
 
 
 def fmt(values, digits=4):
@@ -187,7 +198,7 @@ def main():
         print(f"pair {k + 1}/{args.pairs} done", flush=True)
 
     print(f"\nData: test split = {args.pairs} pairs of subjects made from the ICBM 2009a T1 (2 mm, {grid.size}); "
-          f"model trained on SPM avg152 T1 subjects only. Machine: {platform.processor() or platform.machine()}, "
+          f"model trained on {training_data(meta)}. Machine: {platform.processor() or platform.machine()}, "
           f"{args.threads} thread(s), CPU; our network in {precision}. Mean ± sd over pairs.\n")
     print("Table 5.1 (regularity): % folding voxels and mean Jacobian\n")
     print("| method | direction | % folding | pairs with folding | mean Jacobian | min Jacobian |")

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from DeepRegistrationLib.cli import main
+from DeepRegistrationLib.core.errors import InputError
 from DeepRegistrationLib.core.image import Image
 from DeepRegistrationLib.core.io import write_image
 from DeepRegistrationLib.data import sources
@@ -197,10 +198,28 @@ def test_train_diffeo_fine_tunes_from_an_init_model(small_pairs, tmp_path, capsy
     origin = b[1]["training"]["initialized_from"]
     assert origin["model"] == str(first) and origin["steps"] == 2
     assert origin["created"] == load_model(first, "diffeo")[1]["created"]
+    assert origin["data"] == load_model(first, "diffeo")[1]["training"]["data"] == f"pairs of {small_pairs}"
     assert main(common + ["--out", str(tmp_path / "x.pt"), "--init-model", str(first), "--channels", "4"]) == 2
     assert "architecture" in capsys.readouterr().err
     assert main(common + ["--out", str(tmp_path / "y.pt"), "--init-model", "diffeo_brain_t1", "--channels", "8"]) == 2
     assert "spacing_mm" in capsys.readouterr().err
+
+
+def test_train_diffeo_on_the_single_subject_template(tmp_path, capsys):
+    """--synthetic takes either SPM template; the model's metadata names the one it was trained on."""
+    out = tmp_path / "m.pt"
+    assert main(["train-diffeo", "--synthetic", "spm-single-subject-t1", "--out", str(out), "--spacing-mm", "4",
+                 "--patch-size", "16", "--batch-size", "2", "--volumes-at-once", "2", "--patches-per-volume", "1",
+                 "--groups-per-epoch", "1", "--channels", "2", "--epochs", "1", "--progress-json"]) == 0
+    capsys.readouterr()
+    training = load_model(out, "diffeo")[1]["training"]
+    assert training["data"].startswith("SPM single-subject T1 (Colin27) (4 mm) subjects")
+    assert training["split"].startswith("subjects made from the SPM single-subject T1 (Colin27) template")
+    single, average = sources.spm_single_subject_t1(), sources.spm_avg152("T1")
+    assert single.grid.same_as(average.grid)
+    assert np.corrcoef(single.array.ravel(), average.array.ravel())[0, 1] < 0.95   # another image, same space
+    with pytest.raises(InputError, match="spm-avg152-t1, spm-single-subject-t1"):
+        PairSource.from_template(DiffeoTraining(), "icbm152")
 
 
 def test_ddp_two_cpu_processes_end_with_identical_weights(small_pairs, tmp_path):

@@ -22,6 +22,7 @@ def add_command(sub) -> None:
 def run_data(args) -> int:
     print(f"cache: {sources.cache_dir()}")
     for name, load in (("SPM avg152 T1/T2/PD", lambda: [sources.spm_avg152(m) for m in ("T1", "T2", "PD")]),
+                       ("SPM single-subject T1 (Colin27)", lambda: [sources.spm_single_subject_t1()]),
                        ("ICBM152 2009a T1/GM/WM", lambda: [sources.icbm152(k) for k in ("t1", "gm", "wm")])):
         images = load()
         print(f"  {name}: {len(images)} volumes, size {images[0].grid.size}, spacing {images[0].grid.spacing.tolist()} mm")

@@ -7,9 +7,8 @@ import sys
 from ..core.errors import InputError
 from ..metrics.deepsim import load_deepsim
 from ..networks.momentum_unet import MomentumUNetConfig
-from ..training.diffeo import SIMILARITIES, DiffeoTraining, PairSource, train
+from ..training.diffeo import SIMILARITIES, TEMPLATES, DiffeoTraining, PairSource, train
 
-TEMPLATE_SOURCE = "spm-avg152-t1"
 DEEPSIM = "deepsim"
 
 
@@ -25,8 +24,10 @@ def add_command(sub) -> None:
                                    "normalized MSE a = 0.2.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--pairs", help="CSV with header fixed,moving (images resampled to --spacing-mm)")
-    src.add_argument("--synthetic", choices=[TEMPLATE_SOURCE],
-                     help="subjects made from the SPM avg152 T1 template by random diffeomorphisms (bundled model)")
+    src.add_argument("--synthetic", choices=list(TEMPLATES),
+                     help="subjects made from this template by random diffeomorphisms: the SPM avg152 T1 (an average "
+                          "of 152 brains) or SPM's single-subject T1 (Colin27, sharper); the bundled model was "
+                          "trained on the first, then fine-tuned on the second")
     p.add_argument("--out", required=True, help="model file to write (.pt)")
     p.add_argument("--checkpoint-dir", help="atomic checkpoints (default: next to --out)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --checkpoint-dir")
@@ -114,7 +115,8 @@ def deepsim_similarity(settings: DiffeoTraining):
 
 def run(args) -> int:
     settings = settings_from_args(args)
-    data = PairSource.from_template(settings) if args.synthetic else PairSource.from_csv(args.pairs, settings)
+    data = PairSource.from_template(settings, args.synthetic) if args.synthetic else PairSource.from_csv(args.pairs,
+                                                                                                             settings)
     command = "deepregistration " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     similarity = deepsim_similarity(settings) if settings.similarity == DEEPSIM else None
     out = train(settings, data, args.out, args.checkpoint_dir, args.resume, args.device, args.progress_json, command,

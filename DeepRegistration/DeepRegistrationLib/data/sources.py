@@ -80,7 +80,8 @@ _NILEARN_FILES = {
     "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
 }
 _SPM_CTF = "spm_runtime/_spm/_spm.ctf"
-_SPM_FILES = {m: f"fsroot/_spm/cleaned/spm/canonical/avg152{m}.nii" for m in ("T1", "T2", "PD")}
+_SPM_CANONICAL = "fsroot/_spm/cleaned/spm/canonical/"
+_SPM_AVG152 = ("T1", "T2", "PD")
 
 
 def icbm152(kind: str = "t1") -> Image:
@@ -100,18 +101,27 @@ def icbm152(kind: str = "t1") -> Image:
     return image if kind == "t1" else image.with_array(image.array / np.float32(255.0))
 
 
-def spm_avg152(modality: str = "T1") -> Image:
-    """SPM's avg152 T1/T2/PD templates (91x109x91, 2 mm, one grid): an exactly aligned multimodal set."""
-    modality = modality.upper()
-    if modality not in _SPM_FILES:
-        raise InputError(f"unknown SPM template {modality!r}: choose T1, T2 or PD")
-
+def _spm_canonical(name: str) -> Image:
+    """A volume of SPM's ``canonical`` folder, read from the spm-runtime wheel."""
     def read():
         with zipfile.ZipFile(_wheel(*SPM)) as z:
             with zipfile.ZipFile(io.BytesIO(z.read(_SPM_CTF))) as ctf:
-                return ctf.read(_SPM_FILES[modality])
+                return ctf.read(_SPM_CANONICAL + name)
 
-    return _read(_extract(f"spm/avg152{modality}.nii", read))
+    return _read(_extract(f"spm/{name}", read))
+
+
+def spm_avg152(modality: str = "T1") -> Image:
+    """SPM's avg152 T1/T2/PD templates (91x109x91, 2 mm, one grid): an exactly aligned multimodal set."""
+    modality = modality.upper()
+    if modality not in _SPM_AVG152:
+        raise InputError(f"unknown SPM template {modality!r}: choose T1, T2 or PD")
+    return _spm_canonical(f"avg152{modality}.nii")
+
+
+def spm_single_subject_t1() -> Image:
+    """SPM's single-subject T1 (Colin27 at 2 mm, on the avg152 grid): one real brain, sharper than the averages."""
+    return _spm_canonical("single_subj_T1.nii")
 
 
 ITK_EXAMPLES = Path("/usr/share/doc/insighttoolkit5-examples/examples/Data")
@@ -147,10 +157,3 @@ def colin27(with_aal: bool = True):
         return t1
     return t1, Image.from_sitk(sitk.ReadImage(str(_debian_file(MRICRON, "aal.nii.gz", "mricron-data"))))
 
-
-SOURCES = {
-    "icbm152": "nilearn ICBM 2009a T1 + GM/WM maps (PyPI wheel nilearn, BSD-3)",
-    "spm_avg152": "SPM avg152 T1/T2/PD templates (PyPI wheel spm-runtime, GPL-2.0)",
-    "itk_brain_t1": "ITK KmeansTest T1 + tissue segmentation (Debian insighttoolkit5-examples, optional)",
-    "colin27": "Colin27 ch2 T1 + AAL labels (Debian mricron-data, optional)",
-}

@@ -160,22 +160,36 @@ def diffeo_loss(momentum: torch.Tensor, fixed: torch.Tensor, moving: torch.Tenso
                    "sim_inverse": float(sim_inverse.detach())}
 
 
+TEMPLATES = {                      # --synthetic: (name, loader); ICBM 2009a stays the test template
+    "spm-avg152-t1": ("SPM avg152 T1", lambda: sources.spm_avg152("T1")),
+    "spm-single-subject-t1": ("SPM single-subject T1 (Colin27)", sources.spm_single_subject_t1),
+}
+
+
 class PairSource:
     """Volume pairs on the model spacing, normalized to [0, 1]; ``group(rng)`` gives the next volumes."""
 
-    def __init__(self, pairs: list, settings: DiffeoTraining, description: str, synthesize: bool):
+    def __init__(self, pairs: list, settings: DiffeoTraining, description: str, synthesize: bool,
+                 split: str = "the pairs of the CSV"):
         self.pairs, self.settings, self.description, self.synthesize = pairs, settings, description, synthesize
+        self.split = split
         self.pool = []
 
     @classmethod
-    def from_template(cls, settings: DiffeoTraining) -> "PairSource":
-        t1 = sources.spm_avg152("T1")
+    def from_template(cls, settings: DiffeoTraining, template: str = "spm-avg152-t1") -> "PairSource":
+        """Subjects made from one template of :data:`TEMPLATES` by random diffeomorphisms."""
+        if template not in TEMPLATES:
+            raise InputError(f"unknown training template {template!r}: choose one of {', '.join(TEMPLATES)}")
+        name, load = TEMPLATES[template]
+        t1 = load()
         grid = t1.grid.with_spacing([settings.spacing_mm] * 3)
         base = resample_to(t1, grid)
         base = base.with_array(normalize_intensity(base.array))
-        return cls([(base, base)], settings, "SPM avg152 T1 (2 mm) subjects: random diffeomorphisms "
-                   f"(B-spline velocity, control spacing {settings.deform_spacing_mm} mm, |c| <= "
-                   f"{settings.deform_max_mm} mm), one gamma 0.8-1.25 per pair (±5 % per image), 1 % noise", True)
+        description = (f"{name} ({settings.spacing_mm:g} mm) subjects: random diffeomorphisms (B-spline velocity, "
+                       f"control spacing {settings.deform_spacing_mm} mm, |c| <= {settings.deform_max_mm} mm), one "
+                       "gamma 0.8-1.25 per pair (±5 % per image), 1 % noise")
+        return cls([(base, base)], settings, description, True,
+                   f"subjects made from the {name} template; ICBM 2009a subjects kept for testing")
 
     @classmethod
     def from_csv(cls, path, settings: DiffeoTraining) -> "PairSource":
@@ -334,9 +348,7 @@ def train(settings: DiffeoTraining, data: PairSource, out, checkpoint_dir=None, 
                         "identity_val_loss": identity_val,
                         "initialized_from": initial,
                         "history": history, "settings": settings.to_dict(),
-                        "split": "trained on subjects made from the SPM avg152 T1 template only; ICBM 2009a "
-                                 "subjects kept for testing" if data.synthesize and "SPM" in data.description
-                        else "the pairs of the CSV"}
+                        "split": data.split}
             save_model(out, net.state_dict(), model_metadata(settings, training))
             emit_progress(progress_json, event="done", epoch=settings.epochs, step=step, fraction=1.0,
                   loss=history[-1]["loss"] if history else float("nan"), message="done", model=str(out))
@@ -364,7 +376,7 @@ def initial_weights(net: MomentumUNet, settings: DiffeoTraining) -> dict:
     previous = meta["training"]
     return {"model": str(settings.init_model), "created": meta.get("created"), "command": previous.get("command"),
             "steps": previous.get("steps"), "final_val_loss": previous.get("final_val_loss"),
-            "initialized_from": previous.get("initialized_from")}
+            "data": previous.get("data"), "initialized_from": previous.get("initialized_from")}
 
 
 def zero_momentum(fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
