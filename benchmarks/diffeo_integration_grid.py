@@ -47,8 +47,12 @@ def folding_voxels(u_vox: torch.Tensor, grid) -> int:
     return int((jacobian_determinant(DisplacementField(voxels_to_lps_mm(u_vox, grid), grid)) <= 0).sum())
 
 
+def centre_start(full_zyx, shape_zyx) -> list:
+    return [(n - s) // 2 for n, s in zip(full_zyx, shape_zyx)]
+
+
 def centre_crop(array: np.ndarray, shape_zyx) -> np.ndarray:
-    start = [(n - s) // 2 for n, s in zip(array.shape, shape_zyx)]
+    start = centre_start(array.shape, shape_zyx)
     return np.ascontiguousarray(array[tuple(slice(a, a + s) for a, s in zip(start, shape_zyx))])
 
 
@@ -65,7 +69,8 @@ def main():
     shape = tuple(int(n) for n in args.shape.split(",")) if args.shape else grid.shape
     if len(shape) != 3 or any(not 0 < s <= n for s, n in zip(shape, grid.shape)):
         parser.error(f"--shape {args.shape}: three sides Z,Y,X within the volume's {','.join(map(str, grid.shape))}")
-    grid = Grid(tuple(reversed(shape)), grid.spacing, grid.origin, grid.direction)   # spacing is what counts here
+    origin = grid.index_to_physical(np.asarray(list(reversed(centre_start(grid.shape, shape))), float))
+    grid = Grid(tuple(reversed(shape)), grid.spacing, origin, grid.direction)          # the crop's own geometry
     fixed, moving = (normalize_intensity(centre_crop(s[0].array, shape)) for s in pair)
     fixed_gm = (centre_crop(pair[0][1].array, shape) > 0.5).astype(np.uint8)
     moving_gm = torch.as_tensor(centre_crop(pair[1][1].array, shape), dtype=torch.float32)[None, None]
