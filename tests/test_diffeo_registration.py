@@ -68,7 +68,7 @@ def test_end_to_end_regular_invertible_and_on_the_fixed_grid(case, capsys):
     assert r.transform.grid.same_as(case["fixed"].grid) and r.inverse.grid.same_as(case["moving"].grid)
     assert r.report["folding_voxels"] == 0 and r.report["jacobian_min"] > 0
     ic = r.report["inverse_consistency_mm"]
-    assert ic["mean"] < 0.02 and ic["max"] < 0.5 and ic["fraction_of_voxels"] > 0.9   # 0.0083 mm, 0.118 mm, 0.966
+    assert ic["mean"] < 0.02 and ic["max"] < 0.5 and ic["fraction_of_voxels"] > 0.9   # 0.0081 mm, 0.128 mm
     assert r.report["squarings_on_every_other_voxel"] == lddmm.STEPS - FINE_SQUARINGS   # 64x80x64: even sides
     with capsys.disabled():
         print(f"\ndiffeo on ICBM T1 (2 mm, 64x80x64): folding {r.report['folding_voxels']}, Jacobian "
@@ -92,7 +92,7 @@ def test_end_to_end_improves_mse_and_dice_without_folding(case, capsys):
               f"{r.report['inverse_consistency_mm']['mean']:.4f} mm, {r.report['seconds_total']:.1f} s")
     assert "bundled" in r.report["model_note"]
     assert mse_after < 0.9 * mse_before
-    assert dice_after > dice_before + 0.01         # bundled model: +0.024; the fitted momentum (test below): +0.042
+    assert dice_after > dice_before + 0.01         # bundled model: +0.031; the fitted momentum (test below): +0.042
     assert r.report["folding_voxels"] == 0 and r.report["jacobian_min"] > 0
     assert r.report["inverse_consistency_mm"]["mean"] < 0.1
     assert r.report["nmi64_after"] > r.report["nmi64_before"]
@@ -133,7 +133,7 @@ def _oblique_grid(image: Image, size_xyz, spacing, angles_rad) -> Grid:
 def test_oblique_anisotropic_inputs_register_in_physical_space(case, capsys):
     """Fixed and moving on two different oblique, anisotropic grids: the method resamples both to the model
     spacing along the fixed image's axes and returns the fields on the images' own grids; the GM overlap in
-    physical space improves (measured: 0.8763 -> 0.8967)."""
+    physical space improves (measured: 0.8763 -> 0.8971)."""
     fixed_grid = _oblique_grid(case["fixed"], (56, 58, 38), (1.8, 2.2, 2.6), (0.15, -0.1, 0.2))
     moving_grid = _oblique_grid(case["fixed"], (44, 76, 48), (2.4, 1.7, 2.1), (-0.1, 0.12, 0.08))
     fixed, fixed_gm = warp(case["fixed"], fixed_grid), warp(case["fixed_gm"], fixed_grid)
