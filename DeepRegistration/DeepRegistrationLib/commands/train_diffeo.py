@@ -115,8 +115,10 @@ def deepsim_similarity(settings: DiffeoTraining):
 
 def run(args) -> int:
     settings = settings_from_args(args)
-    data = PairSource.from_template(settings, args.synthetic) if args.synthetic else PairSource.from_csv(args.pairs,
-                                                                                                             settings)
+    if args.synthetic:
+        data = PairSource.from_template(settings, args.synthetic)
+    else:
+        data = PairSource.from_csv(args.pairs, settings)
     command = "deepregistration " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     similarity = deepsim_similarity(settings) if settings.similarity == DEEPSIM else None
     out = train(settings, data, args.out, args.checkpoint_dir, args.resume, args.device, args.progress_json, command,
