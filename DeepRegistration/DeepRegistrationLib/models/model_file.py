@@ -76,9 +76,11 @@ def load_model(name_or_path, kind: str, map_location="cpu"):
     path = resolve_model_path(name_or_path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any failure here means "not a model file we can trust"
-        raise InputError(f"{path} is not a DeepRegistration model file (or it holds pickled code, "
-                         f"which is refused): {str(err).strip().splitlines()[0]}") from None
+    except Exception:  # noqa: BLE001 - any failure here means "not a model file we can trust"
+        # torch's own message advises weights_only=False, which would run the file's code: not passed on
+        raise InputError(f"{path} is not a DeepRegistration model file: it does not load as tensors and plain "
+                         f"data alone (torch.load with weights_only=True); files holding pickled code are "
+                         f"refused") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(f"{path} is not a DeepRegistration model file (format {FORMAT!r} expected)")
     metadata = payload.get("metadata") or {}
