@@ -11,6 +11,7 @@ from DeepRegistrationLib.core.device import resolve_device
 from DeepRegistrationLib.core.errors import InputError
 from DeepRegistrationLib.core.image import Grid, Image
 from DeepRegistrationLib.core.io import read_image, write_image
+from DeepRegistrationLib.core.nifti_nonfinite import count_nonfinite_nifti
 
 
 def _volume(shape=(12, 14, 16), origin=(0, 0, 0), seed=0):
@@ -85,13 +86,26 @@ def test_empty_image(good_pair):
         register(read_image(good_pair[0]), empty, "mi", "cpu")
 
 
+@pytest.mark.parametrize("suffix", [".nrrd", ".nii.gz", ".nii"])
 @pytest.mark.parametrize("value", [np.nan, np.inf])
-def test_nan_inf(tmp_path, capsys, good_pair, value):
+def test_nan_inf(tmp_path, capsys, good_pair, value, suffix):
+    # NIfTI files included: ITK's NIfTI reader reads NaN and Inf as 0 on its own.
     arr = _volume().array.copy()
     arr[3, 4, 5] = value
-    write_image(_volume().with_array(arr), tmp_path / "nan.nrrd")
-    err = _run_cli_expect_error(tmp_path, capsys, tmp_path / "nan.nrrd", good_pair[1])
+    write_image(_volume().with_array(arr), tmp_path / f"nan{suffix}")
+    err = _run_cli_expect_error(tmp_path, capsys, tmp_path / f"nan{suffix}", good_pair[1])
     assert "1 NaN or infinite voxels" in err
+
+
+def test_nonfinite_count_reads_nifti_pairs_and_doubles(tmp_path):
+    arr = _volume().array.astype(np.float64)
+    arr[1, 2, 3], arr[4, 5, 6] = np.nan, -np.inf
+    itk = sitk.GetImageFromArray(arr)
+    sitk.WriteImage(itk, str(tmp_path / "pair.hdr"))
+    assert (tmp_path / "pair.img").exists()
+    assert count_nonfinite_nifti(tmp_path / "pair.hdr") == 2
+    write_image(_volume(), tmp_path / "clean.nii.gz")
+    assert count_nonfinite_nifti(tmp_path / "clean.nii.gz") == 0
 
 
 def test_non_overlapping(tmp_path, capsys, good_pair):

@@ -9,6 +9,7 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .image import Image
+from .nifti_nonfinite import count_nonfinite_nifti
 from .validation import check_volume
 
 
@@ -30,6 +31,12 @@ def read_image(path, name: str = "image", require_volume: bool = True) -> Image:
     image = Image.from_sitk(itk)
     if require_volume:
         image = Image(image.array.astype(np.float32), image.grid)
+        zeroed = count_nonfinite_nifti(path)
+        if zeroed:
+            raise InputError(
+                f"{name}: {path} has {zeroed} NaN or infinite voxels (ITK's NIfTI reader turns them into 0 "
+                "without a word); clean them before registering"
+            )
         check_volume(image, name)
     return image
 
