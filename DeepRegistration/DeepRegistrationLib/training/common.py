@@ -142,6 +142,7 @@ def distributed(device_name: str = "auto"):
     dist.init_process_group("nccl" if use_cuda else "gloo")
     try:
         yield Distributed(rank, world, torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu"))
+        dist.barrier()  # no rank tears down its connections while another still has work in flight
     finally:
         dist.destroy_process_group()
 
