@@ -9,8 +9,9 @@ from DeepRegistrationLib.core.transforms import RigidTransform
 from DeepRegistrationLib.core.warp import warp
 from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.metrics.evaluation import rigid_errors
+from DeepRegistrationLib.rigid.cnn_metric import centres_in_both_foregrounds, load_metric_set, register_cnn
 from DeepRegistrationLib.rigid.response import build_metrics, peak_offsets, response_functions
-from DeepRegistrationLib.training.metric_patches import anti_aliased_resample
+from DeepRegistrationLib.training.metric_patches import anti_aliased_resample, prepare_level
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,38 @@ def test_cnn_registration_with_the_bundled_set_recovers_a_known_pose(shifted_pai
     assert err["t_norm_mm"] < 3.0, err
     assert max(err["theta_x_deg"], err["theta_y_deg"], err["theta_z_deg"]) < 3.0, err
     assert all(s["metric_after"] >= s["metric_before"] for s in result.report["stages"])
+
+
+def cut_below(image, z_mm):
+    """The image with every voxel below LPS z = ``z_mm`` set to 0 (anatomy cut off, as by a field of view)."""
+    z = image.grid.index_to_physical(np.argwhere(np.ones(image.array.shape, bool))[:, ::-1])[:, 2]
+    return image.with_array(np.where(z.reshape(image.array.shape) < z_mm, 0, image.array).astype(np.float32))
+
+
+def test_patch_centres_leave_out_fixed_anatomy_that_maps_outside_the_moving_anatomy(shifted_pair):
+    fixed, moving, true = shifted_pair
+    f = prepare_level(fixed, 4.0)
+    whole = centres_in_both_foregrounds(f, prepare_level(moving, 4.0), true)
+    assert whole.shape[0] >= 0.9 * f.foreground_points.shape[0]  # the 9 mm shift moves some anatomy off the grid
+    cut_mm = -10.0
+    m = prepare_level(cut_below(moving, cut_mm), 4.0)
+    kept = centres_in_both_foregrounds(f, m, true)
+    # the automatic mask (4 mm Gaussian) reaches about a voxel past the cut; nearest-voxel lookup adds half a voxel
+    assert true.transform_points(kept.double().numpy())[:, 2].min() > cut_mm - 8.0
+    assert kept.shape[0] < 0.8 * whole.shape[0]
+
+
+def test_cnn_registration_uses_the_moving_mask_and_refuses_anatomy_that_does_not_overlap(shifted_pair):
+    fixed, moving, true = shifted_pair
+    upper = moving.with_array((cut_below(moving.with_array(np.ones_like(moving.array)), 0.0).array > 0)
+                              .astype(np.uint8))
+    common = dict(patches=16, max_evaluations=20, models=["sedghi-t1-gm"])
+    counts = [[s["candidate_centres"] for s in register(fixed, moving, "cnn", "cpu", moving_mask=mask,
+                                                        **common).report["stages"]] for mask in (None, upper)]
+    assert all(0 < masked < 0.75 * whole for whole, masked in zip(*counts)), counts
+    far = RigidTransform(center_mm=true.center_mm, translation_mm=[0.0, 0.0, 400.0])
+    with pytest.raises(InputError, match="does not overlap"):
+        register_cnn(fixed, moving, load_metric_set("sedghi-t1-gm"), far, "cpu")
 
 
 def test_cnn_method_rejects_unknown_options(shifted_pair):

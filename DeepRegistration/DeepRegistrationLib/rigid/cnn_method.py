@@ -48,7 +48,8 @@ def run(fixed: Image, moving: Image, ctx: RegistrationContext) -> MethodOutput:
                 "(T1 fixed <-> T2 moving, trained on SPM avg152-derived subjects)")
     stages = load_metric_models(names, ctx.device)
     transform, infos = register_cnn(fixed, moving, stages, initial_rigid(ctx.initial_transform, fixed), ctx.device,
-                                    settings, ctx.progress.sub(0.0, 0.95), ctx.fixed_mask)
+                                    settings, ctx.progress.sub(0.0, 0.95), ctx.fixed_mask,
+                                    ctx.moving_mask)
     report = {"metric": "learned CNN metric (sum of log-likelihood ratios over patches, Sedghi et al. eq. 2)",
               "models": [str(n) for n in names], "stages": infos, "stage_labels": [s.label for s in stages],
               "patches": settings.patches, "evaluations": sum(i["evaluations"] for i in infos),

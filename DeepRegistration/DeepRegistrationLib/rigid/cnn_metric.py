@@ -1,10 +1,12 @@
 """Rigid registration with a learned CNN metric (Sedghi et al. 2018, eq. 2) and metric-set files.
 
-F(θ) = Σₙ M(u(pₙ), v(T_θ(pₙ))): n patch centres are drawn once per registration in the fixed
-foreground (fixed seed, so F is deterministic); the fixed patches are read once, the moving patches
-are read with ``grid_sample`` at the T_θ-mapped patch point grids; M is the network's log-likelihood
-ratio. F is maximized with Powell over the 6 rigid parameters, one metric stage after the other
-(coarse to fine), within a search region around each stage's start pose (:class:`SearchRegion`).
+F(θ) = Σₙ M(u(pₙ), v(T_θ(pₙ))): n patch centres are drawn once per stage, with a fixed seed so F is
+deterministic, among the fixed foreground points that the stage's start pose maps into the moving
+foreground (§2.1's "sampling with restriction to the anatomy", in both images); the fixed patches are
+read once, the moving patches are read with ``grid_sample`` at the T_θ-mapped patch point grids; M is
+the network's log-likelihood ratio. F is maximized with Powell over the 6 rigid parameters, one metric
+stage after the other (coarse to fine), within a search region around each stage's start pose
+(:class:`SearchRegion`).
 
 A *metric set* is one model file holding every stage of a multi-stage training (F1 ... Fk): state
 dict keys ``stage{k}.<param>`` and metadata ``stages`` (one entry per stage: level, spacing, patch
@@ -96,19 +98,21 @@ def normalized_affine(grid, device) -> tuple:
 
 
 class PatchObjective:
-    """Fixed patches at n foreground centres (drawn once, fixed seed); moving patches read at T(p).
+    """Fixed patches at n centres drawn once (fixed seed) from ``candidates``; moving patches read at T(p).
+
+    ``candidates`` (N, 3) mm defaults to the fixed foreground points.
 
     A patch point is p = c + o (centre c, offset o), so T(p) = (A c + b) + A o: the mapped point grids
     are the mapped centres plus the rotated offsets, composed with the moving grid's normalization.
     """
 
     def __init__(self, fixed: LevelVolume, moving: LevelVolume, patch_size: int, spacing_mm: float,
-                 n_patches: int, seed: int):
+                 n_patches: int, seed: int, candidates: torch.Tensor = None):
         self.fixed, self.moving = fixed, moving
         self.device = fixed.volume.device
         self.patch_size = patch_size
         g = torch.Generator().manual_seed(seed)
-        fg = fixed.foreground_points
+        fg = fixed.foreground_points if candidates is None else candidates
         idx = torch.randperm(fg.shape[0], generator=g)[:n_patches].to(self.device)
         self.centres = fg[idx]
         self.offsets = patch_offsets(patch_size, spacing_mm).to(self.device)
@@ -137,8 +141,8 @@ class CNNMetricObjective(PatchObjective):
     """F(θ) = Σₙ M(u(pₙ), v(T_θ(pₙ))) (eq. 2), M the log-likelihood ratio of the stage's network."""
 
     def __init__(self, stage: MetricStage, fixed: LevelVolume, moving: LevelVolume, n_patches: int, seed: int,
-                 batch: int = 256):
-        super().__init__(fixed, moving, stage.patch_size, stage.spacing_mm, n_patches, seed)
+                 candidates: torch.Tensor = None, batch: int = 256):
+        super().__init__(fixed, moving, stage.patch_size, stage.spacing_mm, n_patches, seed, candidates)
         self.network = stage.network.eval()
         self.batch = batch
 
@@ -186,26 +190,47 @@ class CNNSettings:
     search_rotation_rad: float = 0.35
 
 
+def centres_in_both_foregrounds(fixed: LevelVolume, moving: LevelVolume, transform: RigidTransform) -> torch.Tensor:
+    """The fixed foreground points that ``transform`` maps into the moving foreground.
+
+    Patches whose counterpart lies outside the moving anatomy (another field of view, anatomy cut off
+    at the grid border) carry no information on the alignment, and the network never learned to
+    score them: they are left out, as ITK metrics leave out points outside the moving mask.
+    """
+    a, b = rigid_torch(transform, fixed.foreground_points.device)
+    points = fixed.foreground_points
+    return points[moving.in_foreground(points @ a.T + b)]
+
+
 def register_cnn(fixed: Image, moving: Image, stages: list, initial: RigidTransform, device,
-                 settings: CNNSettings = None, progress: Progress = None, fixed_mask: Image = None) -> tuple:
+                 settings: CNNSettings = None, progress: Progress = None, fixed_mask: Image = None,
+                 moving_mask: Image = None) -> tuple:
     """Maximize eq. 2 stage after stage; returns (fixed->moving RigidTransform, per-stage infos).
 
     Each stage reads both images at its own spacing (anti-aliased, normalized as in training), so
-    inputs of any spacing work; the transform stays in the images' physical space.
+    inputs of any spacing work; the transform stays in the images' physical space. The masks (default:
+    automatic foregrounds) restrict the patch centres (:func:`centres_in_both_foregrounds` at the
+    stage's start pose).
     """
     settings = settings or CNNSettings()
     progress = progress or Progress()
     transform, infos = initial, []
     for n, stage in enumerate(stages):
         f = prepare_level(fixed, stage.spacing_mm, device, fixed_mask)
-        m = prepare_level(moving, stage.spacing_mm, device)
-        objective = SearchRegion(CNNMetricObjective(stage, f, m, settings.patches, settings.seed), transform,
-                                 settings.search_translation_mm, settings.search_rotation_rad,
+        m = prepare_level(moving, stage.spacing_mm, device, moving_mask)
+        candidates = centres_in_both_foregrounds(f, m, transform)
+        if candidates.shape[0] == 0:
+            raise InputError(f"CNN metric stage {n + 1} ({stage.label}): no point of the fixed foreground maps into "
+                             "the moving foreground at the stage's start pose; the images' anatomy does not overlap "
+                             "there (check the initial transform and the masks)")
+        objective = SearchRegion(CNNMetricObjective(stage, f, m, settings.patches, settings.seed, candidates),
+                                 transform, settings.search_translation_mm, settings.search_rotation_rad,
                                  settings.powell.rotation_radius_mm)
         t0 = time.perf_counter()
         transform, info = maximize_rigid(objective, transform, settings.powell,
                                          progress.sub(n / len(stages), (n + 1) / len(stages)),
                                          f"CNN metric stage {n + 1}/{len(stages)}: {stage.label}")
         info["seconds"] = time.perf_counter() - t0
+        info["candidate_centres"] = int(candidates.shape[0])
         infos.append(info)
     return transform, infos

@@ -277,7 +277,8 @@ class MetricTrainer:
         for n in range(self.d.rank, len(starts), self.d.world_size):
             i, ref, start = starts[n]
             p = self.pairs[i]
-            found, _ = register_cnn(p.fixed, p.moving, [stage], start, self.device, settings, None, p.fixed_mask)
+            found, _ = register_cnn(p.fixed, p.moving, [stage], start, self.device, settings, None, p.fixed_mask,
+                                    p.moving_mask)
             errors.append(rigid_errors(found, ref)["t_norm_mm"])
         net.train()
         if self.d.enabled:
@@ -293,7 +294,8 @@ class MetricTrainer:
         mine = {}
         for i in range(self.d.rank, len(self.pairs), self.d.world_size):
             p = self.pairs[i]
-            t, _ = register_cnn(p.fixed, p.moving, [stage], transforms[i], self.device, settings, None, p.fixed_mask)
+            t, _ = register_cnn(p.fixed, p.moving, [stage], transforms[i], self.device, settings, None, p.fixed_mask,
+                                 p.moving_mask)
             mine[i] = t.parameters.tolist()
         if self.d.enabled:
             gathered = [None] * self.d.world_size

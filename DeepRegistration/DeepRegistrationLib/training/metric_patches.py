@@ -67,15 +67,25 @@ def automatic_foreground(image: Image) -> np.ndarray:
 
 @dataclass
 class LevelVolume:
-    """One image at a level: normalized volume (1, nz, ny, nx) and its foreground voxel centres (N, 3) mm."""
+    """One image at a level: normalized volume (1, nz, ny, nx), foreground mask (z-first), its voxel centres (N, 3) mm."""
 
     image: Image
     volume: torch.Tensor
+    foreground: np.ndarray
     foreground_points: torch.Tensor
 
     @property
     def grid(self) -> Grid:
         return self.image.grid
+
+    def in_foreground(self, points: torch.Tensor) -> torch.Tensor:
+        """Whether each LPS point (N, 3) lies in a foreground voxel (nearest voxel; outside the grid: no)."""
+        index = np.rint(self.grid.physical_to_index(points.double().cpu().numpy())).astype(np.int64)
+        inside = np.all((index >= 0) & (index < np.asarray(self.grid.size)), axis=1)
+        hit = np.zeros(len(index), dtype=bool)
+        i, j, k = index[inside].T
+        hit[inside] = self.foreground[k, j, i]
+        return torch.as_tensor(hit, device=points.device)
 
 
 def prepare_level(image: Image, spacing_mm: float, device="cpu", mask: Image = None) -> LevelVolume:
@@ -89,7 +99,7 @@ def prepare_level(image: Image, spacing_mm: float, device="cpu", mask: Image = N
             raise InputError("the foreground mask is empty at the metric's resolution")
     device = torch.device(device)
     points = torch.as_tensor(level.grid.index_to_physical(np.argwhere(fg)[:, ::-1]), dtype=torch.float32)
-    return LevelVolume(level, torch.as_tensor(level.array, device=device)[None], points.to(device))
+    return LevelVolume(level, torch.as_tensor(level.array, device=device)[None], fg, points.to(device))
 
 
 def patch_offsets(patch_size: int, spacing_mm: float) -> torch.Tensor:
