@@ -67,7 +67,7 @@ def automatic_foreground(image: Image) -> np.ndarray:
 
 @dataclass
 class LevelVolume:
-    """One image at a level: normalized volume (1, nz, ny, nx), foreground mask (z-first), its voxel centres (N, 3) mm."""
+    """One image at a level: normalized volume (1, nz, ny, nx), foreground mask (z-first) and its points (N, 3) mm."""
 
     image: Image
     volume: torch.Tensor
