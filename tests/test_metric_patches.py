@@ -23,7 +23,7 @@ def ramp_level(axis: int):
     pts = physical_grid_points(grid)
     vol = pts[..., axis].clone()
     inner = pts[(pts.abs() < 15).all(-1)]
-    return LevelVolume(Image(vol.numpy(), grid), vol[None], (pts.abs() < 15).all(-1).numpy(), inner)
+    return LevelVolume(Image(vol.numpy(), grid), vol[None], (pts.abs() < 15).all(-1).float()[None], inner)
 
 
 def test_positive_without_dither_on_identical_image_is_identical(t1_level):

@@ -1,12 +1,14 @@
 """Rigid registration with the learned metric (eq. 2) and response functions (Fig. 2)."""
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
 from DeepRegistrationLib.api import register
 from DeepRegistrationLib.core.errors import InputError
+from DeepRegistrationLib.core.image import Grid, Image
 from DeepRegistrationLib.core.transforms import RigidTransform
-from DeepRegistrationLib.core.warp import warp
+from DeepRegistrationLib.core.warp import physical_grid_points, warp
 from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.metrics.evaluation import rigid_errors
 from DeepRegistrationLib.rigid.cnn_metric import centres_in_both_foregrounds, load_metric_set, register_cnn
@@ -54,6 +56,33 @@ def test_patch_centres_leave_out_fixed_anatomy_that_maps_outside_the_moving_anat
     # the automatic mask (4 mm Gaussian) reaches about a voxel past the cut; nearest-voxel lookup adds half a voxel
     assert true.transform_points(kept.double().numpy())[:, 2].min() > cut_mm - 8.0
     assert kept.shape[0] < 0.8 * whole.shape[0]
+
+
+def ellipsoid(grid, centre_mm, radii_mm):
+    """An image on ``grid``: 100 inside the ellipsoid (LPS axes), 0 outside."""
+    r = ((physical_grid_points(grid, dtype=torch.float64).numpy() - centre_mm) / radii_mm) ** 2
+    return Image(np.where(r.sum(-1) < 1.0, 100.0, 0.0).astype(np.float32), grid)
+
+
+def test_patch_centres_on_oblique_anisotropic_grids_agree_with_itk_resampling_of_the_moving_mask():
+    """Membership in the moving foreground, through T, equals SimpleITK's nearest resampling of the mask."""
+    fixed = ellipsoid(Grid((44, 60, 26), (1.3, 0.9, 2.1), (-30.0, -25.0, -20.0),
+                           RigidTransform([0.2, -0.15, 0.35]).rotation_matrix()), [-5.0, 3.0, 4.0], [20.0, 16.0, 14.0])
+    true = RigidTransform([0.1, 0.05, -0.2], [6.0, -4.0, 3.0], [-5.0, 3.0, 4.0])
+    moving_grid = Grid((40, 18, 34), (1.1, 2.6, 1.4), (-20.0, -35.0, -25.0),
+                       RigidTransform([-0.3, 0.1, 0.25]).rotation_matrix())
+    moving_centre = true.transform_points(np.array([-5.0, 3.0, 4.0]))
+    moving = cut_below(ellipsoid(moving_grid, moving_centre, [20.0, 16.0, 14.0]), 2.0)
+    f, m = prepare_level(fixed, 2.0), prepare_level(moving, 2.0)
+    for level in (f, m):
+        assert not np.allclose(level.grid.direction, np.eye(3)) and len(set(level.grid.spacing)) > 1
+    kept = m.in_foreground(true.transform_points_torch(f.foreground_points)).numpy()
+    moving_mask = Image(m.foreground[0].numpy(), m.grid).to_sitk()
+    itk = sitk.GetArrayFromImage(sitk.Resample(moving_mask, Image(f.image.array, f.grid).to_sitk(), true.to_sitk(),
+                                               sitk.sitkNearestNeighbor, 0.0))[f.foreground[0].numpy() > 0.5] > 0.5
+    assert 0.2 < itk.mean() < 0.8  # the cut and the moving field of view leave out part of the fixed anatomy
+    assert (kept == itk).mean() > 0.995, (kept.mean(), itk.mean())
+    assert torch.equal(centres_in_both_foregrounds(f, m, true), f.foreground_points[torch.as_tensor(kept)])
 
 
 def test_cnn_registration_uses_the_moving_mask_and_refuses_anatomy_that_does_not_overlap(shifted_pair):

@@ -197,9 +197,8 @@ def centres_in_both_foregrounds(fixed: LevelVolume, moving: LevelVolume, transfo
     at the grid border) carry no information on the alignment, and the network never learned to
     score them: they are left out, as ITK metrics leave out points outside the moving mask.
     """
-    a, b = rigid_torch(transform, fixed.foreground_points.device)
     points = fixed.foreground_points
-    return points[moving.in_foreground(points @ a.T + b)]
+    return points[moving.in_foreground(transform.transform_points_torch(points))]
 
 
 def register_cnn(fixed: Image, moving: Image, stages: list, initial: RigidTransform, device,

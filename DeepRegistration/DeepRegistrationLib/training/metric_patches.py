@@ -67,11 +67,11 @@ def automatic_foreground(image: Image) -> np.ndarray:
 
 @dataclass
 class LevelVolume:
-    """One image at a level: normalized volume (1, nz, ny, nx), foreground mask (z-first) and its points (N, 3) mm."""
+    """One image at a level: normalized volume, foreground mask (both (1, nz, ny, nx)), foreground points (N, 3) mm."""
 
     image: Image
     volume: torch.Tensor
-    foreground: np.ndarray
+    foreground: torch.Tensor
     foreground_points: torch.Tensor
 
     @property
@@ -80,12 +80,7 @@ class LevelVolume:
 
     def in_foreground(self, points: torch.Tensor) -> torch.Tensor:
         """Whether each LPS point (N, 3) lies in a foreground voxel (nearest voxel; outside the grid: no)."""
-        index = np.rint(self.grid.physical_to_index(points.double().cpu().numpy())).astype(np.int64)
-        inside = np.all((index >= 0) & (index < np.asarray(self.grid.size)), axis=1)
-        hit = np.zeros(len(index), dtype=bool)
-        i, j, k = index[inside].T
-        hit[inside] = self.foreground[k, j, i]
-        return torch.as_tensor(hit, device=points.device)
+        return sample_at_points(self.foreground, self.grid, points, mode="nearest")[0] > 0.5
 
 
 def prepare_level(image: Image, spacing_mm: float, device="cpu", mask: Image = None) -> LevelVolume:
@@ -99,7 +94,8 @@ def prepare_level(image: Image, spacing_mm: float, device="cpu", mask: Image = N
             raise InputError("the foreground mask is empty at the metric's resolution")
     device = torch.device(device)
     points = torch.as_tensor(level.grid.index_to_physical(np.argwhere(fg)[:, ::-1]), dtype=torch.float32)
-    return LevelVolume(level, torch.as_tensor(level.array, device=device)[None], fg, points.to(device))
+    return LevelVolume(level, torch.as_tensor(level.array, device=device)[None],
+                       torch.as_tensor(fg, dtype=torch.float32, device=device)[None], points.to(device))
 
 
 def patch_offsets(patch_size: int, spacing_mm: float) -> torch.Tensor:
