@@ -2,8 +2,13 @@
 
 ``BackgroundCommand`` runs ``python -m DeepRegistrationLib.cli ...`` with ``--progress-json``; a reader
 thread collects the JSON lines, and the GUI polls :meth:`BackgroundCommand.events` from a timer.
-Cancelling terminates the process; the command writes its outputs atomically, so a cancelled run
-leaves none behind.
+
+- A job has ended when the reader has reached the end of the command's output (:attr:`finished`),
+  not when the process has exited: the last lines (``done`` and its outputs) may still be unread then.
+- Slicer's ``PythonSlicer`` is a launcher that runs ``python-real`` as a child and forwards no signal,
+  so :meth:`cancel` signals the whole process tree (psutil), children first. SIGTERM lets a training
+  run write its checkpoint (``training.common.StepLoop``); what is still alive after ``timeout`` is killed.
+- The command writes its outputs atomically, so a cancelled run leaves none behind.
 """
 from __future__ import annotations
 
@@ -19,11 +24,15 @@ LIBRARY_PARENT = str(Path(__file__).resolve().parent.parent)
 
 
 class BackgroundCommand:
-    def __init__(self, arguments: list, python: str = None):
+    def __init__(self, arguments: list, python: str = None, environment: dict = None):
+        """``environment``: the child's environment (Slicer passes ``slicer.util.startupEnvironment()``,
+        not its own ``os.environ``); by default this process's."""
         self.arguments = [str(a) for a in arguments]
         self.python = python or sys.executable
+        self.environment = dict(os.environ if environment is None else environment)
         self.process = None
         self._events = queue.Queue()
+        self._eof = threading.Event()
         self.log = []
 
     @property
@@ -31,28 +40,36 @@ class BackgroundCommand:
         return [self.python, "-m", "DeepRegistrationLib.cli", *self.arguments]
 
     def start(self) -> "BackgroundCommand":
-        env = dict(os.environ)
+        env = self.environment
         env["PYTHONPATH"] = os.pathsep.join([LIBRARY_PARENT, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         env["PYTHONUNBUFFERED"] = "1"
+        hidden = {}
+        if os.name == "nt":
+            info = subprocess.STARTUPINFO()
+            info.dwFlags |= subprocess.STARTF_USESHOWWINDOW
+            info.wShowWindow = 0
+            hidden = {"startupinfo": info, "creationflags": subprocess.CREATE_NO_WINDOW}
         self.process = subprocess.Popen(self.command_line, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True, env=env, bufsize=1)
+                                        stdin=subprocess.DEVNULL, env=env, **hidden)
         threading.Thread(target=self._read, daemon=True).start()
         return self
 
     def _read(self) -> None:
-        for line in self.process.stdout:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                self.log.append(line)
-                continue
-            if isinstance(event, dict):
-                self._events.put(event)
-            else:
-                self.log.append(line)
+        try:
+            for raw in self.process.stdout:
+                line = raw.decode("utf-8", errors="replace").strip()
+                if not line:
+                    continue
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    event = None
+                if isinstance(event, dict):
+                    self._events.put(event)
+                else:
+                    self.log.append(line)
+        finally:
+            self._eof.set()
 
     def events(self) -> list:
         """Events received since the last call (non-blocking)."""
@@ -64,8 +81,13 @@ class BackgroundCommand:
                 return out
 
     @property
+    def finished(self) -> bool:
+        """The whole output has been read and the process has exited (its events are all queued)."""
+        return self._eof.is_set() and self.process.poll() is not None
+
+    @property
     def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.process is not None and not self.finished
 
     @property
     def returncode(self):
@@ -75,14 +97,33 @@ class BackgroundCommand:
         """What the command said on failure (its last lines that are not progress)."""
         return "\n".join(self.log[-5:]) or f"the command exited with status {self.returncode}"
 
-    def cancel(self, timeout: float = 10.0) -> None:
-        if self.running:
-            self.process.terminate()
+    def cancel(self, timeout: float = 30.0) -> None:
+        """Terminate the process and every process it started (SIGTERM, then SIGKILL after ``timeout`` s)."""
+        import psutil
+        if self.process is None:
+            return
+        try:
+            parent = psutil.Process(self.process.pid)
+            tree = parent.children(recursive=True)[::-1] + [parent]
+        except psutil.NoSuchProcess:
+            tree = []
+        for process in tree:
             try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                process.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(tree, timeout=timeout)
+        for process in alive:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=5)
+        self.process.wait()
+        self._eof.wait(5)
 
     def wait(self, timeout: float = None) -> int:
-        return self.process.wait(timeout)
+        """Wait for the process to exit and its output to be read to the end."""
+        code = self.process.wait(timeout)
+        self._eof.wait(timeout)
+        return code
