@@ -1,7 +1,7 @@
 import json
 import os
-import shutil
 import tempfile
+import time
 from typing import Annotated
 
 import qt
@@ -15,7 +15,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 
-from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLTableNode
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLPlotChartNode, vtkMRMLScalarVolumeNode, vtkMRMLTableNode
 
 NETWORKS = ["metric", "diffeo", "dirnet", "deepsim-features", "deepsim"]
 COMMANDS = {"metric": "train-metric", "diffeo": "train-diffeo", "dirnet": "train-dirnet",
@@ -71,6 +71,8 @@ class DeepMetricTrainingParameterNode:
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     outputModel: str = ""
     curvesTable: vtkMRMLTableNode
+    #: the chart of the curves (not bound: shown in the plot view); reused by every update
+    curvesChart: vtkMRMLPlotChartNode
     realignmentTable: vtkMRMLTableNode
 
 
@@ -105,6 +107,7 @@ class DeepMetricTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.stopButton.connect("clicked(bool)", self.onStop)
         self.ui.previewButton.connect("clicked(bool)", self.onPreview)
         self.ui.browsePairsButton.connect("clicked(bool)", self.onBrowsePairs)
+        self.ui.browseOutputButton.connect("clicked(bool)", self.onBrowseOutput)
         self.ui.networkComboBox.connect("currentIndexChanged(int)", self.onNetworkChanged)
         self.initializeParameterNode()
         self.onNetworkChanged()
@@ -146,8 +149,10 @@ class DeepMetricTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         p = self._parameterNode
         hasData = bool(p and (p.pairsCsv or (p.fixedVolume and p.movingVolume)))
         running = self._job is not None
-        self.ui.startButton.enabled = hasData and bool(p.outputModel) and not running
-        self.ui.resumeButton.enabled = hasData and bool(p.outputModel) and not running
+        self.ui.startButton.enabled = hasData and not running
+        self.ui.resumeButton.enabled = hasData and not running and self.logic.hasCheckpoint(p)
+        self.ui.resumeButton.toolTip = _("Continue from the last checkpoint of the output model") \
+            if self.ui.resumeButton.enabled else _("No checkpoint of this output model yet")
         self.ui.stopButton.enabled = running
         self.ui.previewButton.enabled = bool(p and p.fixedVolume and p.movingVolume)
 
@@ -168,6 +173,12 @@ class DeepMetricTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         if path:
             self._parameterNode.pairsCsv = path
 
+    def onBrowseOutput(self) -> None:
+        path = qt.QFileDialog.getSaveFileName(self.parent, _("Output model"), self._parameterNode.outputModel,
+                                              "Model (*.pt)")
+        if path:
+            self._parameterNode.outputModel = path if path.endswith(".pt") else path + ".pt"
+
     def onPreview(self) -> None:
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Preview failed."), waitCursor=True):
@@ -187,6 +198,7 @@ class DeepMetricTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def _poll(self) -> None:
         job = self._job
+        finished = job.finished  # read before draining: every event of a finished job is then queued
         events = job.events()
         self.logic.applyEvents(events, self._parameterNode)
         for event in events:
@@ -194,7 +206,7 @@ class DeepMetricTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                 self.ui.progressBar.value = int(100 * event["fraction"])
             if event.get("message"):
                 self.ui.statusLabel.text = event["message"]
-        if job.running:
+        if not finished:
             return
         self._timer.stop()
         with slicer.util.tryWithErrorDisplay(_("Training failed."), waitCursor=False):
@@ -206,8 +218,11 @@ class DeepMetricTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self._updateButtons()
 
     def onStop(self) -> None:
+        """Signal the whole process tree (the trainer writes its checkpoint on SIGTERM), then end it."""
         if self._job is not None:
-            self._job.cancel()
+            with slicer.util.tryWithErrorDisplay(_("Stopping failed."), waitCursor=True):
+                self._job.cancel()
+                self.logic.applyEvents(self._job.events(), self._parameterNode)
             self.ui.statusLabel.text = _("Stopped; Resume continues from the last checkpoint.")
         if self._timer is not None:
             self._timer.stop()
@@ -228,6 +243,24 @@ class DeepMetricTrainingLogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self.curveRows = []
+
+    @staticmethod
+    def checkpointDir(outputModel: str) -> str:
+        """Where the trainer keeps the checkpoints of ``outputModel`` (the CLI's ``--checkpoint-dir``)."""
+        return os.path.splitext(outputModel)[0] + "_checkpoints"
+
+    @classmethod
+    def hasCheckpoint(cls, parameterNode) -> bool:
+        folder = cls.checkpointDir(parameterNode.outputModel) if parameterNode.outputModel else ""
+        return bool(folder) and os.path.isdir(folder) and any(os.scandir(folder))
+
+    @staticmethod
+    def defaultOutputModel(network: str) -> str:
+        """A new file in the user models folder (where Deep Registration lists trained models)."""
+        from DeepRegistrationLib.data.sources import cache_dir
+        folder = cache_dir() / "models"
+        folder.mkdir(parents=True, exist_ok=True)
+        return str(folder / f"{network}-{time.strftime('%Y%m%d-%H%M%S')}.pt")
 
     def getParameterNode(self):
         return DeepMetricTrainingParameterNode(super().getParameterNode())
@@ -266,7 +299,7 @@ class DeepMetricTrainingLogic(ScriptedLoadableModuleLogic):
                                                      p.movingLabels)
         args = [COMMANDS[p.network], "--pairs", pairs, "--out", p.outputModel, "--epochs", str(p.epochs),
                 "--device", p.device, "--progress-json",
-                "--checkpoint-dir", os.path.splitext(p.outputModel)[0] + "_checkpoints"]
+                "--checkpoint-dir", self.checkpointDir(p.outputModel)]
         if resume:
             args.append("--resume")
         if p.network == "metric":
@@ -286,15 +319,17 @@ class DeepMetricTrainingLogic(ScriptedLoadableModuleLogic):
         return args
 
     def startTraining(self, parameterNode, resume: bool = False):
+        from DeepRegistration import DeepRegistrationLogic
         from DeepRegistrationLib.background import BackgroundCommand
-        from DeepRegistrationLib.models.model_file import user_models_dir
         if not parameterNode.outputModel:
-            parameterNode.outputModel = str(user_models_dir() / f"{parameterNode.network}-{os.getpid()}.pt")
+            parameterNode.outputModel = self.defaultOutputModel(parameterNode.network)
+        if resume and not self.hasCheckpoint(parameterNode):
+            raise ValueError(_("There is no checkpoint of {path} to resume from.").format(path=parameterNode.outputModel))
         if not resume:
             self.curveRows = []
         folder = tempfile.mkdtemp(prefix="DeepMetricTraining-")
         job = BackgroundCommand(self.trainingArguments(parameterNode, resume, folder),
-                                shutil.which("PythonSlicer")).start()
+                                DeepRegistrationLogic.pythonSlicer(), DeepRegistrationLogic.childEnvironment()).start()
         job.folder = folder
         return job
 
@@ -318,14 +353,15 @@ class DeepMetricTrainingLogic(ScriptedLoadableModuleLogic):
             self.curveRows += [(e.get("step", len(self.curveRows)), e.get("loss", np.nan), e.get("accuracy", np.nan),
                                 e.get("val_loss", np.nan)) for e in steps]
             array = np.array(self.curveRows, dtype=float)
-            if p.curvesTable:
-                slicer.mrmlScene.RemoveNode(p.curvesTable)
+            shown = p.curvesChart is not None
             chart, table = plot_chart_from_columns(slicer.mrmlScene, "training curves", "step",
                                                    {"loss": array[:, 1], "accuracy": array[:, 2],
-                                                    "validation loss": array[:, 3]}, array[:, 0])
-            p.curvesTable = table
-            from DeepRegistration import DeepRegistrationLogic
-            DeepRegistrationLogic.showChart(chart)
+                                                    "validation loss": array[:, 3]}, array[:, 0],
+                                                   chart=p.curvesChart)
+            p.curvesChart, p.curvesTable = chart, table
+            if not shown:
+                from DeepRegistration import DeepRegistrationLogic
+                DeepRegistrationLogic.showChart(chart)
         for e in events:
             if e.get("event") == "realign" and e.get("corrections"):
                 from DeepRegistrationLib.mrml import report_to_table_node
@@ -342,20 +378,24 @@ class DeepMetricTrainingLogic(ScriptedLoadableModuleLogic):
 
 
 class DeepMetricTrainingTest(ScriptedLoadableModuleTest):
+    """Runs in Slicer's test harness: dependencies first, Slicer's SampleData brain MR volumes as data."""
+
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        from DeepRegistration import DeepRegistrationLogic
+        if not DeepRegistrationLogic.ensureDependencies(askConfirmation=False):
+            self.skipTest("PyTorch (SlicerPyTorch) is not installed")
         self.setUp()
         self.test_PreviewAndTinyTraining()
 
     def test_PreviewAndTinyTraining(self):
         """Preview patch pairs of a sample pair, then train a one-stage metric for one short epoch."""
-        from DeepRegistrationLib.data import sources
-        from DeepRegistrationLib.mrml import image_to_volume_node
+        import SampleData
         self.delayDisplay("Loading sample data")
-        fixed = image_to_volume_node(sources.spm_avg152("T1"), slicer.mrmlScene, "T1")
-        moving = image_to_volume_node(sources.spm_avg152("T2"), slicer.mrmlScene, "T2")
+        fixed = SampleData.downloadSample("MRBrainTumor1")
+        moving = SampleData.downloadSample("MRBrainTumor2")
         logic = DeepMetricTrainingLogic()
         preview = logic.previewPatchPairs(fixed, moving)
         self.assertIsNotNone(preview.GetImageData())
@@ -366,4 +406,5 @@ class DeepMetricTrainingTest(ScriptedLoadableModuleTest):
         events = logic.train(p)
         self.assertTrue(any(e.get("event") == "done" for e in events))
         self.assertTrue(os.path.exists(p.outputModel))
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLPlotChartNode"), 1)
         self.delayDisplay("Test passed: " + json.dumps(events[-1]))

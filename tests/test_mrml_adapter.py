@@ -159,11 +159,15 @@ def test_jacobian_volume_and_plot_chart(scene, oblique_grid):
     assert table.GetTable().GetNumberOfColumns() == 3
 
 
-def test_response_chart_nodes_peak_at_alignment(scene):
+def test_response_charts_from_the_response_command_peak_at_alignment(scene, tmp_path):
+    """The panel's path: ``deepregistration response`` writes a CSV, the charts are made from it."""
+    from DeepRegistrationLib.cli import main
     t1, t2 = (downsample(sources.spm_avg152(m), 2) for m in ("T1", "T2"))
-    fixed_node = mrml.image_to_volume_node(t1, scene, "t1")
-    moving_node = mrml.image_to_volume_node(t2, scene, "t2")
-    charts = mrml.response_chart_nodes(fixed_node, moving_node, None, "", "cpu", patches=32, steps=9)
+    write_image(t1, tmp_path / "t1.nrrd")
+    write_image(t2, tmp_path / "t2.nrrd")
+    assert main(["response", str(tmp_path / "t1.nrrd"), str(tmp_path / "t2.nrrd"), "--metric", "nmi", "--patches", "32",
+                 "--steps", "9", "--device", "cpu", "--out", str(tmp_path / "r.csv")]) == 0
+    charts = mrml.response_charts_from_csv(scene, tmp_path / "r.csv")
     assert len(charts) == 6
     series = charts[0].GetNthPlotSeriesNode(0)
     table = series.GetTableNode().GetTable()

@@ -34,6 +34,7 @@ class BackgroundCommand:
         self._events = queue.Queue()
         self._eof = threading.Event()
         self.log = []
+        self._log_shown = 0
 
     @property
     def command_line(self) -> list:
@@ -70,6 +71,12 @@ class BackgroundCommand:
                     self.log.append(line)
         finally:
             self._eof.set()
+
+    def new_log_lines(self) -> list:
+        """Output lines that are not JSON events, received since the last call (for a log view)."""
+        lines = self.log[self._log_shown:]
+        self._log_shown += len(lines)
+        return lines
 
     def events(self) -> list:
         """Events received since the last call (non-blocking)."""
@@ -127,3 +134,62 @@ class BackgroundCommand:
         code = self.process.wait(timeout)
         self._eof.wait(timeout)
         return code
+
+
+class CommandSequence:
+    """Background commands run one after another (e.g. a rigid stage, then a deformable one started from
+    its result), seen as one job: progress fractions are scaled to the whole, the last stage's ``done``
+    event gives :attr:`outputs`, and a stage that fails ends the sequence."""
+
+    def __init__(self, stages: list, python: str = None, environment: dict = None):
+        self.stages = stages
+        self.python, self.environment = python, environment
+        self.index = 0
+        self.current = None
+        self.outputs = {}
+
+    def start(self) -> "CommandSequence":
+        self.current = BackgroundCommand(self.stages[self.index], self.python, self.environment).start()
+        return self
+
+    def events(self) -> list:
+        out = []
+        stage_finished = self.current.finished  # before draining: all of a finished stage's events are queued
+        for event in self.current.events():
+            if "fraction" in event:
+                event = dict(event, fraction=(self.index + float(event["fraction"])) / len(self.stages))
+            if event.get("event") == "done":
+                if self.index < len(self.stages) - 1:
+                    continue
+                self.outputs = event.get("outputs", {})
+            out.append(event)
+        if stage_finished and self.current.returncode == 0 and self.index < len(self.stages) - 1:
+            self.index += 1
+            self.start()
+        return out
+
+    @property
+    def finished(self) -> bool:
+        return self.current.finished and (self.current.returncode != 0 or self.index == len(self.stages) - 1)
+
+    @property
+    def returncode(self):
+        return self.current.returncode
+
+    def new_log_lines(self) -> list:
+        return self.current.new_log_lines()
+
+    def error_message(self) -> str:
+        return self.current.error_message()
+
+    def cancel(self, timeout: float = 30.0) -> None:
+        self.current.cancel(timeout)
+        self.index = len(self.stages) - 1
+
+    def wait(self, timeout: float = None) -> int:
+        """Run every stage to its end (blocking); returns the last exit status."""
+        while True:
+            code = self.current.wait(timeout)
+            self.events()
+            if self.finished:
+                return code

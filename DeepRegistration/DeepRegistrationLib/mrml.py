@@ -15,20 +15,17 @@ import json
 
 import numpy as np
 import slicer
-import torch
 import vtk
 from vtk.util import numpy_support
 
-from .api import register
-from .core.device import resolve_device
 from .core.errors import InputError
 from .core.image import Grid, Image
 from .core.io import read_image
 from .core.transforms import AffineTransform, DisplacementField, LinearTransform, RigidTransform, read_transform
-from .rigid.response import PARAMETERS, UNITS, build_metrics, response_functions
-from .training.metric_patches import PatchPairSampler, SamplerSettings, prepare_level
 
 LPS_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: the same flip for points (x, y negated)
+F_XY = np.array([-1.0, -1.0, 1.0])
 
 
 def _vtk_matrix(a: np.ndarray) -> vtk.vtkMatrix4x4:
@@ -133,18 +130,21 @@ def node_to_transform(node, reference_grid: Grid = None):
         return AffineTransform(LPS_RAS @ np.linalg.inv(_numpy_matrix(m)) @ LPS_RAS)
     if reference_grid is None:
         raise InputError("a non-linear initial transform needs the fixed volume's grid")
-    from_parent = node.GetTransformFromParent()
     pts_lps = reference_grid.index_to_physical(np.stack(np.meshgrid(
         *[np.arange(s) for s in reversed(reference_grid.size)], indexing="ij")[::-1], -1).reshape(-1, 3))
-    pts_ras = pts_lps * np.array([-1.0, -1.0, 1.0])
-    mapped = np.array([from_parent.TransformPoint(tuple(p)) for p in pts_ras]) * np.array([-1.0, -1.0, 1.0])
+    mapped = transform_ras_points(node, pts_lps * F_XY) * F_XY
     return DisplacementField((mapped - pts_lps).reshape(*reference_grid.shape, 3).astype(np.float32), reference_grid)
 
 
 def transform_ras_points(node, points_ras: np.ndarray) -> np.ndarray:
-    """Where the node maps RAS points "from parent" (what resampling a child volume reads)."""
-    t = node.GetTransformFromParent()
-    return np.array([t.TransformPoint(tuple(float(v) for v in p)) for p in points_ras])
+    """Where the node maps RAS points "from parent" (what resampling a child volume reads): one VTK call
+    for all points (``vtkAbstractTransform.TransformPoints``), not one Python call per point."""
+    source = vtk.vtkPoints()
+    source.SetData(numpy_support.numpy_to_vtk(np.ascontiguousarray(points_ras, dtype=np.float64), deep=True))
+    mapped = vtk.vtkPoints()
+    mapped.SetDataTypeToDouble()
+    node.GetTransformFromParent().TransformPoints(source, mapped)
+    return numpy_support.vtk_to_numpy(mapped.GetData()).astype(np.float64).reshape(-1, 3)
 
 
 # --- tables, colours, plots ---------------------------------------------------------------------
@@ -183,39 +183,65 @@ def report_to_table_node(report: dict, scene, name: str, node=None):
     return node
 
 
-def jacobian_color_node(scene, name: str = "JacobianDiverging"):
-    """Diverging colour table for det J on [0, 2]: blue (compression) - white (1) - red (expansion);
-    the lowest entry (det J <= 0, folding) is bright green so folded voxels stand out."""
-    node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", scene.GenerateUniqueName(name))
+JACOBIAN_COLORS = "DeepRegistration Jacobian determinant"
+#: entries of the Jacobian colour table; entry 0 is folding, entries 1.. span det J in [0, 2]
+JACOBIAN_ENTRIES = 256
+FOLDING_RGB = (0.0, 1.0, 0.0)
+
+
+def jacobian_color_node(scene):
+    """The diverging colour table for det J, one per scene (reused): blue (compression) - white (1) -
+    red (expansion) on [0, 2], and below it one entry in bright green for det J < 0 (folding).
+
+    With the window/level of :func:`jacobian_window_level` each entry spans ``w = 2 / (n - 1)``: entry 0
+    covers [-w, 0) and everything clamped below it, entry i >= 1 covers [(i - 1) w, i w); so no positive
+    det J is painted as folding."""
+    node = scene.GetFirstNodeByName(JACOBIAN_COLORS)
+    if node is not None and node.IsA("vtkMRMLColorTableNode"):
+        return node
+    node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", JACOBIAN_COLORS)
     node.SetTypeToUser()
-    n = 256
-    node.SetNumberOfColors(n)
-    for i in range(n):
-        t = i / (n - 1)
-        if t < 0.5:
-            rgb = (2 * t, 2 * t, 1.0)
-        else:
-            rgb = (1.0, 2 * (1 - t), 2 * (1 - t))
+    node.SetNumberOfColors(JACOBIAN_ENTRIES)
+    width = 2.0 / (JACOBIAN_ENTRIES - 1)
+    node.SetColor(0, "folding (det J < 0)", *FOLDING_RGB, 1.0)
+    for i in range(1, JACOBIAN_ENTRIES):
+        t = (i - 0.5) * width / 2.0                    # det J / 2 at the entry's centre
+        rgb = (2 * t, 2 * t, 1.0) if t < 0.5 else (1.0, 2 * (1 - t), 2 * (1 - t))
         node.SetColor(i, f"{2 * t:.3f}", *rgb, 1.0)
-    node.SetColor(0, "folding", 0.0, 1.0, 0.0, 1.0)
+    node.SetAttribute("Category", "DeepRegistration")
     return node
 
 
+def jacobian_window_level() -> tuple:
+    """(window, level) mapping [-w, 2] onto the table's entries (see :func:`jacobian_color_node`)."""
+    width = 2.0 / (JACOBIAN_ENTRIES - 1)
+    return 2.0 + width, (2.0 - width) / 2.0
+
+
 def jacobian_to_volume_node(jacobian: Image, scene, name: str):
-    """The Jacobian determinant map, displayed with the diverging table centred on 1 (window 2, level 1)."""
+    """The Jacobian determinant map, displayed with the scene's Jacobian colour table centred on 1."""
     node = image_to_volume_node(jacobian, scene, name)
     display = node.GetDisplayNode()
     display.SetAndObserveColorNodeID(jacobian_color_node(scene).GetID())
     display.AutoWindowLevelOff()
-    display.SetWindowLevel(2.0, 1.0)
+    display.SetWindowLevel(*jacobian_window_level())
+    display.SetInterpolate(False)
     return node
 
 
-def plot_chart_from_columns(scene, name: str, x_name: str, columns: dict, x_values, y_title: str = ""):
-    """A table with ``x_values`` and each ``columns[label]``, one plot series per label, in one chart."""
-    table = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{name} table"))
+def plot_chart_from_columns(scene, name: str, x_name: str, columns: dict, x_values, y_title: str = "", chart=None):
+    """A table with ``x_values`` and each ``columns[label]``, one plot series per label, in one chart.
+
+    Given the ``chart`` of an earlier call, its table is refilled in place and its series are reused, so
+    updating a live curve adds no node."""
     array = np.column_stack([np.asarray(x_values, dtype=np.float64)] +
                             [np.asarray(v, dtype=np.float64) for v in columns.values()])
+    series = [chart.GetNthPlotSeriesNode(i) for i in range(chart.GetNumberOfPlotSeriesNodes())] if chart else []
+    if series and [s.GetYColumnName() for s in series] == list(columns):
+        table = series[0].GetTableNode()
+        slicer.util.updateTableFromArray(table, array, [x_name, *columns.keys()])
+        return chart, table
+    table = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{name} table"))
     slicer.util.updateTableFromArray(table, array, [x_name, *columns.keys()])
     chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", scene.GenerateUniqueName(name))
     chart.SetTitle(name)
@@ -229,6 +255,74 @@ def plot_chart_from_columns(scene, name: str, x_name: str, columns: dict, x_valu
         series.SetPlotType(series.PlotTypeScatter)
         chart.AddAndObservePlotSeriesNodeID(series.GetID())
     return chart, table
+
+
+def response_charts_from_csv(scene, path) -> list:
+    """One chart per rigid parameter from ``deepregistration response``'s CSV (metric, parameter, unit,
+    offset, value), each curve scaled to [0, 1] so that the metrics' shapes compare on one axis."""
+    import csv
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    charts = []
+    for parameter in dict.fromkeys(r["parameter"] for r in rows):
+        mine = [r for r in rows if r["parameter"] == parameter]
+        curves, offsets = {}, None
+        for metric in dict.fromkeys(r["metric"] for r in mine):
+            values = np.array([float(r["value"]) for r in mine if r["metric"] == metric])
+            span = values.max() - values.min()
+            curves[metric] = (values - values.min()) / span if span > 0 else np.zeros_like(values)
+            offsets = [float(r["offset"]) for r in mine if r["metric"] == metric]
+        chart, _ = plot_chart_from_columns(scene, f"response {parameter}", f"{parameter} ({mine[0]['unit']})",
+                                           curves, offsets, "metric (scaled to [0, 1])")
+        charts.append(chart)
+    return charts
+
+
+# --- masks, QA views ------------------------------------------------------------------------------
+
+def mask_node_to_image(node, reference_volume_node) -> Image:
+    """A mask from a label map / scalar volume (non-zero voxels) or a segmentation (its visible segments,
+    exported on the reference volume's grid)."""
+    if node.IsA("vtkMRMLSegmentationNode"):
+        scene = node.GetScene()
+        labels = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "mask export")
+        try:
+            if not slicer.vtkSlicerSegmentationsModuleLogic.ExportVisibleSegmentsToLabelmapNode(
+                    node, labels, reference_volume_node):
+                raise InputError(f"mask: the segmentation {node.GetName()!r} could not be exported")
+            image = volume_node_to_image(labels, "mask")
+        finally:
+            scene.RemoveNode(labels)
+        return image
+    return volume_node_to_image(node, "mask")
+
+
+def checkerboard_node(fixed_node, registered_node, tile_voxels: int = 8, node=None):
+    """Tiles of the fixed and the registered volume (both on the fixed grid), each scaled to [0, 1]."""
+    fixed = volume_node_to_image(fixed_node, "fixed volume")
+    registered = volume_node_to_image(registered_node, "registered volume")
+    if not registered.grid.same_as(fixed.grid, tol=1e-4):
+        raise InputError("the registered volume is not on the fixed volume's grid")
+    k, j, i = np.indices(fixed.grid.shape, sparse=True)
+    tiles = ((k // tile_voxels + j // tile_voxels + i // tile_voxels) % 2).astype(bool)
+
+    def scaled(a):
+        return (a - a.min()) / max(float(a.max() - a.min()), 1e-12)
+
+    board = fixed.with_array(np.where(tiles, scaled(fixed.array), scaled(registered.array)).astype(np.float32))
+    return image_to_volume_node(board, fixed_node.GetScene(), "checkerboard", node)
+
+
+def show_deformation_grid(transform_node, region_volume_node=None, spacing_mm: float = 8.0):
+    """Show a non-linear transform as a deformed grid in the slice views (over the region volume)."""
+    transform_node.CreateDefaultDisplayNodes()
+    display = transform_node.GetDisplayNode()
+    display.SetVisualizationMode(display.VIS_MODE_GRID)
+    display.SetGridSpacingMm(spacing_mm)
+    if region_volume_node is not None:
+        display.SetAndObserveRegionNode(region_volume_node)
+    display.SetVisibility2D(True)
+    return display
 
 
 # --- registration on nodes ----------------------------------------------------------------------
@@ -245,6 +339,7 @@ def register_nodes(fixed_node, moving_node, method: str = "mi", device: str = "a
     nothing is added to the scene when the registration fails or is cancelled. Placing the moving
     volume under the result (for live display) changes only which transform it observes.
     """
+    from .api import register
     scene = fixed_node.GetScene()
     fixed = volume_node_to_image(fixed_node, "fixed volume")
     moving = volume_node_to_image(moving_node, "moving volume")
@@ -266,6 +361,8 @@ def result_to_nodes(scene, fixed_node, moving_node, method: str, transform, repo
     base = moving_node.GetName()
     nodes = {"transform": transform_to_node(transform, scene, f"{base} to {fixed_node.GetName()} ({method})",
                                             fixed_grid, output_transform_node)}
+    nodes["transform"].SetNodeReferenceID("fixedVolume", fixed_node.GetID())
+    nodes["transform"].SetNodeReferenceID("movingVolume", moving_node.GetID())
     if place_moving_under_transform:
         moving_node.SetAndObserveTransformNodeID(nodes["transform"].GetID())
     if output_volume_node is not None and warped is not None:
@@ -291,43 +388,12 @@ def nodes_from_outputs(scene, fixed_node, moving_node, method: str, outputs: dic
                            inverse, jacobian, output_transform_node, output_volume_node)
 
 
-def response_chart_nodes(fixed_node, moving_node, transform_node=None, cnn_model: str = "", device: str = "auto",
-                         patches: int = 64, steps: int = 21) -> list:
-    """Response functions (Sedghi et al., Fig. 2) around the current pose as one plot chart per rigid
-    parameter, with NMI and (given ``cnn_model``) every stage of the learned metric, each curve scaled
-    to [0, 1] so that their shapes compare on one axis."""
-    scene = fixed_node.GetScene()
-    fixed = volume_node_to_image(fixed_node, "fixed volume")
-    moving = volume_node_to_image(moving_node, "moving volume")
-    center = fixed.grid.center_physical()
-    pose = RigidTransform(center_mm=center)
-    if transform_node is not None and transform_node.IsLinear():
-        pose = RigidTransform.from_matrix4(node_to_transform(transform_node).matrix4(), center)
-    device = resolve_device(device)
-    metrics = build_metrics("nmi", fixed, moving, patches, device=device)
-    if cnn_model:
-        metrics += build_metrics(f"cnn:{cnn_model}", fixed, moving, patches, device=device)
-    rows = response_functions(metrics, pose, steps=steps)
-    charts = []
-    for parameter in PARAMETERS:
-        curves = {}
-        offsets = None
-        for metric in metrics:
-            mine = [r for r in rows if r["parameter"] == parameter and r["metric"] == metric.label]
-            values = np.array([r["value"] for r in mine])
-            span = values.max() - values.min()
-            curves[metric.label] = (values - values.min()) / span if span > 0 else np.zeros_like(values)
-            offsets = [r["offset"] for r in mine]
-        chart, _ = plot_chart_from_columns(scene, f"response {parameter}", f"{parameter} ({UNITS[parameter]})",
-                                           curves, offsets, "metric (scaled to [0, 1])")
-        charts.append(chart)
-    return charts
-
-
 def patch_preview_node(fixed_node, moving_node, scene=None, pairs: int = 6, patch_size: int = 17,
                        spacing_mm: float = 2.0, dither_variance_mm2: float = 0.0, seed: int = 0):
     """A montage volume of sampled training patch pairs (middle slices): row r shows pair r as
     [fixed | moving]; the first ``pairs`` rows are positives (corresponding), the rest negatives."""
+    import torch
+    from .training.metric_patches import PatchPairSampler, SamplerSettings, prepare_level
     scene = scene or fixed_node.GetScene()
     fixed = prepare_level(volume_node_to_image(fixed_node, "fixed volume"), spacing_mm)
     moving = prepare_level(volume_node_to_image(moving_node, "moving volume"), spacing_mm)
