@@ -39,6 +39,7 @@ def main() -> None:
     lib = MODULE / "DeepRegistrationLib"
     scripts = ["${MODULE_NAME}.py"] + sorted(str(p.relative_to(MODULE)) for p in lib.rglob("*.py"))
     resources = ["Resources/Icons/${MODULE_NAME}.png", "Resources/UI/${MODULE_NAME}.ui", "Resources/requirements.txt"]
+    resources += sorted(str(p.relative_to(MODULE)) for p in (MODULE / "Resources" / "Presets").glob("*.json"))
     resources += sorted(str(p.relative_to(MODULE)) for p in (lib / "models" / "bundled").glob("*.pt"))
     indent = lambda items: "\n".join(f"  {i}" for i in items)  # noqa: E731
     (MODULE / "CMakeLists.txt").write_text(TEMPLATE.format(scripts=indent(scripts), resources=indent(resources)))

@@ -1,72 +1,208 @@
-"""The Slicer module files against their .ui files and CMake lists (no Slicer needed: parsed, not run)."""
+"""The Slicer module files against Slicer's own rules at every supported version (facts extracted from
+Slicer's source, ``tests/slicer_facts``), their .ui files and CMake lists. Parsed, not run."""
 import ast
+import json
 import re
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-from DeepRegistrationLib.deformable.diffeo_method import DEFAULT_TILE
-from DeepRegistrationLib.rigid.cnn_metric import CNNSettings
-from DeepRegistrationLib.rigid.mi import MISettings
+from slicer_rules import (MODULES, ROOT, SUPPORTED, ParameterType, connector_for, facts, module_tree,
+                          parameter_types, ui_bindings, ui_tree)
 
-ROOT = Path(__file__).resolve().parent.parent
-MODULES = ["DeepRegistration", "DeepMetricTraining"]
-
-
-def ui_widgets(module):
-    tree = ET.parse(ROOT / module / "Resources" / "UI" / f"{module}.ui")
-    widgets = {w.get("name"): w for w in tree.iter("widget") if w.get("name")}
-    bound = {}
-    for w in widgets.values():
-        for prop in w.findall("property"):
-            if prop.get("name") == "SlicerParameterName":
-                bound[prop.find("string").text] = w
-    return widgets, bound
+#: parameters deliberately not bound through SlicerParameterName (the widget syncs them itself)
+UNBOUND = {"DeepRegistration": {"model", "methodOptions"}, "DeepMetricTraining": {"curvesChart"}}
+#: files that run inside Slicer and use its API
+SLICER_FILES = [ROOT / m / f"{m}.py" for m in MODULES] + [ROOT / "DeepRegistration" / "DeepRegistrationLib" / "mrml.py"]
+#: Qt's own QWidget/QComboBox properties a .ui may set on a qMRML widget
+QT_PROPERTIES = {"toolTip", "enabled", "sizeAdjustPolicy", "geometry", "minimumSize", "maximumSize", "sizePolicy"}
 
 
 def module_source(module):
     return (ROOT / module / f"{module}.py").read_text()
 
 
-def parameter_fields(module):
-    tree = ast.parse(module_source(module))
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef) and any(getattr(d, "id", "") == "parameterNodeWrapper" for d in node.decorator_list):
-            return {s.target.id: s for s in node.body if isinstance(s, ast.AnnAssign)}
-    raise AssertionError("no @parameterNodeWrapper class")
-
-
 @pytest.mark.parametrize("module", MODULES)
 def test_every_ui_name_used_by_the_widget_exists(module):
-    widgets, _ = ui_widgets(module)
+    widgets = {w.get("name") for w in ui_tree(module).iter("widget")}
     used = set(re.findall(r"self\.ui\.(\w+)", module_source(module)))
     assert used, "the widget uses no .ui names?"
-    assert used - set(widgets) == set()
+    assert used - widgets == set()
 
 
 @pytest.mark.parametrize("module", MODULES)
-def test_every_parameter_is_bound_to_a_widget_and_back(module):
-    fields = parameter_fields(module)
-    _, bound = ui_widgets(module)
-    assert set(fields) == set(bound), (set(fields) ^ set(bound))
+def test_every_parameter_is_bound_to_a_widget_or_synced_by_the_widget(module):
+    fields, bound = parameter_types(module), ui_bindings(module)
+    assert set(bound) <= set(fields), set(bound) - set(fields)
+    assert set(fields) - set(bound) == UNBOUND[module]
 
 
+@pytest.mark.parametrize("tag", SUPPORTED)
 @pytest.mark.parametrize("module", MODULES)
-def test_choice_parameters_match_combo_items(module):
-    fields = parameter_fields(module)
-    _, bound = ui_widgets(module)
-    tree = ast.parse(module_source(module))
-    constants = {t.id: ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
-                 for t in n.targets if isinstance(t, ast.Name) and isinstance(n.value, (ast.List, ast.Dict))}
-    for name, stmt in fields.items():
-        text = ast.unparse(stmt.annotation)
-        m = re.search(r"Choice\((.+)\)\]", text)
-        if not m:
+def test_every_binding_has_a_gui_connector(module, tag):
+    """What ``connectGui`` does at setup and on every enter: a connector for each bound widget, chosen as
+    Slicer's ``createGuiConnector`` chooses it at this version (exact widget class, type, annotations)."""
+    rules = facts(tag)["guiConnectors"]
+    types = parameter_types(module)
+    for parameter, (widget_class, widget_name) in ui_bindings(module).items():
+        rule = connector_for(rules, widget_class, types[parameter])
+        assert rule, (parameter, widget_name)
+
+
+def test_the_connector_rules_refuse_what_slicer_refuses():
+    """The checker is Slicer's rules, not a stand-in that accepts anything: the bugs of issue 36 are caught."""
+    for tag in SUPPORTED:
+        rules = facts(tag)["guiConnectors"]
+        with pytest.raises(RuntimeError, match="requires the Choice annotation"):   # model: str on a QComboBox
+            connector_for(rules, "QComboBox", ParameterType("str"))
+        assert connector_for(rules, "QComboBox", ParameterType("str", ("Choice",)))["connector"] == \
+            "QComboBoxToStringableConnector"
+        assert connector_for(rules, "QComboBox", ParameterType("enum"))["connector"] == "QComboBoxToEnumConnector"
+        with pytest.raises(RuntimeError, match="Unable to create GUI connector"):
+            connector_for(rules, "qMRMLSubjectHierarchyComboBox", ParameterType("node"))
+        with pytest.raises(RuntimeError):   # exact classes: a subclass of QComboBox is not a QComboBox
+            connector_for(rules, "ctkCheckableComboBox", ParameterType("str", ("Choice",)))
+    # an int on a slider widget connects from 5.10 on, not in 5.8
+    with pytest.raises(RuntimeError):
+        connector_for(facts("v5.8.1")["guiConnectors"], "ctkSliderWidget", ParameterType("int"))
+    assert connector_for(facts("HEAD")["guiConnectors"], "ctkSliderWidget", ParameterType("int"))
+
+
+# --- the API manifest ------------------------------------------------------------------------------
+
+class _SlicerNames(ast.NodeVisitor):
+    """Names a file uses from slicer.util, slicer.packaging, slicer.parameterNodeWrapper,
+    slicer.ScriptedLoadableModule and the MRML/Slicer classes, each with whether it is guarded
+    (``alias = getattr(slicer, "packaging", None)``, then ``alias is not None`` or ``hasattr(alias, "name")``
+    in the function that uses ``alias.name``)."""
+
+    MODULES = ("util", "packaging", "parameterNodeWrapper", "ScriptedLoadableModule")
+
+    def __init__(self):
+        self.used = {}          # (module, name) -> guarded
+        self._aliases = {}      # local name -> slicer submodule
+        self._guards = set()    # (alias, name) checked with hasattr in the current function
+
+    def _use(self, module, name, guarded=False):
+        self.used[(module, name)] = self.used.get((module, name), True) and guarded
+
+    def visit_FunctionDef(self, node):
+        outer = self._guards
+        self._guards = {(ast.unparse(c.args[0]), c.args[1].value) for c in ast.walk(node)
+                        if isinstance(c, ast.Call) and ast.unparse(c.func) == "hasattr" and len(c.args) == 2
+                        and isinstance(c.args[1], ast.Constant)}
+        self._guards |= {(ast.unparse(c.left), "*") for c in ast.walk(node) if isinstance(c, ast.Compare)
+                         and isinstance(c.ops[0], ast.IsNot) and ast.unparse(c.comparators[0]) == "None"}
+        self.generic_visit(node)
+        self._guards = outer
+
+    def visit_ImportFrom(self, node):
+        module = node.module or ""
+        for alias in node.names:
+            if module.startswith("slicer.") and module.split(".")[1] in self.MODULES:
+                self._use(module.split(".")[1], alias.name)
+            elif module == "slicer" and alias.name.startswith(("vtk", "q")):
+                self._use("classes", alias.name)
+
+    def visit_Assign(self, node):
+        value = node.value
+        if (isinstance(value, ast.Call) and ast.unparse(value.func) == "getattr" and ast.unparse(value.args[0]) == "slicer"
+                and isinstance(value.args[1], ast.Constant) and value.args[1].value in self.MODULES):
+            for target in node.targets:
+                self._aliases[ast.unparse(target)] = value.args[1].value
+        self.generic_visit(node)
+
+    def visit_Attribute(self, node):
+        chain = ast.unparse(node)
+        parts = chain.split(".")
+        if parts[0] == "slicer" and len(parts) >= 3 and parts[1] in self.MODULES:
+            self._use(parts[1], re.match(r"\w+", parts[2]).group())
+        elif parts[0] == "slicer" and len(parts) >= 2 and re.match(r"(vtkMRML|vtkSlicer|qMRML|qSlicer)\w+", parts[1]):
+            self._use("classes", re.match(r"\w+", parts[1]).group())
+        elif parts[0] in self._aliases and len(parts) == 2:
+            guarded = (parts[0], parts[1]) in self._guards or (parts[0], "*") in self._guards
+            self._use(self._aliases[parts[0]], parts[1], guarded=guarded)
+        self.generic_visit(node)
+
+    def visit_Constant(self, node):
+        if isinstance(node.value, str) and re.fullmatch(r"vtkMRML\w+Node", node.value):
+            self._use("classes", node.value)
+
+
+def used_slicer_names(path: Path) -> dict:
+    visitor = _SlicerNames()
+    visitor.visit(ast.parse(path.read_text()))
+    return visitor.used
+
+
+def manifest(tag: str, module: str) -> set:
+    data = facts(tag)
+    if module == "classes":
+        return set(data["classes"])
+    return set(data[f"slicer.{module}"] or [])
+
+
+@pytest.mark.parametrize("path", SLICER_FILES, ids=lambda p: p.name)
+def test_every_slicer_name_exists_in_every_supported_version_or_is_guarded(path):
+    used = used_slicer_names(path)
+    assert used, "no Slicer name found: the scanner is broken"
+    for (module, name), guarded in sorted(used.items()):
+        present = [tag for tag in SUPPORTED if name in manifest(tag, module)]
+        if guarded:   # then it must exist wherever its module does
+            where = [tag for tag in SUPPORTED if module == "classes" or facts(tag)[f"slicer.{module}"] is not None]
+            assert present and present == where, f"{path.name}: slicer.{module}.{name} is in {present}, not {where}"
+        else:
+            assert present == SUPPORTED, (f"{path.name}: slicer.{module}.{name} is missing in "
+                                          f"{sorted(set(SUPPORTED) - set(present))} and not guarded")
+
+
+def test_the_manifest_check_catches_the_old_calls(tmp_path):
+    """``slicer.util.pip_check`` (issue 36) is in no release; ``slicer.packaging`` only from 5.12."""
+    assert not any("pip_check" in manifest(tag, "util") for tag in SUPPORTED)
+    assert facts("v5.8.1")["slicer.packaging"] is None and facts("v5.10.0")["slicer.packaging"] is None
+    assert "pip_ensure" in manifest("v5.12.3", "packaging")
+    old = tmp_path / "old.py"
+    old.write_text("import slicer\ndef f(n):\n    return slicer.util.pip_check(n) or slicer.packaging.pip_ensure(n)\n")
+    used = used_slicer_names(old)
+    assert used == {("util", "pip_check"): False, ("packaging", "pip_ensure"): False}
+
+
+@pytest.mark.parametrize("tag", SUPPORTED)
+@pytest.mark.parametrize("module", MODULES)
+def test_ui_slicer_classes_and_their_properties_exist(module, tag):
+    data = facts(tag)
+    for widget in ui_tree(module).iter("widget"):
+        cls = widget.get("class")
+        if not cls.startswith("qMRML"):
             continue
-        choices = constants.get(m.group(1)) if m.group(1) in constants else ast.literal_eval(m.group(1))
-        items = [i.find("property/string").text for i in bound[name].findall("item")]
-        assert items == list(choices), name
+        assert cls in data["classes"], f"{cls} is not in Slicer {tag}"
+        for prop in widget.findall("property"):
+            name = prop.get("name")
+            if prop.get("stdset") == "0" or name in QT_PROPERTIES:
+                continue
+            assert name in data["widgetProperties"].get(cls, []), f"{cls} has no property {name} in {tag}"
+        for prop in widget.findall("property/stringlist/string"):
+            if prop.text.startswith("vtkMRML"):
+                assert prop.text in data["classes"], f"{prop.text} is not in Slicer {tag}"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_node_selectors_show_child_node_types(module):
+    """``showChildNodeTypes=false`` would hide vtkMRMLLinearTransformNode (Transforms module, .h5/.tfm files)
+    and label maps; label maps are hidden explicitly where they make no sense."""
+    for widget in ui_tree(module).iter("widget"):
+        if widget.get("class") == "qMRMLNodeComboBox":
+            show = widget.find("property[@name='showChildNodeTypes']/bool")
+            assert show is None or show.text == "true", widget.get("name")
+
+
+def test_mask_and_transform_selectors_take_the_usual_nodes():
+    types = {w.get("name"): [s.text for s in w.findall("property[@name='nodeTypes']/stringlist/string")]
+             for w in ui_tree("DeepRegistration").iter("widget") if w.get("class") == "qMRMLNodeComboBox"}
+    for mask in ("fixedMaskSelector", "movingMaskSelector"):
+        assert {"vtkMRMLLabelMapVolumeNode", "vtkMRMLSegmentationNode"} <= set(types[mask])
+    assert types["initialTransformSelector"] == ["vtkMRMLTransformNode"]
+    assert parameter_types("DeepRegistration")["fixedMask"].base == "node"
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -78,23 +214,28 @@ def test_module_follows_template(module):
         assert cls in src
     assert f'self.resourcePath("UI/{module}.ui")' in src
     assert "connectGui(self.ui)" in src
-    first_lines = "\n".join(line for line in src.splitlines() if line.startswith(("import", "from")))
-    assert "torch" not in first_lines, "torch must be imported lazily, after the SlicerPyTorch check"
 
 
-def test_registration_presets_start_at_the_library_defaults():
-    """The panel's method presets (parameter defaults and the .ui's initial values) are the library's defaults,
-    so a registration from the panel and one from the CLI or API run the same method."""
-    fields = parameter_fields("DeepRegistration")
-    _, bound = ui_widgets("DeepRegistration")
-    library = {"histogramBins": MISettings().bins, "pyramidLevels": ",".join(map(str, MISettings().levels)),
-               "cnnPatches": CNNSettings().patches, "tileSize": DEFAULT_TILE}
-    for name, value in library.items():
-        assert ast.literal_eval(fields[name].value) == value, name
-        ui_value = bound[name].find("property[@name='value']/number")
-        ui_value = ui_value if ui_value is not None else bound[name].find("property[@name='text']/string")
-        assert ui_value.text == str(value), name
-    assert bound["tileSize"].find("property[@name='singleStep']/number").text == "4"   # tiles: multiples of 4
+@pytest.mark.parametrize("module", MODULES)
+def test_self_tests_ensure_dependencies_and_download_no_library_data(module):
+    """In Slicer's harness: dependencies first; data through SampleData, not the 82 MB wheel."""
+    tree = module_tree(module)
+    test = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == f"{module}Test")
+    source = ast.unparse(test)
+    assert "ensureDependencies" in ast.unparse(next(f for f in test.body if getattr(f, "name", "") == "runTest"))
+    assert "sources." not in source and "SampleData" in source
+
+
+def test_presets_are_valid_for_their_method():
+    from DeepRegistrationLib.methods import SPECS
+    folder = ROOT / "DeepRegistration" / "Resources" / "Presets"
+    presets = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))]
+    assert len(presets) >= 3
+    for preset in presets:
+        spec = SPECS[preset["method"]]
+        spec.parse_options(preset["options"])
+        assert not preset["rigidFirst"] or spec.deformable
+        assert (preset["model"] == "") == (spec.model_kind is None)
 
 
 def cmake_list(path, keyword):
@@ -112,21 +253,24 @@ def test_cmake_scripts_list_every_library_file():
     assert "${MODULE_NAME}.py" in listed
 
 
-def test_cmake_resources_list_ui_icons_and_models():
+def test_cmake_resources_list_ui_icons_models_presets_and_requirements():
     listed = cmake_list(ROOT / "DeepRegistration" / "CMakeLists.txt", "MODULE_PYTHON_RESOURCES")
-    models = sorted(str(p.relative_to(ROOT / "DeepRegistration")) for p in
-                    (ROOT / "DeepRegistration" / "DeepRegistrationLib" / "models" / "bundled").glob("*.pt"))
-    assert set(models) <= set(listed)
+    folder = ROOT / "DeepRegistration"
+    wanted = [str(p.relative_to(folder)) for pattern in ("DeepRegistrationLib/models/bundled/*.pt",
+                                                         "Resources/Presets/*.json", "Resources/requirements.txt")
+              for p in folder.glob(pattern)]
+    assert set(wanted) <= set(listed)
     for item in listed:
-        assert (ROOT / "DeepRegistration" / item.replace("${MODULE_NAME}", "DeepRegistration")).exists(), item
+        assert (folder / item.replace("${MODULE_NAME}", "DeepRegistration")).exists(), item
 
 
 def test_extension_cmake():
     text = (ROOT / "CMakeLists.txt").read_text()
-    for needle in ("EXTENSION_DEPENDS PyTorch", "add_subdirectory(DeepRegistration)",
+    for needle in ("EXTENSION_DEPENDS PyTorch", "EXTENSION_CATEGORY", "add_subdirectory(DeepRegistration)",
                    "add_subdirectory(DeepMetricTraining)", "Slicer_EXTENSION_GENERATE_CONFIG", "Slicer_EXTENSION_CPACK",
                    "find_package(Slicer REQUIRED)"):
         assert needle in text
+    assert (ROOT / "LICENSE").exists()
     for module in MODULES:
         assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in (ROOT / module / "CMakeLists.txt").read_text()
 
