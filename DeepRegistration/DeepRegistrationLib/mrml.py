@@ -321,6 +321,7 @@ def show_deformation_grid(transform_node, region_volume_node=None, spacing_mm: f
     display.SetGridSpacingMm(spacing_mm)
     if region_volume_node is not None:
         display.SetAndObserveRegionNode(region_volume_node)
+    display.SetVisibility(True)
     display.SetVisibility2D(True)
     return display
 
