@@ -44,7 +44,7 @@ from scipy import stats
 from DeepRegistrationLib.core.image import Grid
 from DeepRegistrationLib.core.jacobian import jacobian_determinant
 from DeepRegistrationLib.core.transforms import DisplacementField
-from DeepRegistrationLib.deformable.deepsim_method import load_registration_net
+from DeepRegistrationLib.deformable.deepsim_registration import load_registration_net
 from DeepRegistrationLib.deformable.spatial_transformer import warp_voxels
 from DeepRegistrationLib.metrics.deepsim import load_deepsim
 from DeepRegistrationLib.models.model_file import read_metadata

@@ -29,7 +29,7 @@ def test_cnn_registration_with_the_bundled_set_recovers_a_known_pose(shifted_pai
     torch.set_num_threads(1)
     fixed, moving, true = shifted_pair
     fixed_3mm = anti_aliased_resample(fixed, 3.0)  # another spacing than the data's: resampled to the model's levels
-    result = register(fixed_3mm, moving, "cnn", device, patches=64, max_evaluations=150)
+    result = register(fixed_3mm, moving, "learned-metric", device, patches=64, max_evaluations=150)
     assert "sedghi-t1-t2" in result.report["model_note"]
     err = rigid_errors(result.transform, true)
     before = rigid_errors(RigidTransform(center_mm=true.center_mm), true)
@@ -90,7 +90,7 @@ def test_cnn_registration_uses_the_moving_mask_and_refuses_anatomy_that_does_not
     upper = moving.with_array((cut_below(moving.with_array(np.ones_like(moving.array)), 0.0).array > 0)
                               .astype(np.uint8))
     common = dict(patches=16, max_evaluations=20, models=["sedghi-t1-gm"])
-    counts = [[s["candidate_centres"] for s in register(fixed, moving, "cnn", "cpu", moving_mask=mask,
+    counts = [[s["candidate_centres"] for s in register(fixed, moving, "learned-metric", "cpu", moving_mask=mask,
                                                         **common).report["stages"]] for mask in (None, upper)]
     assert all(0 < masked < 0.75 * whole for whole, masked in zip(*counts)), counts
     far = RigidTransform(center_mm=true.center_mm, translation_mm=[0.0, 0.0, 400.0])
@@ -101,9 +101,9 @@ def test_cnn_registration_uses_the_moving_mask_and_refuses_anatomy_that_does_not
 def test_cnn_method_rejects_unknown_options(shifted_pair):
     fixed, moving, _ = shifted_pair
     with pytest.raises(InputError, match="unknown option"):
-        register(fixed, moving, "cnn", "cpu", bins=60)
+        register(fixed, moving, "learned-metric", "cpu", bins=60)
     with pytest.raises(InputError, match="neither a file nor a bundled model"):
-        register(fixed, moving, "cnn", "cpu", models=["no-such-model"])
+        register(fixed, moving, "learned-metric", "cpu", models=["no-such-model"])
 
 
 def test_nmi_response_peaks_at_the_true_pose(shifted_pair):

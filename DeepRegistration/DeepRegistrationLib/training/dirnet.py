@@ -26,7 +26,7 @@ from ..core.errors import InputError
 from ..core.io import read_image
 from ..data import sources
 from ..deformable.bspline import bspline_displacement
-from ..deformable.dirnet_method import MODEL_KIND, NORMALIZATION, model_grid
+from ..deformable.dirnet_registration import MODEL_KIND, NORMALIZATION, model_grid
 from ..deformable.model_input import normalize_intensity, resample_to
 from ..deformable.spatial_transformer import warp_voxels
 from ..metrics.similarity import ncc
