@@ -35,7 +35,7 @@ from DeepRegistrationLib.deformable.diffeo_registration import lddmm_parameters,
 from DeepRegistrationLib.methods import SPECS
 from DeepRegistrationLib.deformable.model_input import normalize_intensity, resample_to
 from DeepRegistrationLib.deformable.patchwise import FINE_SQUARINGS, coarse_grid_holds, exponentials, predict_momentum, voxels_to_lps_mm
-from DeepRegistrationLib.deformable.spatial_transformer import warp_voxels
+from DeepRegistrationLib.core.spatial_transformer import warp_voxels
 from DeepRegistrationLib.metrics.evaluation import dice_per_label, fields_agree, lengths
 
 DEFAULT_MODEL = SPECS["diffeo"].default_model

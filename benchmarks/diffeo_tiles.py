@@ -31,7 +31,7 @@ from DeepRegistrationLib.deformable.diffeo_registration import lddmm_parameters,
 from DeepRegistrationLib.methods import SPECS
 from DeepRegistrationLib.deformable.patchwise import integrate, predict_momentum
 from DeepRegistrationLib.deformable.model_input import normalize_intensity, resample_to
-from DeepRegistrationLib.deformable.spatial_transformer import warp_voxels
+from DeepRegistrationLib.core.spatial_transformer import warp_voxels
 from DeepRegistrationLib.metrics.evaluation import dice_per_label, fields_agree
 
 DEFAULT_MODEL = SPECS["diffeo"].default_model

@@ -24,7 +24,7 @@ from DeepRegistrationLib.core.warp import warp
 from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.metrics.evaluation import rigid_errors
 from DeepRegistrationLib.networks.metric_cnn import MetricCNN, default_architecture
-from DeepRegistrationLib.training.metric_patches import PatchPairSampler, SamplerSettings, prepare_level
+from DeepRegistrationLib.rigid.metric_patches import PatchPairSampler, SamplerSettings, prepare_level
 
 
 def sync(device):

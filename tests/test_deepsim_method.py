@@ -14,7 +14,7 @@ from DeepRegistrationLib.core.transforms import CompositeTransform, Displacement
 from DeepRegistrationLib.core.warp import warp
 from DeepRegistrationLib.data.synthetic import smooth_random_field
 from DeepRegistrationLib.deformable.deepsim_registration import covering_grid, load_registration_net
-from DeepRegistrationLib.metrics.deepsim import load_deepsim, load_feature_extractor
+from DeepRegistrationLib.metrics.deepsim_similarity import load_deepsim, load_feature_extractor
 from DeepRegistrationLib.metrics.evaluation import dice_per_label
 from DeepRegistrationLib.models.model_file import read_metadata
 from DeepRegistrationLib.training.common import load_checkpoint, write_pairs_csv

@@ -23,9 +23,9 @@ from DeepRegistrationLib.deformable.model_input import normalize_intensity, resa
 from DeepRegistrationLib.deformable import lddmm
 from DeepRegistrationLib.deformable.patchwise import (FINE_SQUARINGS, integrate, predict_momentum, tile_layout,
                                                      voxels_to_lps_mm)
-from DeepRegistrationLib.deformable.spatial_transformer import warp_voxels
+from DeepRegistrationLib.core.spatial_transformer import warp_voxels
 from DeepRegistrationLib.metrics.evaluation import dice_per_label, fields_agree
-from DeepRegistrationLib.training.diffeo import DiffeoTraining, diffeo_loss, normalized_mse
+from DeepRegistrationLib.training.diffeo_trainer import DiffeoTraining, diffeo_loss, normalized_mse
 
 DEFAULT_MODEL = SPECS["diffeo"].default_model
 

@@ -12,8 +12,8 @@ from DeepRegistrationLib.core.warp import physical_grid_points, warp
 from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.metrics.evaluation import rigid_errors
 from DeepRegistrationLib.rigid.cnn_metric import centres_in_both_foregrounds, load_metric_set, register_cnn
-from DeepRegistrationLib.rigid.response import build_metrics, peak_offsets, response_functions
-from DeepRegistrationLib.training.metric_patches import anti_aliased_resample, prepare_level
+from DeepRegistrationLib.rigid.response_functions import build_metrics, peak_offsets, response_functions
+from DeepRegistrationLib.rigid.metric_patches import anti_aliased_resample, prepare_level
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,7 @@ def test_response_of_a_learned_metric_and_ncc_peak_near_the_pose(shifted_pair):
 def test_response_command_writes_csv_and_plot(tmp_path, shifted_pair):
     from DeepRegistrationLib.cli import main
     from DeepRegistrationLib.core.io import write_image
-    from DeepRegistrationLib.rigid.response import read_response_csv
+    from DeepRegistrationLib.rigid.response_functions import read_response_csv
 
     fixed, moving, _ = shifted_pair
     write_image(fixed, tmp_path / "f.nii.gz")

@@ -28,7 +28,7 @@ from .core.validation import check_overlap, check_volume
 from .core.warp import warp
 from .method_spec import RegistrationContext
 from .methods import method_spec
-from .quality_report import quality_report
+from .metrics.quality_report import quality_report
 
 
 @dataclass

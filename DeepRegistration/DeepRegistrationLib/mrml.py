@@ -25,8 +25,8 @@ from .core.errors import InputError
 from .core.image import Grid, Image
 from .core.io import read_image
 from .core.transforms import AffineTransform, DisplacementField, LinearTransform, RigidTransform, read_transform
-from .rigid.response import PARAMETERS, UNITS, build_metrics, response_functions
-from .training.metric_patches import PatchPairSampler, SamplerSettings, prepare_level
+from .rigid.response_functions import PARAMETERS, UNITS, build_metrics, response_functions
+from .rigid.metric_patches import PatchPairSampler, SamplerSettings, prepare_level
 
 LPS_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 

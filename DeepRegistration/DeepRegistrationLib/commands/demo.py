@@ -13,7 +13,7 @@ from ..data import sources
 from ..data.synthetic import random_rigid, smooth_random_field
 from ..methods import SPECS
 from ..metrics.evaluation import rigid_errors
-from ..rigid.response import nmi_and_cnn_panels
+from ..rigid.response_functions import nmi_and_cnn_panels
 from ..viz.deformation_grid import save_deformation_grid_figure
 from ..viz.overlay import save_checkerboard_figure
 from ..viz.response_plot import save_response_plot

@@ -16,7 +16,7 @@ from ..core.image import Grid, Image
 from ..core.transforms import DisplacementField, compose
 from ..method_spec import MethodOutput, RegistrationContext
 from ..models.model_file import load_network, resolve_model_path
-from ..networks.dirnet import DIRNet, DIRNetConfig
+from ..networks.dirnet_regressor import DIRNet, DIRNetConfig
 from .model_input import in_plane, initial_or_none, normalize_intensity, resample_to, voxels_to_mm
 
 MODEL_KIND = "dirnet"

@@ -20,7 +20,7 @@ from ..core.transforms import RigidTransform
 from ..core.warp import warp
 from ..deformable.deepsim_registration import covering_grid
 from ..deformable.model_input import normalize_intensity, resample_to
-from ..metrics.deepsim import DeepSim, deepsim_from_features
+from ..metrics.deepsim_similarity import DeepSim, deepsim_from_features
 from .powell import PowellSettings, maximize_rigid
 
 

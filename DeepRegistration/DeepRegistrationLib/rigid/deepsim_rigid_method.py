@@ -16,7 +16,7 @@ SPEC = MethodSpec(
 
 
 def run(fixed, moving, ctx: RegistrationContext) -> MethodOutput:
-    from ..metrics.deepsim import load_deepsim
+    from ..metrics.deepsim_similarity import load_deepsim
     from .deepsim_objective import register_rigid_deepsim
     from .powell import PowellSettings, initial_rigid
     name = ctx.models[0]
