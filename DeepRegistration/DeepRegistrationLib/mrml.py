@@ -328,7 +328,7 @@ def show_deformation_grid(transform_node, region_volume_node=None, spacing_mm: f
 
 # --- registration on nodes ----------------------------------------------------------------------
 
-def register_nodes(fixed_node, moving_node, method: str = "mi", device: str = "auto", progress=None,
+def register_nodes(fixed_node, moving_node, method: str = "nmi", device: str = "auto", progress=None,
                    initial_transform_node=None, fixed_mask_node=None, moving_mask_node=None,
                    output_transform_node=None, output_volume_node=None, options: dict = None,
                    place_moving_under_transform: bool = True) -> dict:
@@ -394,7 +394,7 @@ def patch_preview_node(fixed_node, moving_node, scene=None, pairs: int = 6, patc
     """A montage volume of sampled training patch pairs (middle slices): row r shows pair r as
     [fixed | moving]; the first ``pairs`` rows are positives (corresponding), the rest negatives."""
     import torch
-    from .training.metric_patches import PatchPairSampler, SamplerSettings, prepare_level
+    from .rigid.metric_patches import PatchPairSampler, SamplerSettings, prepare_level
     scene = scene or fixed_node.GetScene()
     fixed = prepare_level(volume_node_to_image(fixed_node, "fixed volume"), spacing_mm)
     moving = prepare_level(volume_node_to_image(moving_node, "moving volume"), spacing_mm)

@@ -5,9 +5,9 @@ import shlex
 import sys
 
 from ..core.errors import InputError
-from ..metrics.deepsim import load_deepsim
+from ..metrics.deepsim_similarity import load_deepsim
 from ..networks.momentum_unet import MomentumUNetConfig
-from ..training.diffeo import SIMILARITIES, TEMPLATES, DiffeoTraining, PairSource, train
+from ..training.diffeo_trainer import SIMILARITIES, TEMPLATES, DiffeoTraining, PairSource, train
 
 DEEPSIM = "deepsim"
 

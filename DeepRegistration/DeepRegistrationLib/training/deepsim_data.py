@@ -19,7 +19,7 @@ import torch
 from ..core.errors import InputError
 from ..core.io import read_image
 from ..core.warp import warp
-from ..deformable.deepsim_method import covering_grid
+from ..deformable.deepsim_registration import covering_grid
 from ..deformable.model_input import normalize_intensity, resample_to
 from .common import read_pairs_csv
 from .deepsim_subjects import content_slices, subjects
