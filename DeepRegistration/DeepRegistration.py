@@ -184,14 +184,15 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.openFolderButton.enabled = bool(self._lastFolder and os.path.isdir(self._lastFolder))
 
     def _showModels(self, spec) -> None:
-        combo = self.ui.modelComboBox
+        """The method's models; the parameter's model stays chosen if it is one of them or a model file."""
+        combo, model = self.ui.modelComboBox, self._parameterNode.model
         combo.blockSignals(True)
         combo.clear()
         for name in self.logic.modelsFor(spec.name):
             combo.addItem(name)
-        if self._parameterNode.model and combo.findText(self._parameterNode.model) < 0 and spec.model_kind:
-            combo.addItem(self._parameterNode.model)
-        combo.currentText = self._parameterNode.model if combo.findText(self._parameterNode.model) >= 0 else ""
+        if spec.model_kind and model and combo.findText(model) < 0 and os.path.isfile(model):
+            combo.addItem(model)
+        combo.currentIndex = max(combo.findText(model), 0) if combo.count else -1
         combo.blockSignals(False)
         combo.enabled = self.ui.loadModelButton.enabled = spec.model_kind is not None
         self.onModelChanged()
@@ -205,10 +206,8 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _showOptions(self, spec) -> None:
         """One widget per option of the method's spec, in the Advanced section, bound to ``methodOptions``."""
         layout = self.ui.advancedOptionsFrame.layout()
-        while layout.count():
-            item = layout.takeAt(0)
-            if item.widget():
-                item.widget().deleteLater()
+        while layout.rowCount():
+            layout.removeRow(0)  # deletes the row's widgets
         self._optionWidgets = {}
         values = self.logic.optionValues(self._parameterNode)
         for option in spec.options:
@@ -231,10 +230,11 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             widget.checked = bool(value)
             widget.connect("toggled(bool)", lambda v, o=option: self._setOption(o, v))
         elif option.type in ("int", "float") and value is not None:
+            number = int if option.type == "int" else float
             widget = qt.QSpinBox() if option.type == "int" else qt.QDoubleSpinBox()
-            widget.minimum = option.minimum if option.minimum is not None else -1e9
-            widget.maximum = option.maximum if option.maximum is not None else 1e9
-            widget.value = value
+            widget.minimum = number(option.minimum if option.minimum is not None else -10**9)
+            widget.maximum = number(option.maximum if option.maximum is not None else 10**9)
+            widget.value = number(value)
             widget.connect("valueChanged(double)" if option.type == "float" else "valueChanged(int)",
                            lambda v, o=option: self._setOption(o, v))
         else:

@@ -1,72 +1,39 @@
-"""The two Slicer modules' logic classes run headless on the real Slicer core (``slicer-core`` wheel).
+"""The two Slicer modules run outside Slicer: widgets built from their .ui files with Qt (PySide6), parameter
+nodes and GUI connectors held to Slicer's rules, and the logic on the real Slicer core (slicer-core).
 
-The module files import Slicer's GUI framework (``qt``, ``slicer.ScriptedLoadableModule``,
-``slicer.parameterNodeWrapper``, ``slicer.i18n``), which the wheel lacks. Minimal stand-ins for those
-framework names are installed for the import only: the logic methods under test never call them, and
-everything they do touch (scene, nodes, volumes, transforms, tables, the background CLI process) is real.
-The parameter node is a namespace with the module's declared parameters and defaults.
+See ``slicer_gui_harness`` for what is real and what stands in for the Slicer application.
 """
-import importlib
+import json
+import os
+import subprocess
 import sys
-import types
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 slicer = pytest.importorskip("slicer", reason="Slicer's core (the slicer-core wheel, CPython 3.11 on Linux) is not installed")
+pytest.importorskip("PySide6.QtUiTools", reason="PySide6 is not installed")
 
+import slicer_gui_harness as harness  # noqa: E402
 from DeepRegistrationLib import mrml  # noqa: E402
+from DeepRegistrationLib.background import CommandSequence  # noqa: E402
 from DeepRegistrationLib.cli import build_parser  # noqa: E402
 from DeepRegistrationLib.core.transforms import RigidTransform  # noqa: E402
 from DeepRegistrationLib.core.warp import warp  # noqa: E402
+from DeepRegistrationLib.methods import SPECS  # noqa: E402
 from DeepRegistrationLib.models.model_file import read_metadata  # noqa: E402
 from DeepRegistrationLib.training.deepsim_subjects import SubjectSettings, template  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _framework_stand_ins() -> dict:
-    qt = types.ModuleType("qt")
-    slm = types.ModuleType("slicer.ScriptedLoadableModule")
-
-    class _Base:
-        def __init__(self, *args, **kwargs):
-            pass
-
-    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleLogic",
-                 "ScriptedLoadableModuleTest"):
-        setattr(slm, name, type(name, (_Base,), {}))
-    wrapper = types.ModuleType("slicer.parameterNodeWrapper")
-    wrapper.parameterNodeWrapper = lambda cls: cls
-    wrapper.Choice = lambda values: ("Choice", tuple(values))
-    wrapper.WithinRange = lambda low, high: ("WithinRange", low, high)
-    i18n = types.ModuleType("slicer.i18n")
-    i18n.tr = lambda text: text
-    i18n.translate = lambda context, text: text
-    return {"qt": qt, "slicer.ScriptedLoadableModule": slm, "slicer.parameterNodeWrapper": wrapper,
-            "slicer.i18n": i18n}
+TESTS = Path(__file__).resolve().parent
 
 
 @pytest.fixture
-def modules(monkeypatch):
-    scene = slicer.vtkMRMLScene()
-    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
-    for name, module in _framework_stand_ins().items():
-        monkeypatch.setitem(sys.modules, name, module)
-    for folder in ("DeepRegistration", "DeepMetricTraining"):
-        monkeypatch.syspath_prepend(str(ROOT / folder))
-        monkeypatch.delitem(sys.modules, folder, raising=False)
-    return (importlib.import_module("DeepRegistration"), importlib.import_module("DeepMetricTraining"), scene)
-
-
-def parameters(cls, **values) -> types.SimpleNamespace:
-    """The declared parameters of a module with their defaults (None for nodes), overridden by ``values``."""
-    fields = {name: getattr(cls, name, None) for name in cls.__annotations__}
-    unknown = set(values) - set(fields)
-    assert not unknown, f"not parameters of {cls.__name__}: {unknown}"
-    fields.update(values)
-    return types.SimpleNamespace(**fields)
+def scene(monkeypatch):
+    s = slicer.vtkMRMLScene()
+    harness.install(monkeypatch, s)
+    return s
 
 
 @pytest.fixture(scope="module")
@@ -77,51 +44,211 @@ def brain():
     return image, labels, warp(image, image.grid, shift), warp(labels, labels.grid, shift, mode="nearest")
 
 
-def test_registration_command_line_of_every_method_parses(modules, brain, tmp_path):
-    """What the panel runs in the background is a valid ``deepregistration register`` call for each method."""
-    reg, _, scene = modules
-    image, _, moving, _ = brain
+SETUP_WITHOUT_DEPENDENCIES = textwrap.dedent("""\
+    import importlib.abc, json, sys
+    class Refuse(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "scipy", "matplotlib"):
+                raise ImportError(f"{name} is not installed (refused by the test)")
+    sys.meta_path.insert(0, Refuse())
+    import numpy as np, pytest, slicer
+    import slicer_gui_harness as harness
+    scene = slicer.vtkMRMLScene()
+    _, errors = harness.install(pytest.MonkeyPatch(), scene)
+    fixed = slicer.util.addVolumeFromArray(np.zeros((4, 5, 6), np.float32), name="fixed")
+    moving = slicer.util.addVolumeFromArray(np.ones((4, 5, 6), np.float32), name="moving")
+    out = {}
+    mod, widget = harness.build_widget("DeepRegistration", scene)
+    out["methods"] = [widget.ui.methodComboBox.itemText(i) for i in range(widget.ui.methodComboBox.count)]
+    widget.ui.fixedVolumeSelector.setCurrentNode(fixed)
+    widget.ui.movingVolumeSelector.setCurrentNode(moving)
+    out["applyEnabled"] = widget.ui.applyButton.enabled
+    widget.ui.applyButton.click()
+    out["afterApply"] = list(harness.PyTorchUtilsRecorder.calls)
+    harness.PyTorchUtilsRecorder.calls.clear()
+    _, training = harness.build_widget("DeepMetricTraining", scene)
+    training.ui.fixedVolumeSelector.setCurrentNode(fixed)
+    training.ui.movingVolumeSelector.setCurrentNode(moving)
+    out["startEnabled"] = training.ui.startButton.enabled
+    training.ui.startButton.click()
+    out["afterStart"] = list(harness.PyTorchUtilsRecorder.calls)
+    out["imported"] = sorted(m for m in ("torch", "scipy", "matplotlib") if m in sys.modules)
+    out["errors"] = errors
+    print("RESULT" + json.dumps(out, default=str))
+""")
+
+
+def test_panels_build_without_torch_scipy_matplotlib_and_reach_the_install_flow():
+    """A fresh Slicer with SlicerPyTorch but no torch: both panels build (every GUI connector accepted), and
+    Apply / Start lead to SlicerPyTorch's install (here declined), with nothing heavy imported."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    run = subprocess.run([sys.executable, "-c", SETUP_WITHOUT_DEPENDENCIES], capture_output=True, text=True, env=env,
+                         timeout=300, cwd=TESTS)
+    lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT")]
+    assert run.returncode == 0 and lines, run.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT"):])
+    assert out["methods"] == [spec.label for spec in SPECS.values()]
+    assert out["applyEnabled"] and out["startEnabled"]
+    install = ["torchInstalled", ["installTorch", True, ">=2.0"]]
+    assert out["afterApply"] == install and out["afterStart"] == install
+    assert out["imported"] == []
+    assert out["errors"] == []
+
+
+def test_method_choice_drives_models_masks_and_the_advanced_options(scene):
+    mod, widget = harness.build_widget("DeepRegistration", scene)
+    ui, p = widget.ui, widget._parameterNode
+    for index, spec in enumerate(SPECS.values()):
+        ui.methodComboBox.currentIndex = index
+        assert p.method.value == spec.name
+        assert harness.unwrap(ui.advancedOptionsFrame).layout().rowCount() == max(len(spec.options), 1)
+        assert ui.modelComboBox.enabled == (spec.model_kind is not None)
+        if spec.default_model:
+            assert ui.modelComboBox.currentText == spec.default_model == p.model
+        assert ui.fixedMaskSelector.enabled == ("fixed" in spec.masks)
+        assert ui.rigidFirstCheckBox.enabled == spec.deformable
+    ui.methodComboBox.currentIndex = list(SPECS).index("nmi")
+    widget._optionWidgets["bins"].value = 32
+    assert json.loads(p.methodOptions) == {"bins": 32}
+    assert mod.DeepRegistrationLogic.optionValues(p) == {"bins": 32}
+
+
+def test_selectors_list_the_usual_nodes(scene):
+    _, widget = harness.build_widget("DeepRegistration", scene)
+    linear = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "from the Transforms module")
+    grid = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "loaded .h5")
+    labels = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "segmentation")
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "volume")
+    for selector in ("fixedVolumeSelector", "initialTransformSelector", "fixedMaskSelector"):
+        harness.unwrap(getattr(widget.ui, selector)).refresh()
+    listed = lambda name: harness.unwrap(getattr(widget.ui, name)).nodes()  # noqa: E731
+    assert {linear, grid} <= set(listed("initialTransformSelector"))
+    assert {labels, segmentation, volume} <= set(listed("fixedMaskSelector"))
+    assert volume in listed("fixedVolumeSelector") and labels not in listed("fixedVolumeSelector")
+    widget.ui.fixedMaskSelector.setCurrentNode(segmentation)
+    assert widget._parameterNode.fixedMask is segmentation
+
+
+def test_registration_stages_of_every_method_parse(scene, brain, tmp_path):
+    """What the panel runs in the background is a valid ``deepregistration register`` call for each method,
+    with rigid-first as an NMI stage whose transform starts the second stage."""
+    mod = harness.build_widget("DeepRegistration", scene)[0]
+    image, labels, moving, _ = brain
     fixed_node = mrml.image_to_volume_node(image, scene, "fixed")
     moving_node = mrml.image_to_volume_node(moving, scene, "moving")
+    mask = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "mask")
+    mrml.image_to_volume_node(labels, scene, "mask", mask)
     parser = build_parser()
-    logic = reg.DeepRegistrationLogic()
-    for method in reg.METHOD_NAMES:
-        p = parameters(reg.DeepRegistrationParameterNode, fixedVolume=fixed_node, movingVolume=moving_node,
-                       method=method)
-        args = parser.parse_args(logic.registrationArguments(p, str(tmp_path)))
-        assert args.method == method
-        assert (args.out_inverse is not None) == (method in reg.INVERTIBLE_METHODS)
-        assert (args.out_jacobian is not None) == (method in reg.DEFORMABLE_METHODS)
-        assert method == "nmi" or logic.availableModels(method), f"no bundled model listed for {method}"
+    logic = mod.DeepRegistrationLogic()
+    p = logic.getParameterNode()
+    p.fixedVolume, p.movingVolume, p.fixedMask = fixed_node, moving_node, mask
+    for name, spec in SPECS.items():
+        p.method = mod.Method(name)
+        p.model = spec.default_model or ""
+        folder = tmp_path / name
+        folder.mkdir()
+        stages = logic.registrationStages(p, str(folder))
+        args = parser.parse_args(stages[-1])
+        assert args.method == name and len(stages) == 1
+        assert (args.out_inverse is not None) == spec.inverse
+        assert (args.out_jacobian is not None) == spec.deformable
+        assert (args.fixed_mask is not None) == ("fixed" in spec.masks)
+    p.rigidFirst = True
+    folder = tmp_path / "rigid-first"
+    folder.mkdir()
+    first, second = logic.registrationStages(p, str(folder))
+    assert parser.parse_args(first).method == "nmi"
+    assert parser.parse_args(second).initial_transform == parser.parse_args(first).out_transform
 
 
-def test_background_deepsim_registration_adds_nodes_and_leaves_inputs(modules, brain):
-    reg, _, scene = modules
+def test_a_command_sequence_runs_its_stages_in_order(tmp_path):
+    child = tmp_path / "stage"
+    child.write_text(f"#!{sys.executable}\n" + textwrap.dedent("""\
+        import json, sys
+        print(json.dumps({"event": "progress", "fraction": 0.5, "message": sys.argv[-1]}))
+        print(json.dumps({"event": "done", "outputs": {"stage": sys.argv[-1]}}))
+    """))
+    child.chmod(0o755)
+    job = CommandSequence([["first"], ["second"]], str(child)).start()
+    assert job.wait(60) == 0
+    events = job.events()
+    while not job.finished:
+        events += job.events()
+    assert job.outputs == {"stage": "second"}
+
+
+def test_presets_apply_and_save(scene, tmp_path):
+    mod, widget = harness.build_widget("DeepRegistration", scene)
+    logic, p = mod.DeepRegistrationLogic, widget._parameterNode
+    presets = logic.presets([mod.PRESETS_DIR])
+    logic.applyPreset(presets["T1↔T1 brain, rigid + diffeo"], p)
+    assert p.method.value == "diffeo" and p.rigidFirst and widget.ui.methodComboBox.currentText == SPECS["diffeo"].label
+    p.methodOptions = json.dumps({"tile": 64})
+    path = logic.savePreset("mine", p, str(tmp_path))
+    assert logic.presets([str(tmp_path)])["mine"] == {"name": "mine", "method": "diffeo", "rigidFirst": True,
+                                                      "model": p.model, "options": {"tile": 64}}
+    assert Path(path).parent == tmp_path
+
+
+def test_background_deepsim_registration_adds_nodes_and_leaves_inputs(scene, brain):
+    mod, widget = harness.build_widget("DeepRegistration", scene)
     image, _, moving, _ = brain
     fixed_node = mrml.image_to_volume_node(image, scene, "fixed")
     moving_node = mrml.image_to_volume_node(moving, scene, "moving")
     before = slicer.util.arrayFromVolume(moving_node).copy()
-    logic = reg.DeepRegistrationLogic()
-    p = parameters(reg.DeepRegistrationParameterNode, fixedVolume=fixed_node, movingVolume=moving_node,
-                   method="deepsim", model="deepsim_brain_t1_3d", device="cpu")
+    logic, p = widget.logic, widget._parameterNode
+    p.fixedVolume, p.movingVolume, p.method, p.device = fixed_node, moving_node, mod.Method("deepsim"), "cpu"
+    p.keepTemporaryFiles = True
     job = logic.startBackgroundRegistration(p)
     try:
         assert job.wait(timeout=300) == 0, job.error_message()
-        events = job.events()
-        job.outputs = next(e["outputs"] for e in events if e.get("event") == "done")
+        job.events()
         nodes = logic.finishBackgroundRegistration(job, p)
     finally:
-        logic.cleanupJob(job)
+        folder = logic.cleanupJob(job, keep=False)
+    assert folder == "" and not os.path.exists(job.folder)
     assert p.outputTransform is nodes["transform"] and not nodes["transform"].IsLinear()
+    assert nodes["transform"].GetNodeReference("fixedVolume") is fixed_node
+    assert nodes["transform"].GetNodeReference("movingVolume") is moving_node
     assert moving_node.GetParentTransformNode() is nodes["transform"]
+    assert p.outputVolume is nodes["volume"]
     assert slicer.util.arrayFromVolume(nodes["jacobian"]).shape == image.grid.shape
-    assert "inverse" not in nodes
     assert np.array_equal(slicer.util.arrayFromVolume(moving_node), before)
+    # a second run starts from the moving volume's transform (the first result) and reuses the output nodes
+    stages = logic.registrationStages(p, str(Path(job.folder).parent), moving_node.GetParentTransformNode())
+    assert "--initial-transform" in stages[0]
 
 
-def test_training_panel_trains_deepsim_from_scene_nodes(modules, brain, tmp_path):
+def test_training_curves_keep_one_table_and_one_chart(scene):
+    mod, widget = harness.build_widget("DeepMetricTraining", scene)
+    logic, p = widget.logic, widget._parameterNode
+    for update in range(40):
+        logic.applyEvents([{"event": "step", "step": 10 * update + s, "loss": 1.0 / (1 + update), "fraction": 0.1}
+                           for s in range(10)], p)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLTableNode") == 1
+    assert scene.GetNumberOfNodesByClass("vtkMRMLPlotChartNode") == 1
+    assert scene.GetNumberOfNodesByClass("vtkMRMLPlotSeriesNode") == 3
+    assert p.curvesTable.GetNumberOfRows() == 400
+
+
+def test_resume_only_with_a_checkpoint_and_start_without_an_output_path(scene, tmp_path):
+    _, widget = harness.build_widget("DeepMetricTraining", scene)
+    ui, p = widget.ui, widget._parameterNode
+    p.pairsCsv = str(tmp_path / "pairs.csv")
+    assert ui.startButton.enabled and not ui.resumeButton.enabled
+    p.outputModel = str(tmp_path / "metric.pt")
+    assert not ui.resumeButton.enabled
+    (tmp_path / "metric_checkpoints").mkdir()
+    (tmp_path / "metric_checkpoints" / "checkpoint.pt").write_bytes(b"")
+    p.outputModel = str(tmp_path / "metric.pt")
+    widget._updateButtons()
+    assert ui.resumeButton.enabled
+
+
+def test_training_panel_trains_deepsim_from_scene_nodes(scene, brain, tmp_path):
     """Feature extractor from a labelled scene pair, then a DeepSim registration U-Net on its features."""
-    _, training, scene = modules
+    mod, widget = harness.build_widget("DeepMetricTraining", scene)
     image, labels, moving, moving_labels = brain
     nodes = {"fixedVolume": mrml.image_to_volume_node(image, scene, "fixed"),
              "movingVolume": mrml.image_to_volume_node(moving, scene, "moving")}
@@ -129,29 +256,32 @@ def test_training_panel_trains_deepsim_from_scene_nodes(modules, brain, tmp_path
         node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", key)
         mrml.image_to_volume_node(array, scene, key, node)
         nodes[key] = node
-    logic = training.DeepMetricTrainingLogic()
-    no_labels = parameters(training.DeepMetricTrainingParameterNode, network="deepsim-features",
-                           outputModel=str(tmp_path / "f.pt"), fixedVolume=nodes["fixedVolume"],
-                           movingVolume=nodes["movingVolume"])
+    logic, p = widget.logic, widget._parameterNode
+
+    def configure(**values):
+        for key, value in {**nodes, **values}.items():
+            setattr(p, key, value)
+        return p
+
+    configure(network="deepsim-features", outputModel=str(tmp_path / "f.pt"), fixedLabels=None)
     with pytest.raises(ValueError, match="label maps"):
-        logic.trainingArguments(no_labels, False, str(tmp_path))
+        logic.trainingArguments(p, False, str(tmp_path))
 
-    features = parameters(training.DeepMetricTrainingParameterNode, network="deepsim-features", dimension=2,
-                          epochs=1, device="cpu", outputModel=str(tmp_path / "features.pt"), **nodes)
-    events = logic.train(features)
+    configure(network="deepsim-features", dimension=2, epochs=1, device="cpu",
+              outputModel=str(tmp_path / "features.pt"))
+    events = logic.train(p)
     assert events[-1]["event"] == "done" and read_metadata(tmp_path / "features.pt")["kind"] == "deepsim-features"
-    assert features.curvesTable is not None and features.curvesTable.GetNumberOfRows() >= 20
+    assert p.curvesTable is not None and p.curvesTable.GetNumberOfRows() >= 20
 
-    registration = parameters(training.DeepMetricTrainingParameterNode, network="deepsim", similarity="deepsim",
-                              featuresModel=str(tmp_path / "features.pt"), regularization="0.05,0.2", dimension=2,
-                              epochs=1, device="cpu", outputModel=str(tmp_path / "deepsim.pt"), **nodes)
-    args = logic.trainingArguments(registration, False, str(tmp_path))
+    configure(network="deepsim", similarity="deepsim", featuresModel=str(tmp_path / "features.pt"),
+              regularization="0.05,0.2", dimension=2, epochs=1, device="cpu", outputModel=str(tmp_path / "deepsim.pt"))
+    args = logic.trainingArguments(p, False, str(tmp_path))
     assert args[args.index("--lam") + 1] == "0.05,0.2" and args[args.index("--dim") + 1] == "2"
-    logic.train(registration)
+    logic.train(p)
     meta = read_metadata(tmp_path / "deepsim.pt")
     assert meta["similarity"] == "deepsim" and [c["lambda"] for c in meta["lambda_search"]] == [0.05, 0.2]
+    assert scene.GetNumberOfNodesByClass("vtkMRMLPlotChartNode") == 1
 
-    wrong = parameters(training.DeepMetricTrainingParameterNode, network="diffeo", similarity="ncc_sup",
-                       outputModel=str(tmp_path / "d.pt"), **nodes)
+    configure(network="diffeo", similarity="ncc_sup", outputModel=str(tmp_path / "d.pt"))
     with pytest.raises(ValueError, match="nmse, mse, lncc, deepsim"):
-        logic.trainingArguments(wrong, False, str(tmp_path))
+        logic.trainingArguments(p, False, str(tmp_path))
