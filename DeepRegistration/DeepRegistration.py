@@ -640,6 +640,9 @@ class DeepRegistrationLogic(ScriptedLoadableModuleLogic):
         """Bring the finished run's files into the scene (nothing is added if they are incomplete)."""
         from DeepRegistrationLib.mrml import nodes_from_outputs
         p = parameterNode
+        if not p.outputVolume:   # the registered volume: the checkerboard and fusion views show it
+            p.outputVolume = slicer.mrmlScene.AddNewNodeByClass(
+                "vtkMRMLScalarVolumeNode", slicer.mrmlScene.GenerateUniqueName(f"{p.movingVolume.GetName()} registered"))
         nodes = nodes_from_outputs(slicer.mrmlScene, p.fixedVolume, p.movingVolume, p.method.value, job.outputs,
                                    p.outputTransform, p.outputVolume)
         if not p.outputTransform:

@@ -280,19 +280,26 @@ def response_charts_from_csv(scene, path) -> list:
 
 # --- masks, QA views ------------------------------------------------------------------------------
 
+def _node_ids(scene) -> set:
+    return {scene.GetNthNode(n).GetID() for n in range(scene.GetNumberOfNodes())}
+
+
 def mask_node_to_image(node, reference_volume_node) -> Image:
     """A mask from a label map / scalar volume (non-zero voxels) or a segmentation (its visible segments,
     exported on the reference volume's grid)."""
     if node.IsA("vtkMRMLSegmentationNode"):
         scene = node.GetScene()
+        before = _node_ids(scene)
         labels = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "mask export")
         try:
             if not slicer.vtkSlicerSegmentationsModuleLogic.ExportVisibleSegmentsToLabelmapNode(
                     node, labels, reference_volume_node):
                 raise InputError(f"mask: the segmentation {node.GetName()!r} could not be exported")
             image = volume_node_to_image(labels, "mask")
-        finally:
-            scene.RemoveNode(labels)
+        finally:   # the label map and what the export made for it (display, storage, colour table)
+            for made in _node_ids(scene) - before:
+                if not scene.GetNodeByID(made).IsA("vtkMRMLSubjectHierarchyNode"):
+                    scene.RemoveNode(scene.GetNodeByID(made))
         return image
     return volume_node_to_image(node, "mask")
 
