@@ -736,7 +736,7 @@ class DeepRegistrationTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         self.setUp()
-        self.test_PanelBuildsWithoutTorch()
+        self.test_PanelListsMethodsByLabel()
         if not DeepRegistrationLogic.ensureDependencies(askConfirmation=False):
             self.skipTest("PyTorch (SlicerPyTorch) is not installed")
         self.setUp()
@@ -744,7 +744,7 @@ class DeepRegistrationTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_DeformableGivesJacobianAndReport()
 
-    def test_PanelBuildsWithoutTorch(self):
+    def test_PanelListsMethodsByLabel(self):
         """The panel lists every method by its label from the specs."""
         widget = slicer.modules.deepregistration.widgetRepresentation().self()
         labels = [widget.ui.methodComboBox.itemText(i) for i in range(widget.ui.methodComboBox.count)]

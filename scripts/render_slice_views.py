@@ -9,8 +9,10 @@ views; this is written from Slicer's classes, not copied.
 
     python scripts/render_slice_views.py docs/screenshots
 
-writes the fused, checkerboard, Jacobian-overlay (with its legend) and deformation-grid views of a
-diffeomorphic registration of the SPM avg152 T1 to a smoothly deformed copy of itself.
+writes the fused, checkerboard (before and after), Jacobian-overlay (with its legend) and
+deformation-grid views of a diffeomorphic registration (bundled model) of the SPM avg152 T1 to a
+smoothly deformed copy of itself (the template the model was partly trained on: a demonstration of
+the views, not an evaluation).
 """
 from __future__ import annotations
 
@@ -145,7 +147,9 @@ def render_registration_views(out_dir) -> dict:
     view = OffscreenSliceView(scene, app, "Red", (512, 512))
     paths = {}
     paths["fused"] = view.show(fixed_node, nodes["volume"], 0.5).save(out_dir / "qa_fused.png")
-    board = mrml.checkerboard_node(fixed_node, nodes["volume"])
+    before = mrml.checkerboard_node(fixed_node, moving_node, tile_voxels=12)
+    paths["checkerboard before"] = view.show(before).save(out_dir / "qa_checkerboard_before.png")
+    board = mrml.checkerboard_node(fixed_node, nodes["volume"], tile_voxels=12)
     paths["checkerboard"] = view.show(board).save(out_dir / "qa_checkerboard.png")
     legend = colors.AddDefaultColorLegendDisplayNode(nodes["jacobian"])
     legend.SetTitleText("det J")

@@ -107,8 +107,9 @@ class BackgroundCommand:
     def cancel(self, timeout: float = 30.0) -> None:
         """Terminate the process and every process it started (SIGTERM, then SIGKILL after ``timeout`` s)."""
         import psutil
-        if self.process is None:
-            return
+        if self.process is None or self.process.poll() is not None:
+            self._eof.wait(5)
+            return   # already ended (and reaped: its pid may belong to another process by now)
         try:
             parent = psutil.Process(self.process.pid)
             tree = parent.children(recursive=True)[::-1] + [parent]
