@@ -122,8 +122,8 @@ def test_checkerboard_alternates_fixed_and_registered_tiles(scene, oblique_grid)
     fixed = mrml.image_to_volume_node(Image(np.zeros(oblique_grid.shape, np.float32), oblique_grid), scene, "f")
     ramp = mrml.image_to_volume_node(Image(np.indices(oblique_grid.shape)[2].astype(np.float32), oblique_grid), scene, "x")
     board = slicer.util.arrayFromVolume(mrml.checkerboard_node(fixed, ramp, tile_voxels=4))
-    assert np.all(board[0, 0, :4] == 0) and np.all(board[0, 0, 4:8] > 0)   # fixed tile, then registered tile
-    assert np.all(board[0, 4, :4] > 0) and np.all(board[4, 4, :4] == 0)
+    assert np.all(board[0, 0, 1:4] > 0) and np.all(board[0, 0, 4:8] == 0)   # registered tile, then fixed tile
+    assert np.all(board[0, 4, 1:4] == 0) and np.all(board[4, 4, 1:4] > 0)
 
 
 def test_slicer_convention_from_parent_plus_5mm_right(scene):
@@ -196,7 +196,10 @@ def test_jacobian_volume_and_plot_chart(scene, oblique_grid):
     det = Image(np.linspace(-0.5, 2.5, oblique_grid.num_voxels, dtype=np.float32).reshape(oblique_grid.shape), oblique_grid)
     node = mrml.jacobian_to_volume_node(det, scene, "jac")
     display = node.GetDisplayNode()
-    assert display.GetWindow() == pytest.approx(2.0) and display.GetLevel() == pytest.approx(1.0)
+    # [-w, 2] over 256 entries of width w = 2/255: entry 0 (folding) is [-w, 0), det J = 1 is in entry 128
+    w = 2.0 / 255
+    assert display.GetWindow() == pytest.approx(2.0 + w) and display.GetLevel() == pytest.approx(1.0 - w / 2)
+    assert display.GetInterpolate() == 0
     color = scene.GetNodeByID(display.GetColorNodeID())
     rgba = [0.0] * 4
     color.GetColor(0, rgba)
@@ -207,6 +210,10 @@ def test_jacobian_volume_and_plot_chart(scene, oblique_grid):
                                                 [-1, 0, 1])
     assert chart.GetNumberOfPlotSeriesNodes() == 2
     assert table.GetTable().GetNumberOfColumns() == 3
+    again, same = mrml.plot_chart_from_columns(scene, "response", "tx_mm", {"NMI": [1, 2, 3, 4], "CNN": [3, 2, 1, 0]},
+                                               [-1, 0, 1, 2], chart=chart)
+    assert again is chart and same is table and table.GetNumberOfRows() == 4
+    assert scene.GetNumberOfNodesByClass("vtkMRMLPlotSeriesNode") == 2
 
 
 def test_response_charts_from_the_response_command_peak_at_alignment(scene, tmp_path):

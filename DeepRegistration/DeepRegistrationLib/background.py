@@ -111,23 +111,28 @@ class BackgroundCommand:
             self._eof.wait(5)
             return   # already ended (and reaped: its pid may belong to another process by now)
         try:
-            parent = psutil.Process(self.process.pid)
-            tree = parent.children(recursive=True)[::-1] + [parent]
+            descendants = psutil.Process(self.process.pid).children(recursive=True)[::-1]
         except psutil.NoSuchProcess:
-            tree = []
-        for process in tree:
+            descendants = []
+        for process in descendants:
             try:
                 process.terminate()
             except psutil.NoSuchProcess:
                 pass
-        _, alive = psutil.wait_procs(tree, timeout=timeout)
+        self.process.terminate()
+        # descendants are polled by psutil; the direct child is reaped by Popen only (else its status is lost)
+        _, alive = psutil.wait_procs(descendants, timeout=timeout)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
         for process in alive:
             try:
                 process.kill()
             except psutil.NoSuchProcess:
                 pass
         psutil.wait_procs(alive, timeout=5)
-        self.process.wait()
         self._eof.wait(5)
 
     def wait(self, timeout: float = None) -> int:
