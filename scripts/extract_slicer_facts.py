@@ -1,8 +1,8 @@
 """Extract, from Slicer's source at each supported tag, the facts the module files are tested against.
 
 Writes ``tests/slicer_facts/<tag>.json`` per tag: the public names of ``slicer.util``,
-``slicer.packaging`` (absent before 5.11), ``slicer.parameterNodeWrapper`` and
-``slicer.ScriptedLoadableModule``; the MRML/qMRML/Slicer class names (from header files); the
+``slicer.packaging`` (absent before 5.11), ``slicer.parameterNodeWrapper``,
+``slicer.ScriptedLoadableModule`` and the ``SampleData`` module, with its sample names; the MRML/qMRML/Slicer class names (from header files); the
 Q_PROPERTY names of the qMRML widgets; and the GUI-connector rules of
 ``parameterNodeWrapper/guiConnectors.py`` (which exact widget classes connect to which parameter
 types, and which annotation a connector requires). Nothing is copied but names.
@@ -126,8 +126,12 @@ def class_facts(gitdir: str, tag: str) -> tuple:
     return sorted(classes), properties
 
 
+SAMPLE = re.compile(r'\(\s*"(\w+)",\s*None,\s*TESTING_DATA_URL')
+
+
 def facts(gitdir: str, tag: str) -> dict:
     packaging = show(gitdir, tag, "Base/Python/slicer/packaging.py")
+    sample_data = show(gitdir, tag, "Modules/Scripted/SampleData/SampleData.py")
     classes, properties = class_facts(gitdir, tag)
     return {
         "tag": tag,
@@ -136,6 +140,8 @@ def facts(gitdir: str, tag: str) -> dict:
         "slicer.packaging": public_names(packaging) if packaging else None,
         "slicer.parameterNodeWrapper": wrapper_names(gitdir, tag),
         "slicer.ScriptedLoadableModule": public_names(show(gitdir, tag, "Base/Python/slicer/ScriptedLoadableModule.py")),
+        "SampleData": public_names(sample_data),
+        "sampleNames": sorted(set(SAMPLE.findall(sample_data))),
         "classes": classes,
         "widgetProperties": properties,
         "guiConnectors": connector_rules(show(gitdir, tag, f"{WRAPPER}/guiConnectors.py")),

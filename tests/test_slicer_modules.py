@@ -167,6 +167,19 @@ def test_the_manifest_check_catches_the_old_calls(tmp_path):
     assert used == {("util", "pip_check"): False, ("packaging", "pip_ensure"): False}
 
 
+@pytest.mark.parametrize("module", MODULES)
+def test_sample_data_used_exists_in_every_supported_version(module):
+    tree = module_tree(module)
+    calls = [c for c in ast.walk(tree) if isinstance(c, ast.Call) and ast.unparse(c.func).startswith("SampleData.")]
+    assert calls, "no SampleData use found"
+    for call in calls:
+        function = ast.unparse(call.func).split(".")[1]
+        sample = call.args[0].value
+        for tag in SUPPORTED:
+            assert function in facts(tag)["SampleData"], (function, tag)
+            assert sample in facts(tag)["sampleNames"], (sample, tag)
+
+
 @pytest.mark.parametrize("tag", SUPPORTED)
 @pytest.mark.parametrize("module", MODULES)
 def test_ui_slicer_classes_and_their_properties_exist(module, tag):
