@@ -90,6 +90,8 @@ class DeepMetricTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self._parameterNodeGuiTag = None
         self._job = None
         self._timer = None
+        self._preview = None
+        self._previewTimer = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -154,7 +156,8 @@ class DeepMetricTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.resumeButton.toolTip = _("Continue from the last checkpoint of the output model") \
             if self.ui.resumeButton.enabled else _("No checkpoint of this output model yet")
         self.ui.stopButton.enabled = running
-        self.ui.previewButton.enabled = bool(p and p.fixedVolume and p.movingVolume)
+        previewing = self._preview is not None and not self._preview.done()
+        self.ui.previewButton.enabled = bool(p and p.fixedVolume and p.movingVolume) and not previewing
 
     def onNetworkChanged(self, index=None) -> None:
         network = self.ui.networkComboBox.currentText
@@ -180,9 +183,25 @@ class DeepMetricTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self._parameterNode.outputModel = path if path.endswith(".pt") else path + ".pt"
 
     def onPreview(self) -> None:
+        """Patches are sampled in a worker thread; the montage is shown when it is ready."""
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Preview failed."), waitCursor=True):
-            node = self.logic.previewPatchPairs(p.fixedVolume, p.movingVolume, p.patchSize)
+            from DeepRegistration import DeepRegistrationLogic
+            if not DeepRegistrationLogic.ensureDependencies():
+                return
+            self._preview = self.logic.startPreview(p.fixedVolume, p.movingVolume, p.patchSize)
+            self.ui.previewButton.enabled = False
+            self._previewTimer = qt.QTimer()
+            self._previewTimer.timeout.connect(self._pollPreview)
+            self._previewTimer.start(200)
+
+    def _pollPreview(self) -> None:
+        if not self._preview.done():
+            return
+        self._previewTimer.stop()
+        self._updateButtons()
+        with slicer.util.tryWithErrorDisplay(_("Preview failed."), waitCursor=True):
+            node = self.logic.finishPreview(self._preview)
             slicer.util.setSliceViewerLayers(background=node, fit=True)
 
     def onStart(self, resume: bool) -> None:
@@ -267,8 +286,27 @@ class DeepMetricTrainingLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def previewPatchPairs(fixedVolume, movingVolume, patchSize: int = 17):
+        """A montage volume of sampled positive and negative patch pairs (blocking)."""
         from DeepRegistrationLib.mrml import patch_preview_node
         return patch_preview_node(fixedVolume, movingVolume, patch_size=patchSize)
+
+    @staticmethod
+    def startPreview(fixedVolume, movingVolume, patchSize: int = 17):
+        """The volumes are read here (MRML, main thread); the patches are sampled in a worker thread.
+        Returns a future for :meth:`finishPreview`."""
+        from concurrent.futures import ThreadPoolExecutor
+        from DeepRegistrationLib.mrml import patch_preview_image, volume_node_to_image
+        fixed = volume_node_to_image(fixedVolume, "fixed volume")
+        moving = volume_node_to_image(movingVolume, "moving volume")
+        executor = ThreadPoolExecutor(max_workers=1)
+        future = executor.submit(patch_preview_image, fixed, moving, patch_size=patchSize)
+        executor.shutdown(wait=False)
+        return future
+
+    @staticmethod
+    def finishPreview(future):
+        from DeepRegistrationLib.mrml import PATCH_PREVIEW_NAME, image_to_volume_node
+        return image_to_volume_node(future.result(), slicer.mrmlScene, PATCH_PREVIEW_NAME)
 
     @staticmethod
     def pairsCsvFromNodes(fixedVolume, movingVolume, folder: str, fixedLabels=None, movingLabels=None) -> str:

@@ -460,11 +460,12 @@ class PyTorchUtilsRecorder:
     """SlicerPyTorch's module as the install flow sees it, with torch not installed; records the calls."""
 
     calls = []
+    installed = False
 
     class PyTorchUtilsLogic:
         def torchInstalled(self):
             PyTorchUtilsRecorder.calls.append("torchInstalled")
-            return False
+            return PyTorchUtilsRecorder.installed
 
         def installTorch(self, askConfirmation=True, torchVersionRequirement=None):
             PyTorchUtilsRecorder.calls.append(("installTorch", askConfirmation, torchVersionRequirement))
@@ -488,7 +489,7 @@ def install(monkeypatch, scene):
     i18n.translate = lambda context, text: text
     torch_utils = types.ModuleType("PyTorchUtils")
     torch_utils.PyTorchUtilsLogic = PyTorchUtilsRecorder.PyTorchUtilsLogic
-    PyTorchUtilsRecorder.calls = []
+    PyTorchUtilsRecorder.calls, PyTorchUtilsRecorder.installed = [], False
     for name, module in {"qt": qt_module(), "slicer.ScriptedLoadableModule": slm, "slicer.parameterNodeWrapper": wrapper,
                          "slicer.i18n": i18n, "PyTorchUtils": torch_utils}.items():
         monkeypatch.setitem(sys.modules, name, module)

@@ -220,6 +220,26 @@ def test_background_deepsim_registration_adds_nodes_and_leaves_inputs(scene, bra
     assert "--initial-transform" in stages[0]
 
 
+def test_preview_samples_patches_in_a_worker_thread(scene, brain):
+    """Preview ensures the dependencies first, samples in a worker thread and shows the montage when ready."""
+    import time
+    from PySide6.QtWidgets import QApplication
+    _, widget = harness.build_widget("DeepMetricTraining", scene)
+    harness.PyTorchUtilsRecorder.installed = True
+    image, _, moving, _ = brain
+    widget.ui.fixedVolumeSelector.setCurrentNode(mrml.image_to_volume_node(image, scene, "fixed"))
+    widget.ui.movingVolumeSelector.setCurrentNode(mrml.image_to_volume_node(moving, scene, "moving"))
+    widget.ui.previewButton.click()
+    assert harness.PyTorchUtilsRecorder.calls == ["torchInstalled"]
+    deadline = time.time() + 120
+    while scene.GetFirstNodeByName(mrml.PATCH_PREVIEW_NAME) is None and time.time() < deadline:
+        QApplication.processEvents()
+        time.sleep(0.05)
+    node = scene.GetFirstNodeByName(mrml.PATCH_PREVIEW_NAME)
+    assert node is not None and slicer.util.arrayFromVolume(node).shape[0] == 1
+    assert widget.ui.previewButton.enabled
+
+
 def test_training_curves_keep_one_table_and_one_chart(scene):
     mod, widget = harness.build_widget("DeepMetricTraining", scene)
     logic, p = widget.logic, widget._parameterNode

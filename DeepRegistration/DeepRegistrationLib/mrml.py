@@ -396,15 +396,17 @@ def nodes_from_outputs(scene, fixed_node, moving_node, method: str, outputs: dic
                            inverse, jacobian, output_transform_node, output_volume_node)
 
 
-def patch_preview_node(fixed_node, moving_node, scene=None, pairs: int = 6, patch_size: int = 17,
-                       spacing_mm: float = 2.0, dither_variance_mm2: float = 0.0, seed: int = 0):
-    """A montage volume of sampled training patch pairs (middle slices): row r shows pair r as
-    [fixed | moving]; the first ``pairs`` rows are positives (corresponding), the rest negatives."""
+PATCH_PREVIEW_NAME = "patch pairs (positives, then negatives)"
+
+
+def patch_preview_image(fixed: Image, moving: Image, pairs: int = 6, patch_size: int = 17, spacing_mm: float = 2.0,
+                        dither_variance_mm2: float = 0.0, seed: int = 0) -> Image:
+    """A montage of sampled training patch pairs (middle slices): row r shows pair r as [fixed | moving];
+    the first ``pairs`` rows are positives (corresponding), the rest negatives. No MRML: it can run in a
+    worker thread."""
     import torch
     from .rigid.metric_patches import PatchPairSampler, SamplerSettings, prepare_level
-    scene = scene or fixed_node.GetScene()
-    fixed = prepare_level(volume_node_to_image(fixed_node, "fixed volume"), spacing_mm)
-    moving = prepare_level(volume_node_to_image(moving_node, "moving volume"), spacing_mm)
+    fixed, moving = prepare_level(fixed, spacing_mm), prepare_level(moving, spacing_mm)
     sampler = PatchPairSampler(SamplerSettings(patch_size, spacing_mm, dither_variance_mm2, 1,
                                                min_negative_distance_mm=4 * patch_size * spacing_mm / 3))
     generator = torch.Generator().manual_seed(seed)
@@ -416,4 +418,11 @@ def patch_preview_node(fixed_node, moving_node, scene=None, pairs: int = 6, patc
     gap = torch.zeros(2, rows[0].shape[1])
     montage = torch.cat([torch.cat([r, gap]) for r in rows]).numpy()[None].astype(np.float32)
     grid = Grid((montage.shape[2], montage.shape[1], 1), (spacing_mm, spacing_mm, spacing_mm), (0.0, 0.0, 0.0))
-    return image_to_volume_node(Image(montage, grid), scene, "patch pairs (positives, then negatives)")
+    return Image(montage, grid)
+
+
+def patch_preview_node(fixed_node, moving_node, scene=None, **settings):
+    """:func:`patch_preview_image` of two volume nodes, as a new volume node."""
+    image = patch_preview_image(volume_node_to_image(fixed_node, "fixed volume"),
+                                volume_node_to_image(moving_node, "moving volume"), **settings)
+    return image_to_volume_node(image, scene or fixed_node.GetScene(), PATCH_PREVIEW_NAME)
