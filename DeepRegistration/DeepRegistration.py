@@ -75,7 +75,8 @@ class DeepRegistrationParameterNode:
     rigidFirst: bool = False
     #: the model name or file (the model combo box lists them; not bound: its items change with the method)
     model: str = ""
-    #: JSON of the method's options as the Advanced section shows them (its widgets follow the method's spec)
+    #: JSON {method: {option: value}} of the options set in the Advanced section (its widgets follow each
+    #: method's spec; options not set take the spec's defaults)
     methodOptions: str = "{}"
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     keepTemporaryFiles: bool = False
@@ -102,6 +103,7 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._lastFolder = ""
         self._optionWidgets = {}
         self._shownMethod = None
+        self._shownOptions = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -158,7 +160,7 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
         self._parameterNode = inputParameterNode
-        self._shownMethod = None
+        self._shownMethod = self._shownOptions = None
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
@@ -171,6 +173,7 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._shownMethod != p.method:
             self._shownMethod = p.method
             self._showModels(spec)
+        if self._shownOptions != (p.method, p.methodOptions):   # a new method or a preset, not our own edit
             self._showOptions(spec)
         ready = bool(p.fixedVolume and p.movingVolume and p.fixedVolume != p.movingVolume)
         self.ui.applyButton.enabled = ready or self._job is not None
@@ -217,6 +220,7 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._optionWidgets[option.name] = widget
         if not spec.options:
             layout.addRow(qt.QLabel(_("This method has no options.")))
+        self._shownOptions = (self._parameterNode.method, self._parameterNode.methodOptions)
 
     def _optionWidget(self, option, value):
         if option.choices:
@@ -245,12 +249,15 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return widget
 
     def _setOption(self, option, value) -> None:
-        values = self.logic.optionValues(self._parameterNode)
+        p = self._parameterNode
+        values = self.logic.optionValues(p)
         if value is None:
             values.pop(option.name, None)
         else:
             values[option.name] = value
-        self._parameterNode.methodOptions = json.dumps(values)
+        options = self.logic.withOptionValues(p, values)
+        self._shownOptions = (p.method, options)   # the widgets already show it
+        p.methodOptions = options
 
     def onLoadModel(self) -> None:
         path = qt.QFileDialog.getOpenFileName(self.parent, _("Load model file"), "", "Model (*.pt)")
@@ -489,9 +496,17 @@ class DeepRegistrationLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def optionValues(parameterNode) -> dict:
         """The options set in the panel for the current method (the others take the spec's defaults)."""
-        values = json.loads(parameterNode.methodOptions or "{}")
-        known = {o.name for o in SPECS[parameterNode.method.value].options}
+        method = parameterNode.method.value
+        values = json.loads(parameterNode.methodOptions or "{}").get(method, {})
+        known = {o.name for o in SPECS[method].options}
         return {k: v for k, v in values.items() if k in known}
+
+    @staticmethod
+    def withOptionValues(parameterNode, values: dict) -> str:
+        """``methodOptions`` with the current method's options replaced by ``values``."""
+        options = json.loads(parameterNode.methodOptions or "{}")
+        options[parameterNode.method.value] = values
+        return json.dumps(options, sort_keys=True)
 
     @staticmethod
     def presets(folders: list = None) -> dict:
@@ -521,7 +536,7 @@ class DeepRegistrationLogic(ScriptedLoadableModuleLogic):
         p.method = Method(spec.name)
         p.rigidFirst = bool(preset.get("rigidFirst", False)) and spec.deformable
         p.model = preset.get("model", spec.default_model or "")
-        p.methodOptions = json.dumps(preset.get("options", {}))
+        p.methodOptions = DeepRegistrationLogic.withOptionValues(p, preset.get("options", {}))
         p.EndModify(wasModifying)
 
     @staticmethod

@@ -108,9 +108,15 @@ def test_method_choice_drives_models_masks_and_the_advanced_options(scene):
         assert ui.fixedMaskSelector.enabled == ("fixed" in spec.masks)
         assert ui.rigidFirstCheckBox.enabled == spec.deformable
     ui.methodComboBox.currentIndex = list(SPECS).index("nmi")
-    widget._optionWidgets["bins"].value = 32
-    assert json.loads(p.methodOptions) == {"bins": 32}
+    bins = widget._optionWidgets["bins"]
+    bins.value = 32
+    assert json.loads(p.methodOptions)["nmi"] == {"bins": 32}
     assert mod.DeepRegistrationLogic.optionValues(p) == {"bins": 32}
+    assert widget._optionWidgets["bins"] is bins   # the panel's own edit does not rebuild the options
+    ui.methodComboBox.currentIndex = list(SPECS).index("diffeo")
+    assert mod.DeepRegistrationLogic.optionValues(p) == {}
+    ui.methodComboBox.currentIndex = list(SPECS).index("nmi")
+    assert widget._optionWidgets["bins"].value == 32
 
 
 def test_selectors_list_the_usual_nodes(scene):
@@ -184,11 +190,15 @@ def test_presets_apply_and_save(scene, tmp_path):
     presets = logic.presets([mod.PRESETS_DIR])
     logic.applyPreset(presets["T1↔T1 brain, rigid + diffeo"], p)
     assert p.method.value == "diffeo" and p.rigidFirst and widget.ui.methodComboBox.currentText == SPECS["diffeo"].label
-    p.methodOptions = json.dumps({"tile": 64})
+    assert widget._optionWidgets["tile"].value == SPECS["diffeo"].option("tile").default
+    widget._optionWidgets["tile"].value = 64
     path = logic.savePreset("mine", p, str(tmp_path))
     assert logic.presets([str(tmp_path)])["mine"] == {"name": "mine", "method": "diffeo", "rigidFirst": True,
                                                       "model": p.model, "options": {"tile": 64}}
     assert Path(path).parent == tmp_path
+    widget._optionWidgets["tile"].value = 80
+    logic.applyPreset(logic.presets([str(tmp_path)])["mine"], p)
+    assert widget._optionWidgets["tile"].value == 64   # a preset of the same method refreshes the fields
 
 
 def test_background_deepsim_registration_adds_nodes_and_leaves_inputs(scene, brain):
