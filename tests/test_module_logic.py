@@ -95,6 +95,34 @@ def test_panels_build_without_torch_scipy_matplotlib_and_reach_the_install_flow(
     assert out["errors"] == []
 
 
+def test_requirements_through_pip_ensure_or_pip_install(scene, monkeypatch, tmp_path):
+    """5.12 and later: slicer.packaging.pip_ensure; 5.8 and 5.10 (no slicer.packaging): importlib.metadata, a
+    confirmation, slicer.util.pip_install."""
+    import types
+    mod = harness.build_widget("DeepRegistration", scene)[0]
+    logic = mod.DeepRegistrationLogic
+    harness.PyTorchUtilsRecorder.installed = True
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("# comment\npsutil\nnot-an-installed-package-36  # for the test\n")
+    assert logic.missingRequirements(str(requirements)) == ["not-an-installed-package-36"]
+
+    real = os.path.join(os.path.dirname(mod.__file__), "Resources", "requirements.txt")
+    calls = []
+    packaging = types.SimpleNamespace(load_requirements=lambda path: calls.append(("load", path)) or ["r"],
+                                      pip_ensure=lambda reqs, **kw: calls.append(("ensure", reqs, kw)))
+    monkeypatch.setattr(slicer, "packaging", packaging, raising=False)
+    assert logic.ensureDependencies(askConfirmation=False)
+    assert calls == [("load", real), ("ensure", ["r"], {"prompt_install": False, "requester": "DeepRegistration"})]
+
+    monkeypatch.delattr(slicer, "packaging")
+    installs = []
+    monkeypatch.setattr(slicer.util, "pip_install", installs.append, raising=False)
+    monkeypatch.setattr(logic, "missingRequirements", staticmethod(lambda path: ["psutil"]))
+    assert not logic.ensureDependencies(askConfirmation=True)   # the harness declines the confirmation
+    assert installs == []
+    assert logic.ensureDependencies(askConfirmation=False) and installs == [["psutil"]]
+
+
 def test_method_choice_drives_models_masks_and_the_advanced_options(scene):
     mod, widget = harness.build_widget("DeepRegistration", scene)
     ui, p = widget.ui, widget._parameterNode
