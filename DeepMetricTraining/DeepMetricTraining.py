@@ -210,6 +210,7 @@ class DeepMetricTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             if not DeepRegistrationLogic.ensureDependencies():
                 return
             self._job = self.logic.startTraining(self._parameterNode, resume)
+            self.ui.logTextEdit.clear()
             self._timer = qt.QTimer()
             self._timer.timeout.connect(self._poll)
             self._timer.start(500)
@@ -225,6 +226,8 @@ class DeepMetricTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                 self.ui.progressBar.value = int(100 * event["fraction"])
             if event.get("message"):
                 self.ui.statusLabel.text = event["message"]
+        for line in job.new_log_lines():
+            self.ui.logTextEdit.appendPlainText(line)
         if not finished:
             return
         self._timer.stop()

@@ -290,6 +290,33 @@ def test_training_curves_keep_one_table_and_one_chart(scene):
     assert p.curvesTable.GetNumberOfRows() == 400
 
 
+def test_start_then_stop_through_the_panel_keeps_a_checkpoint(scene, brain, tmp_path):
+    """Start a DIRNet training from the panel, let the timer bring steps into the curves, Stop: the trainer
+    writes its checkpoint (SIGTERM), Resume becomes possible, and the scene holds one curves chart."""
+    import time
+    from PySide6.QtWidgets import QApplication
+    _, widget = harness.build_widget("DeepMetricTraining", scene)
+    harness.PyTorchUtilsRecorder.installed = True
+    ui, p = widget.ui, widget._parameterNode
+    image, _, moving, _ = brain
+    ui.fixedVolumeSelector.setCurrentNode(mrml.image_to_volume_node(image, scene, "fixed"))
+    ui.movingVolumeSelector.setCurrentNode(mrml.image_to_volume_node(moving, scene, "moving"))
+    p.network, p.dimension, p.epochs, p.device = "dirnet", 2, 50, "cpu"
+    p.outputModel = str(tmp_path / "dirnet.pt")
+    ui.startButton.click()
+    assert widget._job is not None and ui.stopButton.enabled and not ui.startButton.enabled
+    deadline = time.time() + 180
+    while (p.curvesTable is None or p.curvesTable.GetNumberOfRows() < 1) and time.time() < deadline:
+        QApplication.processEvents()
+        time.sleep(0.05)
+    assert p.curvesTable is not None and p.curvesTable.GetNumberOfRows() >= 1, widget._job.error_message()
+    ui.stopButton.click()
+    assert widget._job is None and ui.startButton.enabled and ui.resumeButton.enabled
+    assert any((tmp_path / "dirnet_checkpoints").iterdir())
+    assert scene.GetNumberOfNodesByClass("vtkMRMLPlotChartNode") == 1
+    assert not (tmp_path / "dirnet.pt").exists()
+
+
 def test_resume_only_with_a_checkpoint_and_start_without_an_output_path(scene, tmp_path):
     _, widget = harness.build_widget("DeepMetricTraining", scene)
     ui, p = widget.ui, widget._parameterNode
