@@ -22,7 +22,6 @@ import os
 import sys
 import types
 import typing
-from pathlib import Path
 
 import slicer_rules
 
@@ -319,7 +318,6 @@ class _Connector:
 
 
 def parameterNodeWrapper(cls):
-    import slicer
     hints = typing.get_type_hints(cls, include_extras=True)
     defaults = {name: cls.__dict__.get(name) for name in hints}
 
@@ -413,7 +411,6 @@ def parameterNodeWrapper(cls):
     for name, value in vars(cls).items():
         if not name.startswith("__") and name not in hints:
             setattr(Wrapper, name, value)
-    del slicer
     return Wrapper
 
 
@@ -529,4 +526,4 @@ def build_widget(module, scene):
     return mod, widget
 
 
-__all__ = ["install", "build_widget", "PyTorchUtilsRecorder", "unwrap", "Path"]
+__all__ = ["install", "build_widget", "PyTorchUtilsRecorder", "unwrap", "wrap"]
