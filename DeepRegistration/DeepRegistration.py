@@ -68,8 +68,10 @@ class DeepRegistration(ScriptedLoadableModule):
 class DeepRegistrationParameterNode:
     fixedVolume: vtkMRMLScalarVolumeNode
     movingVolume: vtkMRMLScalarVolumeNode
-    fixedMask: Union[vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode]
-    movingMask: Union[vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode]
+    #: a label map (or any scalar volume: non-zero voxels) or a segmentation; a union of node classes must
+    #: include None, or Slicer's UnionSerializer cannot store "no mask"
+    fixedMask: Union[vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, None]
+    movingMask: Union[vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, None]
     initialTransform: vtkMRMLTransformNode
     method: Method = Method(next(iter(SPECS)))
     rigidFirst: bool = False

@@ -253,6 +253,7 @@ def _split(annotation):
 
 def _node_classes(base):
     members = typing.get_args(base) if typing.get_origin(base) is typing.Union else (base,)
+    members = tuple(m for m in members if m is not type(None))
     return members if all(isinstance(m, type) and m.__name__.startswith("vtkMRML") for m in members) else ()
 
 
@@ -273,7 +274,10 @@ class _Connector:
         self.name, self.widget = name, unwrap(widget)
         base, extra = _split(annotation)
         self.choices = next((a.choices for a in extra if isinstance(a, Choice)), None)
-        if name == "QComboBoxToStringableConnector":
+        if name == "qMRMLNodeComboBoxToNodeConnector":   # Slicer's connector sets the types from the annotation
+            self.widget.nodeTypes = [c.__name__ for c in _node_classes(base)]
+            self.widget.refresh()
+        elif name == "QComboBoxToStringableConnector":
             self.widget.clear()
             self.widget.addItems([str(c) for c in self.choices])
         elif name == "QComboBoxToEnumConnector":
@@ -325,6 +329,8 @@ def parameterNodeWrapper(cls):
         base, extra = _split(hints[name])
         nodes = _node_classes(base)
         if nodes:
+            if value is None and typing.get_origin(base) is typing.Union and type(None) not in typing.get_args(base):
+                raise TypeError(f"{name}: Unable to write value 'None' (a Union of nodes needs None among its types)")
             if value is not None and not isinstance(value, nodes):
                 raise ValueError(f"{name}: {value.GetClassName()} is not one of {[n.__name__ for n in nodes]}")
             return value
@@ -345,7 +351,7 @@ def parameterNodeWrapper(cls):
 
         def __init__(self, parameterNode):
             object.__setattr__(self, "parameterNode", parameterNode)
-            object.__setattr__(self, "_values", dict(defaults))
+            object.__setattr__(self, "_values", {name: validate(name, value) for name, value in defaults.items()})
             object.__setattr__(self, "_guis", {})
 
         def __getattr__(self, name):

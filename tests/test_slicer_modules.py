@@ -200,6 +200,18 @@ def test_ui_slicer_classes_and_their_properties_exist(module, tag):
 
 
 @pytest.mark.parametrize("module", MODULES)
+def test_unions_of_node_classes_include_none(module):
+    """Slicer's UnionSerializer cannot write None unless NoneType is a member ("Note the None is necessary for
+    the parameterNodeWrapper", parameterNodeWrapper/util.py, isNodeOrUnionOfNodes, at every supported tag)."""
+    tree = module_tree(module)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript) and ast.unparse(node.value) in ("Union", "typing.Union"):
+            members = [ast.unparse(m) for m in (node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice])]
+            if any(m.startswith("vtkMRML") for m in members):
+                assert "None" in members, ast.unparse(node)
+
+
+@pytest.mark.parametrize("module", MODULES)
 def test_node_selectors_show_child_node_types(module):
     """``showChildNodeTypes=false`` would hide vtkMRMLLinearTransformNode (Transforms module, .h5/.tfm files)
     and label maps; label maps are hidden explicitly where they make no sense."""
@@ -209,13 +221,27 @@ def test_node_selectors_show_child_node_types(module):
             assert show is None or show.text == "true", widget.get("name")
 
 
+@pytest.mark.parametrize("module", MODULES)
+def test_node_selector_types_are_the_parameter_node_classes(module):
+    """Slicer's node connector sets ``nodeTypes`` from the annotation (``getNodeTypes``), replacing the .ui's:
+    the .ui says the same, so the panel looks in Designer as it works in Slicer."""
+    tree = module_tree(module)
+    wrapper = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == f"{module}ParameterNode")
+    annotations = {s.target.id: s.annotation for s in wrapper.body if isinstance(s, ast.AnnAssign)}
+    widgets = {w.get("name"): w for w in ui_tree(module).iter("widget")}
+    for parameter, (widget_class, widget_name) in ui_bindings(module).items():
+        if widget_class != "qMRMLNodeComboBox":
+            continue
+        names = [n for n in re.findall(r"vtkMRML\w+", ast.unparse(annotations[parameter]))]
+        ui_types = [s.text for s in widgets[widget_name].findall("property[@name='nodeTypes']/stringlist/string")]
+        assert ui_types == names, (parameter, ui_types, names)
+
+
 def test_mask_and_transform_selectors_take_the_usual_nodes():
-    types = {w.get("name"): [s.text for s in w.findall("property[@name='nodeTypes']/stringlist/string")]
-             for w in ui_tree("DeepRegistration").iter("widget") if w.get("class") == "qMRMLNodeComboBox"}
-    for mask in ("fixedMaskSelector", "movingMaskSelector"):
-        assert {"vtkMRMLLabelMapVolumeNode", "vtkMRMLSegmentationNode"} <= set(types[mask])
-    assert types["initialTransformSelector"] == ["vtkMRMLTransformNode"]
-    assert parameter_types("DeepRegistration")["fixedMask"].base == "node"
+    types = parameter_types("DeepRegistration")
+    text = (ROOT / "DeepRegistration" / "DeepRegistration.py").read_text()
+    assert "fixedMask: Union[vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, None]" in text
+    assert types["fixedMask"].base == types["initialTransform"].base == "node"
 
 
 @pytest.mark.parametrize("module", MODULES)
