@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import tempfile
 import time
 from typing import Annotated
@@ -236,6 +237,7 @@ class DeepMetricTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                 raise RuntimeError(job.error_message())
             self.ui.statusLabel.text = _("Saved {path}; it is now listed in Deep Registration.").format(
                 path=self._parameterNode.outputModel)
+        self.logic.cleanupJob(self._job)
         self._job = None
         self._updateButtons()
 
@@ -246,6 +248,7 @@ class DeepMetricTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                 self._job.cancel()
                 self.logic.applyEvents(self._job.events(), self._parameterNode)
             self.ui.statusLabel.text = _("Stopped; Resume continues from the last checkpoint.")
+            self.logic.cleanupJob(self._job)
         if self._timer is not None:
             self._timer.stop()
         self._job = None
@@ -377,12 +380,20 @@ class DeepMetricTrainingLogic(ScriptedLoadableModuleLogic):
     def train(self, parameterNode, resume: bool = False) -> list:
         """Blocking training (batch scripting); returns the progress events."""
         job = self.startTraining(parameterNode, resume)
-        job.wait()
+        try:
+            job.wait()
+        finally:
+            self.cleanupJob(job)
         events = job.events()
         self.applyEvents(events, parameterNode)
         if job.returncode != 0:
             raise RuntimeError(job.error_message())
         return events
+
+    @staticmethod
+    def cleanupJob(job) -> None:
+        """Delete the job's temporary folder (the scene pair written for it; Resume writes it again)."""
+        shutil.rmtree(job.folder, ignore_errors=True)
 
     def applyEvents(self, events: list, parameterNode) -> None:
         """Loss/accuracy curves into a table + plot chart; realignment corrections into a table."""

@@ -310,8 +310,10 @@ def test_start_then_stop_through_the_panel_keeps_a_checkpoint(scene, brain, tmp_
         QApplication.processEvents()
         time.sleep(0.05)
     assert p.curvesTable is not None and p.curvesTable.GetNumberOfRows() >= 1, widget._job.error_message()
+    folder = widget._job.folder
     ui.stopButton.click()
     assert widget._job is None and ui.startButton.enabled and ui.resumeButton.enabled
+    assert not os.path.exists(folder)   # the scene pair written for the job is removed
     assert any((tmp_path / "dirnet_checkpoints").iterdir())
     assert scene.GetNumberOfNodesByClass("vtkMRMLPlotChartNode") == 1
     assert not (tmp_path / "dirnet.pt").exists()
