@@ -216,7 +216,8 @@ def save_cohort_plot(rows: list, path) -> Path:
 
 
 STYLE = """
-body { font: 13px/1.4 system-ui, sans-serif; margin: 1.2em; color: #222; }
+body { font: 12px/1.35 system-ui, sans-serif; margin: 1em; color: #222; }
+h2 { font-size: 1.15em; margin: 1em 0 .3em; }
 h1 { font-size: 1.4em; margin: 0 0 .3em; }
 table { border-collapse: collapse; }
 th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: right; vertical-align: middle; }
@@ -226,9 +227,9 @@ th[data-dir=asc]::after { content: " ▲"; } th[data-dir=desc]::after { content:
 tr.flagged td { background: #fde8e4; } tr.failed td { background: #f6c4bb; }
 tr.notrun td { color: #888; }
 td.flags { color: #a3190a; font-weight: 600; text-align: left; }
-td img { height: 150px; display: block; }
+td img { height: 120px; display: block; }
 .error { font-size: 11px; color: #a3190a; max-width: 28em; text-align: left; }
-.rules li { margin: .15em 0; }
+.rules { margin: .2em 0 .8em; } .rules li { margin: .1em 0; }
 """
 
 SCRIPT = """
@@ -311,12 +312,14 @@ return to this order. Thumbnails show the axial slice through the smallest det J
 rigid methods); click one to enlarge it.</p>
 {extra}
 <p>A pair is flagged when:</p><ul class="rules">{rules}</ul>
-<p><img src="cohort.png" alt="cohort plot" style="max-width:100%"></p>
-<p>Also as <a href="report.csv">report.csv</a> and <a href="report.json">report.json</a>.</p>
 <table id="pairs"><thead><tr>{head}</tr></thead>
 <tbody>
 {chr(10).join(body)}
 </tbody></table>
+<h2>Cohort</h2>
+<p><img src="cohort.png" alt="cohort plot" style="max-width:100%"></p>
+<p>The table is also in <a href="report.csv">report.csv</a> and <a href="report.json">report.json</a>; each
+pair's outputs and log are in <code>pairs/&lt;pair&gt;/</code>.</p>
 <script>{SCRIPT}</script>
 </body></html>
 """

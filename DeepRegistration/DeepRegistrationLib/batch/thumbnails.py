@@ -36,23 +36,24 @@ def worst_slice(fixed: Image, jacobian: Image = None) -> int:
     return int(np.unravel_index(int(np.argmin(np.where(foreground, det, np.inf))), det.shape)[0])
 
 
-def _figure(title: str):
-    import matplotlib
+def _figure(title: str, legend: bool = False):
+    """A figure with one image axes in fixed place (no layout pass: thumbnails are many), the title above,
+    and with ``legend`` a colour-bar axes on the right; returns (figure, axes, colour-bar axes or None)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(SIZE_IN, SIZE_IN))
-    ax.set_title(title, fontsize=7)
-    return fig, ax
+    fig = Figure(figsize=(SIZE_IN * (1.25 if legend else 1.0), SIZE_IN))
+    width = 0.74 if legend else 0.96
+    ax = fig.add_axes([0.02, 0.02, width, 0.86])
+    cax = fig.add_axes([0.80, 0.12, 0.035, 0.66]) if legend else None
+    fig.text(0.5, 0.94, title, ha="center", va="center", fontsize=7)
+    return fig, ax, cax
 
 
 def _save(fig, path: Path) -> str:
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    fig.tight_layout(pad=0.3)
+    FigureCanvasAgg(fig)
     fig.savefig(path, dpi=DPI)
-    plt.close(fig)
     return path.name
 
 
@@ -65,17 +66,17 @@ def save_thumbnails(result, folder) -> dict:
     where = f"axial slice {z}" + (f", det J min {float(jac.array[z].min()):.2f}" if jac is not None else "")
     written = {"slice_z": z}
 
-    fig, ax = _figure(f"checkerboard, {where}")
+    fig, ax, _ = _figure(f"checkerboard, {where}")
     ax.imshow(checkerboard(_normalize(fixed.array[z]), _normalize(warped.array[z])), cmap="gray", origin="lower")
     ax.axis("off")
     written["checkerboard"] = _save(fig, folder / "checkerboard.png")
 
     if jac is not None:
-        fig, ax = _figure(f"det J, {where}")
-        plot_jacobian_overlay(ax, fixed.array[z], jac.array[z])
+        fig, ax, cax = _figure(f"det J, {where}", legend=True)
+        plot_jacobian_overlay(ax, fixed.array[z], jac.array[z], colorbar_axes=cax)
         written["jacobian"] = _save(fig, folder / "jacobian.png")
 
-    fig, ax = _figure(f"deformation grid, {where}")
+    fig, ax, _ = _figure(f"deformation grid, {where}")
     u_rows, u_cols = in_plane_displacement_vox(result.transform, fixed.grid, 0, z)
     plot_deformation_grid(ax, _normalize(warped.array[z]), u_rows, u_cols, spacing_vox=max(2, fixed.grid.size[0] // 16))
     written["grid"] = _save(fig, folder / "grid.png")

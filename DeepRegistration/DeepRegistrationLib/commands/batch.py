@@ -1,7 +1,10 @@
 """``deepregistration batch PAIRS.csv --method M --out DIR``: a cohort on Dask, resumable, with a QA report."""
 from __future__ import annotations
 
+import sys
+
 from ..core.device import DEVICE_CHOICES
+from ..core.errors import Cancelled
 from ._progress import cli_progress
 from .register import parse_params
 
@@ -38,9 +41,13 @@ def add_command(sub) -> None:
 def run(args) -> int:
     from ..batch.runner import run_batch
 
-    with cli_progress(f"batch ({args.method})", not args.quiet) as progress:
-        result = run_batch(args.pairs, args.method, args.out, parse_params(args.param), args.model, args.scheduler,
-                           args.workers, args.threads_per_worker, args.device, progress)
+    try:
+        with cli_progress(f"batch ({args.method})", not args.quiet) as progress:
+            result = run_batch(args.pairs, args.method, args.out, parse_params(args.param), args.model,
+                               args.scheduler, args.workers, args.threads_per_worker, args.device, progress)
+    except Cancelled as stopped:      # completed pairs are kept: say so, rather than the CLI's "nothing written"
+        print(f"deepregistration batch: {stopped}", file=sys.stderr)
+        return 130
     layout = result.layout
     if "workers" in layout:
         print(f"{layout['workers']} Dask workers, {layout['torch_threads_per_worker']} torch threads each"

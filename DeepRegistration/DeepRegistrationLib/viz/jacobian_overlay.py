@@ -15,10 +15,10 @@ def _gray(a: np.ndarray) -> np.ndarray:
     return np.clip((a - lo) / max(hi - lo, 1e-12), 0, 1)
 
 
-def plot_jacobian_overlay(ax, background: np.ndarray, det: np.ndarray, alpha: float = 0.6, colorbar: bool = True):
+def plot_jacobian_overlay(ax, background: np.ndarray, det: np.ndarray, alpha: float = 0.6, colorbar_axes=None):
     """Draw ``det`` (2D) over the gray ``background`` slice on ``ax``: a blue-white-red map over [0, 2]
-    and det J <= 0 in opaque green; with ``colorbar``, a legend naming the three."""
-    import matplotlib.pyplot as plt
+    and det J <= 0 in opaque green; the legend (a colour bar naming the three) goes into
+    ``colorbar_axes`` when given, else beside ``ax``."""
     from matplotlib.colors import ListedColormap
 
     ax.imshow(_gray(background), cmap="gray", origin="lower")
@@ -29,8 +29,10 @@ def plot_jacobian_overlay(ax, background: np.ndarray, det: np.ndarray, alpha: fl
         ax.imshow(np.ma.masked_where(~folded, folded.astype(np.float32)), cmap=ListedColormap([FOLDING_COLOR]),
                   vmin=0, vmax=1, origin="lower", interpolation="nearest")
     ax.axis("off")
-    if colorbar:
-        bar = plt.colorbar(shown, ax=ax, fraction=0.046, pad=0.03, ticks=[0, 1, 2])
-        bar.ax.tick_params(labelsize=6)
-        bar.set_label("det J (green: folding, ≤ 0)", fontsize=6, labelpad=1)
+    if colorbar_axes is not None:
+        bar = ax.figure.colorbar(shown, cax=colorbar_axes, ticks=[0, 1, 2])
+    else:
+        bar = ax.figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.03, ticks=[0, 1, 2])
+    bar.ax.tick_params(labelsize=6)
+    bar.set_label("det J (green: folding, ≤ 0)", fontsize=6, labelpad=1)
     return shown
