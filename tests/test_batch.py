@@ -1,9 +1,7 @@
 """Cohort batches without a cluster: the pairs CSV, input hashes, the per-pair job and its folder, the QA
 report's flags and order. (The Dask runs are in test_batch_cluster.py.)"""
 import json
-import os
 
-import numpy as np
 import pytest
 
 from DeepRegistrationLib.batch import report as qa
@@ -129,3 +127,44 @@ def _register(pair, folder, progress):
     (folder / "partial-output.bin").write_bytes(b"half")
     register(read_image(pair.files["fixed"]), read_image(pair.files["moving"]), pair.method, "cpu", progress)
     return {}
+
+
+def _row(pair_id, status="done", **report):
+    base = {"nmi64_before": 1.20, "nmi64_after": 1.25, "folding_voxels": 0, "folding_percent": 0.0,
+            "fixed_grid": {"spacing": [2.0, 2.0, 3.0]}}
+    return qa.pair_row(pair_id, {"status": status, "error": "InputError: bad" if status == "failed" else ""},
+                       {**base, **report} if status == "done" else {})
+
+
+def test_flags_follow_the_stated_rules_and_flagged_pairs_come_first():
+    rows = qa.ordered([
+        _row("good"),
+        _row("worse", nmi64_after=1.19),
+        _row("folded", folding_voxels=12, folding_percent=0.01),
+        _row("folded-and-worse", nmi64_after=1.1, folding_voxels=3, folding_percent=0.002),
+        _row("inverse", inverse_consistency_mm={"mean": 1.2, "max": 3.0}),         # > 0.5 x 2 mm
+        _row("inverse-ok", inverse_consistency_mm={"mean": 0.9, "max": 3.0}),
+        _row("unsure", confidence=0.3),
+        _row("sure", confidence={"value": 0.9, "flagged": False}),
+        _row("flagged-by-method", flagged=True),
+        _row("broken", status="failed"),
+        qa.pair_row("never", {}, {}),
+    ])
+    order = [r["id"] for r in rows]
+    assert order[:2] == ["broken", "folded-and-worse"]
+    assert set(order[2:7]) == {"folded", "worse", "inverse", "unsure", "flagged-by-method"}
+    assert order.index("folded") < order.index("worse")                 # more folding first among single flags
+    assert order[7:] == ["good", "inverse-ok", "sure", "never"]          # the rest in batch order, not run last
+    flags = {r["id"]: r["flags"] for r in rows}
+    assert flags["folded-and-worse"] == [qa.FOLDING, qa.WORSE] and flags["broken"] == [qa.FAILED]
+    assert flags["inverse"] == [qa.INVERSE] and flags["unsure"] == [qa.LOW_CONFIDENCE]
+    assert flags["flagged-by-method"] == [qa.LOW_CONFIDENCE] and not flags["sure"] and not flags["good"]
+    assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["good"]["confidence"] == "" and by_id["sure"]["confidence"] == "0.9"
+    assert by_id["never"]["status"] == "not run"
+    html = qa.render_html(rows, "t")
+    for name, _ in qa.RULES:
+        assert f"<b>{name}</b>" in html
+    assert html.index('id="pair-broken"') < html.index('id="pair-good"')
+    assert "http" not in html.replace("http-equiv", "")        # nothing loaded from the network

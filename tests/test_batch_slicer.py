@@ -46,7 +46,7 @@ def cohort(tmp_path_factory):
 
 def test_scene_volumes_to_a_reference_through_the_module_logic(script, cohort, tmp_path):
     batch, scene = script
-    reference = mrml.image_to_volume_node(read_image(cohort / "fixed.nii.gz"), scene, "template")
+    mrml.image_to_volume_node(read_image(cohort / "fixed.nii.gz"), scene, "template")
     moving = [mrml.image_to_volume_node(read_image(cohort / f"subject_{k:02d}.nii.gz"), scene, f"subject {k}")
               for k in range(2)]
     scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")          # no voxels: fails alone

@@ -281,17 +281,25 @@ def _cell(row: dict, key: str, numeric: bool, decimals) -> str:
     return f'<td data-sort="{float(value)!r}">{shown}</td>'
 
 
+def shown_columns(rows: list) -> list:
+    """The table's columns without those no pair has a value for (Dice without label maps, inverse error
+    without inverses, confidence where no method reports one)."""
+    always = {"rank", "id", "method", "status", "flags"}
+    return [c for c in COLUMNS if c[0] in always or any(r[c[0]] not in (None, "") for r in rows)]
+
+
 def render_html(rows: list, title: str, notes: list = ()) -> str:
     counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "failed", "not run")}
     flagged = sum(bool(r["flags"]) for r in rows)
+    columns = shown_columns(rows)
     head = "".join(f'<th data-type="{"num" if numeric else "text"}" class="{"" if numeric else "text"}">'
-                   f"{html.escape(label)}</th>" for _, label, numeric, _ in COLUMNS)
+                   f"{html.escape(label)}</th>" for _, label, numeric, _ in columns)
     head += "".join(f'<th class="text" data-type="text">{html.escape(label)}</th>' for _, label in THUMBNAILS)
     body = []
     for row in rows:
         cls = "failed" if row["status"] == "failed" else "flagged" if row["flags"] else \
             "notrun" if row["status"] != "done" else ""
-        cells = "".join(_cell(row, key, numeric, decimals) for key, _, numeric, decimals in COLUMNS)
+        cells = "".join(_cell(row, key, numeric, decimals) for key, _, numeric, decimals in columns)
         for kind, label in THUMBNAILS:
             cells += (f'<td class="text"><a href="{quote(row[kind])}"><img src="{quote(row[kind])}" '
                       f'alt="{html.escape(label)} of {html.escape(row["id"])}" loading="lazy"></a></td>'
@@ -308,8 +316,9 @@ def render_html(rows: list, title: str, notes: list = ()) -> str:
 <h1>{html.escape(title)}: QA report</h1>
 <p>{len(rows)} pairs: {counts['done']} registered, {counts['failed']} failed, {counts['not run']} not run;
 <b>{flagged} flagged</b>, listed first. Written {made}. Click a column header to sort by it; click # to
-return to this order. Thumbnails show the axial slice through the smallest det J (the middle slice for
-rigid methods); click one to enlarge it.</p>
+return to this order. Thumbnails show the axial slice with the most folding voxels, else the one through
+the smallest det J within the fixed image's foreground (the middle slice for rigid methods); click one to
+enlarge it. Columns that no pair has a value for are left out.</p>
 {extra}
 <p>A pair is flagged when:</p><ul class="rules">{rules}</ul>
 <table id="pairs"><thead><tr>{head}</tr></thead>

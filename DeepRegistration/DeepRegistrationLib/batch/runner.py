@@ -160,11 +160,11 @@ def run_batch(pairs, method: str = "mi", out="batch", params: dict = None, model
             if stopped and not scheduler:
                 store.sweep_partials(out)
         result.not_run = [p.id for p in todo if p.id not in result.done and p.id not in result.failed]
-        notes = [f"Run of {len(todo)} pairs ({len(result.skipped)} skipped as complete): "
-                 + (f"{result.layout.get('workers')} Dask workers" if "workers" in result.layout
-                    else f"Dask scheduler {scheduler}" if todo else "nothing to run")
-                 + (f", {result.layout.get('torch_threads_per_worker')} torch threads per worker"
-                    if result.layout.get("torch_threads_per_worker") else "")
+        notes = [f"Last run: {len(todo)} pairs to run, {len(result.skipped)} already complete (skipped)"
+                 + (f"; {result.layout['workers']} Dask workers" if "workers" in result.layout
+                    else f"; Dask scheduler {scheduler}" if todo and scheduler else "")
+                 + (f", {result.layout['torch_threads_per_worker']} torch threads per worker"
+                    if todo and result.layout.get("torch_threads_per_worker") else "")
                  + ("; stopped by the user" if stopped else "") + "."]
         result.report = write_report(out, [p.id for p in pairs], title or f"batch ({method})", notes)
     result.seconds = time.perf_counter() - t0
