@@ -4,11 +4,12 @@ Data: a synthetic cohort (``data.cohort``: SPM avg152 T1 at 4 mm, 45x54x45, each
 registered to the template with the CPU-bound rigid NMI method (Powell; ``--method``). Each configuration
 gets its own ``LocalCluster`` (worker processes, one pair at a time each) with every worker warmed up
 (library imported) before the clock starts, and a fresh output folder; the time is the wall time of
-``run_batch`` (hashing, registration, outputs, thumbnails, report). Torch runs with ``--threads`` threads
-per worker (default 1, set explicitly in each task). ``--rounds`` repeats the 1-worker/2-worker sequence.
+``run_batch`` (hashing, registration, outputs, thumbnails, report). Torch and SimpleITK run with
+``--threads`` threads per worker (default 1, set explicitly in each task). ``--rounds`` repeats the 1-worker/2-worker sequence.
 
-Also recorded: the mean per-pair time inside the workers (from each pair's status.json), which shows how
-much the two workers slow each other down, and the load average of the machine before and after.
+Also recorded: the mean per-pair wall and CPU time inside the workers (from each pair's status.json): the
+wall time shows how much the workers slow each other down, the CPU time whether a pair used more than its
+thread. And the load average of the machine before and after.
 
     python benchmarks/batch_throughput.py [--pairs 8] [--rounds 1] [--threads 1] [--method mi]
 """
@@ -51,10 +52,12 @@ def measure(csv: Path, method: str, workers: int, threads: int, out: Path) -> di
         result = run_batch(csv, method, out, scheduler=cluster.scheduler_address, threads_per_worker=threads)
         wall = time.perf_counter() - t0
     assert len(result.done) == len(result.report["rows"]), "every pair must register in a benchmark run"
-    per_pair = [store.read_status(out / "pairs" / r["id"])["seconds"] for r in result.report["rows"]]
+    statuses = [store.read_status(out / "pairs" / r["id"]) for r in result.report["rows"]]
+    per_pair = [s["seconds"] for s in statuses]
     n = len(per_pair)
     return {"workers": workers, "torch_threads_per_worker": threads, "pairs": n, "wall_s": wall,
             "pairs_per_hour": 3600.0 * n / wall, "mean_pair_s": sum(per_pair) / n,
+            "mean_pair_cpu_s": sum(s["cpu_seconds"] for s in statuses) / n,
             "parallel_efficiency": sum(per_pair) / (wall * workers)}
 
 

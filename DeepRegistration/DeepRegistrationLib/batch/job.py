@@ -119,7 +119,7 @@ def attempt(out, pair_id: str, status: dict, work, should_cancel=None) -> dict:
     log = PairLog(partial / "log.txt")
     status = {"id": pair_id, **status, "host": socket.gethostname(), "pid": os.getpid()}
     progress = Progress(log.progress, should_cancel)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -140,6 +140,7 @@ def attempt(out, pair_id: str, status: dict, work, should_cancel=None) -> dict:
             if p.name != "log.txt":
                 p.unlink()
     status["seconds"] = time.perf_counter() - t0
+    status["cpu_seconds"] = time.process_time() - cpu0
     status["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     log.close()
     store.commit(partial, out, pair_id, status)
@@ -150,12 +151,14 @@ def run_pair(pair, digest: str, out, stop_file=None, threads: int = None, device
              gpu_per_worker: bool = False) -> dict:
     """Register one :class:`~.pairs.Pair` into ``out/pairs/<id>`` (what a Dask task runs); returns its
     status (``done``, ``failed`` or ``cancelled``; nothing is written for ``cancelled``)."""
+    import SimpleITK as sitk
     import torch
 
     from ..api import register
 
-    if threads:
+    if threads:       # torch and ITK (pyramid smoothing, resampling) alike
         torch.set_num_threads(int(threads))
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
 
     def work(folder, progress, log):
         dev = _device(device, gpu_per_worker)
@@ -174,7 +177,8 @@ def run_pair(pair, digest: str, out, stop_file=None, threads: int = None, device
         return {**record_result(result, folder, extra), "device": result.report.get("device")}
 
     status = {"hash": digest, "method": pair.method, "options": pair.settings()["options"],
-              "files": dict(pair.files), "torch_threads": torch.get_num_threads()}
+              "files": dict(pair.files), "torch_threads": torch.get_num_threads(),
+              "itk_threads": sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()}
     stop = Path(stop_file) if stop_file else None
     return attempt(out, pair.id, status, work, stop.exists if stop is not None else None)
 

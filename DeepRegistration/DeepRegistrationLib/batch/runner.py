@@ -2,8 +2,8 @@
 
 - **Cluster:** without ``scheduler``, an embedded ``LocalCluster`` of worker processes, each running one
   pair at a time: one worker per GPU (each on its own GPU), else one per CPU core (at most one per
-  :data:`MEMORY_PER_WORKER` of memory), with ``threads_per_worker`` torch threads each (default: 1 on
-  CPU workers; the cores shared out among GPU workers). With ``scheduler``, the pairs go to that
+  :data:`MEMORY_PER_WORKER` of memory), with ``threads_per_worker`` torch and SimpleITK threads each
+  (default: 1 on CPU workers; the cores shared out among GPU workers). With ``scheduler``, the pairs go to that
   cluster, whose workers must see the same files and have this library installed.
 - **Resume:** pairs whose outputs are complete for their current inputs and settings are skipped
   (:func:`.store.is_complete`); all others (new, failed, unfinished, changed) run.
@@ -74,7 +74,7 @@ def local_layout(pairs_to_run: int, workers: int = None, threads_per_worker: int
         workers = workers or max(1, min(cores // threads, by_memory))
     workers = max(1, min(workers, max(pairs_to_run, 1)))
     return {"workers": workers, "torch_threads_per_worker": threads, "gpus": gpus, "cores": cores,
-            "gpu_per_worker": bool(gpus) and device == "auto"}
+            "gpu_per_worker": bool(gpus)}
 
 
 @contextmanager
@@ -181,12 +181,12 @@ def _run_on(client, todo, digests, out, stop_file, result, device, progress) -> 
     threads = result.layout.get("torch_threads_per_worker")
     gpu_per_worker = result.layout.get("gpu_per_worker", False)
     by_key = {}
-    for pair in todo:
-        future = client.submit(run_pair, pair, digests[pair.id], str(out), str(stop_file), threads, device,
-                               gpu_per_worker, key=f"register-{pair.id}-{uuid.uuid4().hex[:8]}", pure=False)
-        by_key[future.key] = (future, pair)
     finished = 0
     try:
+        for pair in todo:
+            future = client.submit(run_pair, pair, digests[pair.id], str(out), str(stop_file), threads, device,
+                                   gpu_per_worker, key=f"register-{pair.id}-{uuid.uuid4().hex[:8]}", pure=False)
+            by_key[future.key] = (future, pair)
         for future in as_completed([f for f, _ in by_key.values()]):
             _, pair = by_key[future.key]
             _tally(result, _outcome(future, pair, digests[pair.id], out))

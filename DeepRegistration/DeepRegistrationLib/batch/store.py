@@ -5,7 +5,7 @@ Layout of ``DIR``: ``pairs/<id>/`` per pair (what ``register`` writes, ``log.txt
 ``pairs/.<id>.partial-<token>/`` and renamed onto ``pairs/<id>`` once complete; ``status.json`` is
 the last file written into it and records the outcome (``done`` or ``failed``) with the hash of the
 pair's inputs and settings. A pair counts as complete when its ``status.json`` says ``done``, its
-hash matches the current inputs and settings, and every output it lists exists.
+hash matches the current inputs and settings, and every output and thumbnail it lists exists.
 """
 from __future__ import annotations
 
@@ -60,8 +60,13 @@ def input_hash(digests: dict, settings: dict) -> str:
 
 
 def pair_hash(pair, cache: dict = None) -> str:
-    """The hash of a :class:`~.pairs.Pair`: its files' contents and its settings."""
-    return input_hash({role: file_digest(path, cache) for role, path in pair.files.items()}, pair.settings())
+    """The hash of a :class:`~.pairs.Pair`: its files' contents (model files given by path included) and
+    its settings."""
+    digests = {role: file_digest(path, cache) for role, path in pair.files.items()}
+    for n, model in enumerate(pair.options.get("models") or []):
+        if Path(model).is_file():
+            digests[f"model {n}"] = file_digest(model, cache)
+    return input_hash(digests, pair.settings())
 
 
 def read_status(folder) -> dict:
@@ -74,8 +79,10 @@ def read_status(folder) -> dict:
 def is_complete(out, pair_id: str, digest: str) -> bool:
     folder = pair_dir(out, pair_id)
     status = read_status(folder)
+    files = list(status.get("outputs", {}).values()) + [v for v in status.get("thumbnails", {}).values()
+                                                         if isinstance(v, str)]
     return (status.get("status") == "done" and status.get("hash") == digest
-            and all((folder / name).is_file() for name in status.get("outputs", {}).values()))
+            and all((folder / name).is_file() for name in files))
 
 
 def new_partial(out, pair_id: str) -> Path:

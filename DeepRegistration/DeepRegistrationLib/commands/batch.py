@@ -31,7 +31,7 @@ def add_command(sub) -> None:
     p.add_argument("--workers", type=int, help="workers of the embedded cluster (default: one per GPU, else one "
                                                "per CPU core, at most one per 4 GiB of memory)")
     p.add_argument("--threads-per-worker", type=int, metavar="N",
-                   help="torch threads per worker (default: 1 on CPU workers, cores / GPUs on GPU workers)")
+                   help="torch and SimpleITK threads per worker (default: 1 on CPU workers, cores / GPUs on GPU workers)")
     p.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_CHOICES)} (default auto: each "
                                                     "embedded worker on its own GPU when there are GPUs)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
