@@ -88,10 +88,16 @@ def main() -> None:
     two = sum(r["pairs_per_hour"] for r in runs if r["workers"] == 2) / args.rounds
     per_pair_1 = sum(r["mean_pair_s"] for r in runs if r["workers"] == 1) / args.rounds
     per_pair_2 = sum(r["mean_pair_s"] for r in runs if r["workers"] == 2) / args.rounds
+    cpu_1 = sum(r["mean_pair_cpu_s"] for r in runs if r["workers"] == 1) / args.rounds
+    cpu_2 = sum(r["mean_pair_cpu_s"] for r in runs if r["workers"] == 2) / args.rounds
     summary = {"throughput_ratio_2_vs_1": two / one, "per_pair_time_ratio_2_vs_1": per_pair_2 / per_pair_1,
-               "ideal_ratio_from_per_pair_times": 2 * per_pair_1 / per_pair_2}
+               "ideal_ratio_from_per_pair_times": 2 * per_pair_1 / per_pair_2,
+               "per_pair_cpu_time_ratio_2_vs_1": cpu_2 / cpu_1,
+               "ratio_from_per_pair_cpu_times": 2 * cpu_1 / cpu_2}
     print(f"2 workers / 1 worker: {summary['throughput_ratio_2_vs_1']:.2f}x pairs per hour; per-pair time "
           f"{summary['per_pair_time_ratio_2_vs_1']:.2f}x (so at most {summary['ideal_ratio_from_per_pair_times']:.2f}x); "
+          f"per-pair CPU time {summary['per_pair_cpu_time_ratio_2_vs_1']:.2f}x (2 workers on 2 free cores: "
+          f"{summary['ratio_from_per_pair_cpu_times']:.2f}x); "
           f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after, on {cpu_budget()} cores")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({

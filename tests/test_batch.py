@@ -168,3 +168,17 @@ def test_flags_follow_the_stated_rules_and_flagged_pairs_come_first():
         assert f"<b>{name}</b>" in html
     assert html.index('id="pair-broken"') < html.index('id="pair-good"')
     assert "http" not in html.replace("http-equiv", "")        # nothing loaded from the network
+
+
+def test_running_out_of_memory_is_recorded_as_the_pairs_error(cohort, tmp_path, monkeypatch):
+    import DeepRegistrationLib.api as api
+
+    def exhausted(fixed, moving, ctx):
+        raise MemoryError
+    module = api.method_module(RIGID)
+    monkeypatch.setattr(module, "run", exhausted)
+    pair = Pair("big", {"fixed": str(cohort / "fixed.nii.gz"), "moving": str(cohort / "subject_00.nii.gz")}, RIGID)
+    status = run_pair(pair, store.pair_hash(pair), tmp_path)
+    assert status["status"] == "failed"
+    assert status["error"].startswith("InputError: out of memory on cpu")
+    assert {p.name for p in (tmp_path / "pairs" / "big").iterdir()} == {"log.txt", "status.json"}

@@ -125,11 +125,11 @@ def test_ctrl_c_on_the_command_line_stops_cleanly(cluster, cohort, tmp_path, cap
                "--out", str(out), "--workers", "2", "--threads-per-worker", "1", "--quiet"]
     proc = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
+    deadline = time.time() + 300
     while time.time() < deadline and not ((out / "pairs").is_dir() and pair_folders(out)):
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
+    stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 130, stderr[-3000:]
     assert "run the same command again" in stderr
     assert not partials(out) and (out / "report.html").exists()
