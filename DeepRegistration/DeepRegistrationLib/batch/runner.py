@@ -163,7 +163,7 @@ def run_batch(pairs, method: str = "mi", out="batch", params: dict = None, model
         notes = [f"Last run: {len(todo)} pairs to run, {len(result.skipped)} already complete (skipped)"
                  + (f"; {result.layout['workers']} Dask workers" if "workers" in result.layout
                     else f"; Dask scheduler {scheduler}" if todo and scheduler else "")
-                 + (f", {result.layout['torch_threads_per_worker']} torch threads per worker"
+                 + (f", threads per worker (torch and SimpleITK): {result.layout['torch_threads_per_worker']}"
                     if todo and result.layout.get("torch_threads_per_worker") else "")
                  + ("; stopped by the user" if stopped else "") + "."]
         result.report = write_report(out, [p.id for p in pairs], title or f"batch ({method})", notes)

@@ -50,7 +50,8 @@ def run(args) -> int:
         return 130
     layout = result.layout
     if "workers" in layout:
-        print(f"{layout['workers']} Dask workers, {layout['torch_threads_per_worker']} torch threads each"
+        print(f"{layout['workers']} Dask workers, threads per worker (torch and SimpleITK): "
+              f"{layout['torch_threads_per_worker']}"
               + (", one GPU each" if layout.get("gpu_per_worker") else ""))
     flagged = sum(bool(r["flags"]) for r in result.report["rows"])
     print(f"{len(result.done)} registered, {len(result.skipped)} already complete, {len(result.failed)} failed; "
