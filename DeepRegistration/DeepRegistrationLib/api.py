@@ -129,6 +129,16 @@ def _out_of_memory_as_input_error(device, fixed: Image):
             "or downsample the images") from None
 
 
+def register_batch(pairs, method: str = "mi", out="batch", **settings):
+    """Register every pair of a pairs CSV (or list of ``batch.pairs.Pair``) on Dask into ``out``, resumably,
+    and write the QA report ``out/report.html``; ``settings`` as :func:`batch.runner.run_batch` takes them
+    (``params``, ``models``, ``scheduler``, ``workers``, ``threads_per_worker``, ``device``, ``progress``).
+    Needs the ``batch`` extra (``dask[distributed]``)."""
+    from .batch.runner import run_batch
+
+    return run_batch(pairs, method, out, **settings)
+
+
 def write_outputs(result: RegistrationResult, out_transform=None, out_volume=None, report=None, out_inverse=None,
                   out_jacobian=None, out_inverse_volume=None) -> dict:
     """Write what was asked for; returns {kind: path}. Each file is written atomically."""

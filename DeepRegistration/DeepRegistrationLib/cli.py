@@ -15,6 +15,7 @@ from .core.errors import Cancelled, InputError
 
 COMMAND_MODULES = (
     "DeepRegistrationLib.commands.register",
+    "DeepRegistrationLib.commands.batch",
     "DeepRegistrationLib.commands.demo",
     "DeepRegistrationLib.commands.data",
     "DeepRegistrationLib.commands.train_metric",

@@ -5,13 +5,32 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.image import Image
+from ..core.image import Grid, Image
 from ..core.transforms import DisplacementField
 
 
 def _axis_pairs(axis: int):
     """For a slicing axis of a z-first volume, the (row, col) array axes and their x-first field components."""
     return {0: ((1, 2), (1, 0)), 1: ((0, 2), (2, 0)), 2: ((0, 1), (2, 1))}[axis]
+
+
+def in_plane_displacement_vox(transform, grid: Grid, axis: int, index: int) -> tuple:
+    """(row, column) components, in voxels of ``grid``, of T(x) - x over the slice ``index`` along the
+    z-first array ``axis`` of ``grid``: what :func:`plot_deformation_grid` draws for that slice.
+
+    Only the slice's voxel centres are mapped, so this is cheap for any transform on a large grid.
+    """
+    shape = list(grid.shape)
+    shape[axis] = 1
+    kji = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).reshape(-1, 3)
+    kji[:, axis] = index
+    ijk = kji[:, ::-1].astype(np.float64)
+    points = grid.index_to_physical(ijk)
+    u_mm = transform.transform_points(points) - points
+    index_from_physical = np.linalg.inv(grid.direction @ np.diag(grid.spacing))
+    u_vox = (u_mm @ index_from_physical.T).reshape(*[n for d, n in enumerate(shape) if d != axis], 3)
+    _, (comp_r, comp_c) = _axis_pairs(axis)
+    return u_vox[..., comp_r], u_vox[..., comp_c]
 
 
 def plot_deformation_grid(ax, warped_slice: np.ndarray, u_rows_vox: np.ndarray, u_cols_vox: np.ndarray,
