@@ -5,7 +5,7 @@ Headless, on a folder of images (each registered to the reference file; Slicer e
 failed):
 
     Slicer --no-main-window --python-script scripts/slicer_batch.py \\
-        --reference /data/template.nii.gz --folder /data/subjects --out /data/qa --method mi
+        --reference /data/template.nii.gz --folder /data/subjects --out /data/qa --method nmi
 
 In Slicer's Python console, on the volumes of the scene (the reference given by its node name):
 
