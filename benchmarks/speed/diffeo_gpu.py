@@ -1,6 +1,6 @@
 """GPU targets of the diffeomorphic method: a 400×400×250 volume end to end, and peak GPU memory up to 512³.
 
-Data: as benchmarks/diffeo_memory.py, the ICBM 2009a T1 zoomed to each shape at the model spacing (2 mm, so
+Data: as benchmarks/speed/diffeo_memory.py, the ICBM 2009a T1 zoomed to each shape at the model spacing (2 mm, so
 the network sees every voxel: the hard case) against a copy rolled by two voxels and intensity-jittered,
 from its small rigid initial transform (as after a rigid registration). For each shape and network
 precision, ``register(..., 'diffeo', device=...)`` is timed end to end (inputs in memory; resampling,
@@ -11,7 +11,7 @@ first call cold (CUDA context, kernel loading) and then ``--repeats`` warm calls
 compared with the float32 one on the fixed grid by the tile benchmark's agreement rule
 (``metrics.evaluation.fields_agree``).
 
-    python benchmarks/diffeo_gpu.py --shapes 400x400x250,512x512x512 --repeats 3
+    python benchmarks/speed/diffeo_gpu.py --shapes 400x400x250,512x512x512 --repeats 3
 
 ``--device cpu`` runs the same script on the CPU (no memory columns), to check it where there is no GPU.
 """

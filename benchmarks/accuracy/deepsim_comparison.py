@@ -25,8 +25,8 @@ size, steps, batch and seed); the baselines are trained by this script. Commands
     OMP_NUM_THREADS=1 deepregistration train-deepsim --synthetic icbm152 --dim 2 \
         --features deepsim_features_brain_t1_2d --lam 0.02,0.05,0.15 --epochs 20 --steps-per-epoch 25 \
         --batch-size 8 --device cpu --out W/deepsim_2d.pt
-    OMP_NUM_THREADS=1 python benchmarks/deepsim_comparison.py --dim 2 --work W --train mse ncc ncc_sup
-    OMP_NUM_THREADS=1 python benchmarks/deepsim_comparison.py --dim 2 --work W --evaluate --figures docs/figures
+    OMP_NUM_THREADS=1 python benchmarks/accuracy/deepsim_comparison.py --dim 2 --work W --train mse ncc ncc_sup
+    OMP_NUM_THREADS=1 python benchmarks/accuracy/deepsim_comparison.py --dim 2 --work W --evaluate --figures docs/figures
 """
 from __future__ import annotations
 

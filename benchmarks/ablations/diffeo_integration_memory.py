@@ -13,7 +13,7 @@ GB and in fields of 3×N³ float32 voxels, and the step's time:
 
 Before the table, both pairs are checked on a 40³ field to give identical results (``torch.equal``).
 
-    OMP_NUM_THREADS=1 python benchmarks/diffeo_integration_memory.py --sizes 256,384
+    OMP_NUM_THREADS=1 python benchmarks/ablations/diffeo_integration_memory.py --sizes 256,384
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ Train subjects: seeds 100..100+N-1; test subject: seed 9000 (distinct deformatio
 ``--source icbm-t1-gm`` makes the subjects from the 1 mm ICBM 2009a T1 instead (moving: its gradient
 magnitude, the modality of experiment 3) and trains at 1 mm: sharper images than the 2 mm SPM averages.
 
-    python benchmarks/metric_experiment1.py --train 4 --epochs 4 --figure docs/figures/metric_experiment1.png
+    python benchmarks/ablations/learned_metric_experiment1.py --train 4 --epochs 4 --figure docs/figures/metric_experiment1.png
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from scipy.signal import find_peaks
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from metric_subjects import make_subject  # noqa: E402
 
 from DeepRegistrationLib.core.transforms import RigidTransform  # noqa: E402

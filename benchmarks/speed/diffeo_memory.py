@@ -9,7 +9,7 @@ field composed with that pose, and the inverse field is resampled onto the movin
 first) would exceed the memory ``free`` reports minus a reserve, since the machine is shared.
 When 512³ is not among the sizes, a linear fit peak = a + b·voxels over the measured ones estimates it.
 
-    python benchmarks/diffeo_memory.py --sizes 128,256,512 --tile 48 [--rigid-initial]
+    python benchmarks/speed/diffeo_memory.py --sizes 128,256,512 --tile 48 [--rigid-initial]
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Where the time of one ``register(..., 'diffeo')`` call goes, and three of its parts against a baseline.
 
-Data: the first evaluation pair of benchmarks/diffeo_evaluation.py (ICBM 2009a T1 subjects at 2 mm,
+Data: the first evaluation pair of benchmarks/accuracy/diffeo_evaluation.py (ICBM 2009a T1 subjects at 2 mm,
 99×117×95), registered after the same rigid NMI step. The call is run once to warm up, then
 ``--repeats`` times; the table gives the median of each stage from the report's timings, and of the
 report's quality figures timed one by one, and the inverse-consistency error over every fixed voxel
@@ -18,8 +18,8 @@ against the report's, over those mapped into the moving image. Then, in the same
 - with ``--tile-batches``, the tile predictions' time (best of ``--repeats`` calls) for each number of
   tiles per network call.
 
-    python benchmarks/diffeo_profile.py --threads 1
-    python benchmarks/diffeo_profile.py --threads 2 --tile-batches 2,4,8,9,16,24
+    python benchmarks/speed/diffeo_profile.py --threads 1
+    python benchmarks/speed/diffeo_profile.py --threads 2 --tile-batches 2,4,8,9,16,24
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ DEFAULT_TILE = SPECS["diffeo"].option("tile").default
 
 DEFAULT_MODEL = SPECS["diffeo"].default_model
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "accuracy"))
 from diffeo_evaluation import SPACING, make_subject  # noqa: E402
 
 

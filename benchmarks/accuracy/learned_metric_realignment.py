@@ -5,7 +5,7 @@ pairs' fixed->moving rigid parameters θx, θy, θz, tx, ty, tz and centres) and
 of the split made by ``metric_subjects.py``, and prints mean ‖Δt‖ (metrics.evaluation.rigid_errors)
 before training and after each stage.
 
-    python benchmarks/metric_realignment.py CKPT/realignment.json DATA/train_truth.json
+    python benchmarks/accuracy/learned_metric_realignment.py CKPT/realignment.json DATA/train_truth.json
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Response functions (Sedghi et al. Fig. 2b-d) of NMI and of every stage of a learned metric set, on one
 unseen test subject, around its true pose; written as CSV + PNG for the docs.
 
-    python benchmarks/metric_response_figures.py --data /tmp/t1-t2 --model sedghi-t1-t2 \
+    python benchmarks/accuracy/learned_metric_responses.py --data /tmp/t1-t2 --model sedghi-t1-t2 \
         --out docs/figures/response_t1_t2
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Scaling and squaring on the grid of every other voxel: agreement with the full-grid integration and speed.
 
 Data (test split): the velocity of one pair of subjects made from the nilearn ICBM 2009a T1 at 2 mm
-(99×117×95), as in benchmarks/diffeo_tiles.py: momentum predicted by the bundled model with 48³ tiles,
+(99×117×95), as in benchmarks/ablations/diffeo_tiles.py: momentum predicted by the bundled model with 48³ tiles,
 smoothed on the whole volume. Baseline: all N = 7 squarings of exp(v) and exp(−v) on the full grid.
 Ours: the first 7 − k on the grid of every other voxel, then the field interpolated back to the full grid
 and the last k squarings there (``patchwise.exponentials(v, fine_steps=k)``). Each setting is timed (best
@@ -14,7 +14,7 @@ velocity itself by the same rule (``patchwise.coarse_grid_holds``, printed last)
 run on the full grid. ``--shape Z,Y,X`` crops the pair at its centre first: on even sides the coarse grid
 has one node past the last voxel (``lddmm.coarsen``), on odd sides it does not.
 
-    OMP_NUM_THREADS=1 python benchmarks/diffeo_integration_grid.py --repeats 3 [--shape 94,116,98]
+    OMP_NUM_THREADS=1 python benchmarks/ablations/diffeo_integration_grid.py --repeats 3 [--shape 94,116,98]
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ from DeepRegistrationLib.metrics.evaluation import dice_per_label, fields_agree,
 
 DEFAULT_MODEL = SPECS["diffeo"].default_model
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "accuracy"))
 from diffeo_evaluation import make_subject  # noqa: E402
 
 SPACING_MM = 2.0

@@ -2,7 +2,7 @@
 training patch and arithmetic) and speed.
 
 Data (test split): one pair of subjects made from the nilearn ICBM 2009a T1 at 2 mm (99×117×95; the
-bundled model never saw ICBM data), as in benchmarks/diffeo_evaluation.py. For each tile size (12 voxels
+bundled model never saw ICBM data), as in benchmarks/accuracy/diffeo_evaluation.py. For each tile size (12 voxels
 discarded per side) and network precision (float32, or bfloat16 under autocast) the momentum is predicted
 tile by tile and smoothed and integrated on the whole volume (float32); the forward displacement is
 compared with the one from 48³ float32 tiles (mean and max |Δu| in mm over the volume) and the momentum
@@ -13,7 +13,7 @@ default precision where it agrees at that tile and is faster by more than 10 %.
 Each setting's registration result is also scored against the subjects' GM maps (moving GM warped by
 φ vs fixed GM, both thresholded at 0.5), so a disagreement can be read as better or worse, not only different.
 
-    python benchmarks/diffeo_tiles.py --tiles 48,64,80,96,128 --precisions float32,bfloat16
+    python benchmarks/ablations/diffeo_tiles.py --tiles 48,64,80,96,128 --precisions float32,bfloat16
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from DeepRegistrationLib.metrics.evaluation import dice_per_label, fields_agree
 
 DEFAULT_MODEL = SPECS["diffeo"].default_model
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "accuracy"))
 from diffeo_evaluation import make_subject  # noqa: E402
 
 TIE = 1.10
