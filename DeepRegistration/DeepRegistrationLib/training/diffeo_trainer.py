@@ -375,8 +375,9 @@ def initial_weights(net: MomentumUNet, settings: DiffeoTraining) -> dict:
     net.load_state_dict(source.state_dict())
     previous = meta["training"]
     return {"model": str(settings.init_model), "created": meta.get("created"), "command": previous.get("command"),
-            "steps": previous.get("steps"), "final_val_loss": previous.get("final_val_loss"),
-            "data": previous.get("data"), "initialized_from": previous.get("initialized_from")}
+            "code_commit": previous.get("code_commit"), "steps": previous.get("steps"),
+            "final_val_loss": previous.get("final_val_loss"), "data": previous.get("data"),
+            "initialized_from": previous.get("initialized_from")}
 
 
 def zero_momentum(fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
