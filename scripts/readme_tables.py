@@ -82,7 +82,7 @@ def source(record: dict, name: str) -> str:
     if machine.get("gpu"):
         where += f", {machine['gpu']}"
     if load_avg:
-        where += f", load average {load_avg.get('start')}–{load_avg.get('end')} (shared machine)"
+        where += f", load average {load_avg.get('start')}–{load_avg.get('end')}: a shared machine"
     commit = (record.get("commit") or "?")[:10] + (" with uncommitted changes" if record.get("dirty") else "")
     return (f"Results file `benchmarks/results/{name}.json`, made by `{record['command']}` at commit {commit} "
             f"on {record['date'][:10]} ({where}).")
