@@ -3,7 +3,8 @@
 Every kept benchmark writes one JSON file, by default ``benchmarks/results/<name>.json`` (``--json PATH``
 to write elsewhere). The file holds the numbers the docs and the README quote (``results``), the data it
 ran on (``data``), and how it was made: the command (from the repository root), the code commit (with
-``dirty`` when the library or the benchmarks had uncommitted changes), the date and the machine. ``scripts/readme_tables.py``
+``dirty`` when the library, the script or the shared benchmark modules had uncommitted changes), the date
+and the machine. ``scripts/readme_tables.py``
 builds the README's and the method pages' tables from these files, so a re-run that overwrites one
 updates the docs with ``python scripts/readme_tables.py``.
 """
@@ -53,9 +54,11 @@ def command_line() -> str:
 
 
 def _code_state() -> dict:
-    """The commit, and whether the library or the benchmarks had uncommitted changes."""
-    dirty = _git("status", "--porcelain", "--untracked-files=no", "--", "DeepRegistration", "benchmarks",
-                 ":!benchmarks/results")
+    """The commit, and whether the library, the running script or the shared benchmark modules had
+    uncommitted changes."""
+    script = Path(sys.argv[0]).resolve()
+    paths = ["DeepRegistration", ":(glob)benchmarks/*.py"] + ([str(script)] if script.is_file() else [])
+    dirty = _git("status", "--porcelain", "--untracked-files=no", "--", *paths)
     return {"commit": _git("rev-parse", "HEAD") or None, "dirty": bool(dirty)}
 
 
