@@ -90,6 +90,10 @@ def source(record: dict, name: str) -> str:
             f"on {record['date'][:10]} ({where}).")
 
 
+def count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def missing_line(name: str) -> str:
     return f"No results file yet: `benchmarks/results/{name}.json` (made by `{COMMANDS.get(name, '?')}`)."
 
@@ -220,7 +224,7 @@ def dirnet(results_dir: Path) -> str:
              "time ratio SimpleITK / DIRNet |", "|---|---|---|---|---|"]
     for dim, unit in (("2D", "slice"), ("3D", "volume")):
         x = r["results"][dim]
-        data = f"{dim}, {x['pairs']} test pairs"
+        data = f"{dim}, {count(x['pairs'], 'test pair')}"
         lines.append(f"| {data} | before registration | {pm(x['dice']['before'], 3)} | | |")
         lines.append(f"| {data} | DIRNet (`{x['model']}`) | {pm(x['dice']['DIRNet'], 3)} | "
                      f"{x['seconds']['DIRNet']:.3f} per {unit} | |")
@@ -391,8 +395,9 @@ def status_learned_metric(results_dir, task):
     rows = {x["method"]: x for x in r["results"]["methods"]}
     cnn, nmi, t = rows["CNN"], rows["NMI (60 bins)"], r["results"]["paired_tests_t_norm"]
     met = cnn["t_norm_mm"]["mean"] < nmi["t_norm_mm"]["mean"] and (t["t_test_p"] or 1) < 0.05
-    return (f"rigid learned metric (`learned-metric`), {task.upper()}",
-            f"{cnn['cases']} unseen SPM avg152-derived {task.upper()} subjects",
+    pair = task.upper().replace("-", "↔")
+    return (f"rigid learned metric (`learned-metric`), {pair}",
+            f"{cnn['cases']} unseen SPM avg152-derived {pair} subjects",
             f"‖Δt‖ {pm(cnn['t_norm_mm'])} mm (`{r['model']}`)", f"NMI: {pm(nmi['t_norm_mm'])} mm",
             f"{cnn['seconds_per_case'] / nmi['seconds_per_case']:.1f}× NMI's time",
             f"CNN below NMI (p < 0.05): **{'met' if met else 'not met'}** (paired t-test p = {p_value(t['t_test_p'])})",
@@ -422,7 +427,8 @@ def status_dirnet(results_dir):
     r = load(results_dir, "dirnet_vs_bspline")["results"]
     met = all(r[d]["dice"]["DIRNet"]["mean"] >= r[d]["dice"]["SimpleITK"]["mean"] - 0.01
               and r[d]["time_ratio_simpleitk_over_dirnet"] >= 10 for d in ("2D", "3D"))
-    return ("DIRNet (`dirnet`)", f"{r['2D']['pairs']} 2D slice pairs and {r['3D']['pairs']} 3D pairs, ICBM 2009a",
+    return ("DIRNet (`dirnet`)", f"{count(r['2D']['pairs'], '2D slice pair')} and {count(r['3D']['pairs'], '3D pair')}, "
+            "ICBM 2009a",
             "Dice " + " / ".join(f"{r[d]['dice']['DIRNet']['mean']:.3f} ({d})" for d in ("2D", "3D")),
             "SimpleITK B-spline: " + " / ".join(f"{r[d]['dice']['SimpleITK']['mean']:.3f}" for d in ("2D", "3D")),
             " / ".join(f"{r[d]['time_ratio_simpleitk_over_dirnet']:.0f}×" for d in ("2D", "3D")) + " faster",
