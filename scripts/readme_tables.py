@@ -126,8 +126,8 @@ def rigid_nmi(results_dir: Path) -> str:
     return "\n".join(lines)
 
 
-LM_COLUMNS = (("t_norm_mm", "‖Δt‖ mm"), ("t_x_mm", "|Δt_x|"), ("t_y_mm", "|Δt_y|"), ("t_z_mm", "|Δt_z|"),
-              ("theta_x_deg", "|Δθ_x|°"), ("theta_y_deg", "|Δθ_y|°"), ("theta_z_deg", "|Δθ_z|°"))
+LM_COLUMNS = (("t_norm_mm", "‖Δt‖ mm"), ("t_x_mm", "\\|Δt_x\\|"), ("t_y_mm", "\\|Δt_y\\|"), ("t_z_mm", "\\|Δt_z\\|"),
+              ("theta_x_deg", "\\|Δθ_x\\|°"), ("theta_y_deg", "\\|Δθ_y\\|°"), ("theta_z_deg", "\\|Δθ_z\\|°"))
 
 
 @table("learned-metric")
