@@ -354,7 +354,8 @@ def model_cards(kinds) -> str:
             node = node.get("initialized_from")
         for depth, node in enumerate(reversed(chain), start=1):
             prefix = f"step {depth} of {len(chain)}: " if len(chain) > 1 else ""
-            commit = (node.get("code_commit") or "not recorded")[:10]
+            commit = (node.get("code_commit") or "not recorded")[:10] + (
+                " with uncommitted changes" if node.get("code_dirty") else "")
             lines.append(f"- {prefix}trained at commit {commit} by `{node.get('command')}`")
             sequence = node.get("command_sequence")
             if sequence:
