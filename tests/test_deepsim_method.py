@@ -64,7 +64,7 @@ def test_bundled_models_state_their_provenance_and_are_tiny():
         meta = read_metadata(f"deepsim_brain_t1_{ndim}d")
         assert meta["kind"] == "deepsim" and meta["similarity"] == "deepsim"
         assert meta["training"]["command"].startswith(("deepregistration train-deepsim ",
-                                                       "python benchmarks/deepsim_comparison.py"))
+                                                       "python benchmarks/accuracy/deepsim_comparison.py"))
         assert meta["features"] == f"deepsim_features_brain_t1_{ndim}d" and meta["lambda"] > 0
         assert "ICBM" in meta["training"]["data"] and "val" in meta["training"]["validation"]
         net, _ = load_registration_net(f"deepsim_brain_t1_{ndim}d")

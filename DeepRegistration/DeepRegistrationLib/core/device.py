@@ -31,7 +31,7 @@ def describe_devices() -> str:
 
 def has_native_bfloat16(device) -> bool:
     """True on a CPU with bfloat16 instructions (AVX-512 BF16 or AMX), where oneDNN's bfloat16 convolutions
-    are fast (the momentum U-Net: 2.1x float32, benchmarks/diffeo_tiles.py); False elsewhere, including every
+    are fast (the momentum U-Net: 2.1x float32, benchmarks/ablations/diffeo_tiles.py); False elsewhere, including every
     CUDA device (not measured there)."""
     if torch.device(device).type != "cpu":
         return False

@@ -1,7 +1,7 @@
 """``--method diffeo``: patch-wise diffeomorphic registration with a momentum U-Net (the thesis' method).
 
 The registration itself is in :mod:`.diffeo_registration`. Option defaults: ``tile`` 48 and ``precision``
-``auto`` were chosen by benchmarks/diffeo_tiles.py; ``auto`` is bfloat16 on a CPU with bfloat16
+``auto`` were chosen by benchmarks/ablations/diffeo_tiles.py; ``auto`` is bfloat16 on a CPU with bfloat16
 instructions and float32 elsewhere; smoothing and integration are always float32.
 """
 from __future__ import annotations

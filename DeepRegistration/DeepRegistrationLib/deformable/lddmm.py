@@ -19,7 +19,7 @@ integration.
   alternate between two buffers (:func:`squarings`).
 - On whole volumes (inference) the first N − 1 squarings may run on the grid of every other voxel
   (:func:`coarsen`, :func:`refine`), where the field is still small and smooth, and the last on the full
-  grid; benchmarks/diffeo_integration_grid.py measures the agreement with the full-grid integration.
+  grid; benchmarks/ablations/diffeo_integration_grid.py measures the agreement with the full-grid integration.
 """
 from __future__ import annotations
 

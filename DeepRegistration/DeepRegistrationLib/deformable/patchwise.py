@@ -33,7 +33,7 @@ MODEL_KIND = "diffeo"
 NORMALIZATION = "per image: (I - p1) / (p99 - p1) clipped to [0, 1], percentiles over the model grid"
 DISCARD = 12
 #: Squarings on the full grid (the rest on every other voxel): the fewest that agree with integrating on the
-#: full grid throughout, by benchmarks/diffeo_integration_grid.py.
+#: full grid throughout, by benchmarks/ablations/diffeo_integration_grid.py.
 FINE_SQUARINGS = 1
 #: Voxels per network call when the tiles-per-call count is not given: several tiles per call, because
 #: PyTorch's CPU convolutions fall back to a 4-7x slower kernel for single-sample batches.

@@ -49,7 +49,7 @@ FIELD_RELATIVE_TOLERANCE = 0.05
 def fields_agree(u_mm, reference_mm) -> tuple:
     """(agrees, mean |Δu|, max |Δu|, mean |u| of the reference) of two displacement fields (1, 3, ...) in mm
     (torch tensors). They agree when mean |Δu| < 0.05 mm and < 5 % of the reference's mean motion, and max
-    |Δu| < 0.5 mm: the rule by which benchmarks/diffeo_tiles.py picks the tile size and the network precision."""
+    |Δu| < 0.5 mm: the rule by which benchmarks/ablations/diffeo_tiles.py picks the tile size and the network precision."""
     diff = lengths(u_mm - reference_mm)
     motion = float(lengths(reference_mm).mean())
     mean, largest = float(diff.mean()), float(diff.max())

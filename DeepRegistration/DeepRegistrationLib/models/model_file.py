@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import subprocess
 from pathlib import Path
 
 import torch
@@ -23,11 +24,30 @@ REQUIRED_METADATA = ("kind", "architecture", "patch_size", "spacing_mm", "intens
                      "training", "created", "library_version")
 
 
+def code_commit() -> dict:
+    """The git commit of the library's source tree and whether it had uncommitted changes (``code_commit``
+    None when the library is not run from a git checkout, e.g. when installed from a wheel)."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=30).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(commit) and bool(git("status", "--porcelain", "--untracked-files=no", "--", str(here.parent)))
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", False
+    return {"code_commit": commit or None, "code_dirty": dirty}
+
+
 def save_model(path, state_dict: dict, metadata: dict) -> Path:
-    """Write atomically (temporary file, then rename); ``created`` and ``library_version`` are filled in."""
+    """Write atomically (temporary file, then rename); ``created`` and ``library_version`` are filled in, and
+    the training record gets the code commit (:func:`code_commit`) unless it states one."""
     metadata = dict(metadata)
     metadata.setdefault("created", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     metadata.setdefault("library_version", __version__)
+    if isinstance(metadata.get("training"), dict) and "code_commit" not in metadata["training"]:
+        metadata["training"] = {**metadata["training"], **code_commit()}
     missing = [k for k in REQUIRED_METADATA if k not in metadata]
     if missing:
         raise ValueError(f"model metadata lacks {missing}")

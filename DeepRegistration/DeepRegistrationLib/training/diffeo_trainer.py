@@ -15,8 +15,9 @@ Regularization warm-up: the weight starts at ``warmup_factor``·w for ``warmup_s
 thesis had to start MSE training with a lower regularization and raise it after one epoch).
 
 Pairs come from a pairs CSV (both images resampled to the model spacing on the fixed image's grid,
-then random "subject" deformations and intensity changes as augmentation unless switched off) or,
-for the bundled model, from the SPM avg152 T1 template: each image of a pair is the template under its
+then random "subject" deformations and intensity changes as augmentation unless switched off) or from
+a template (``--synthetic``: the SPM avg152 T1, or SPM's single-subject T1; the bundled model was trained
+on the first and then fine-tuned on the second): each image of a pair is the template under its
 own random diffeomorphism (data.synthetic.smooth_random_field), and the pair one appearance: a gamma
 drawn per pair, changed by at most ±5 % per image, plus each image's own noise (``pair_jitter``). A
 gamma drawn independently per image (0.8-1.25) made intensity, not anatomy, the main difference the
@@ -375,8 +376,9 @@ def initial_weights(net: MomentumUNet, settings: DiffeoTraining) -> dict:
     net.load_state_dict(source.state_dict())
     previous = meta["training"]
     return {"model": str(settings.init_model), "created": meta.get("created"), "command": previous.get("command"),
-            "steps": previous.get("steps"), "final_val_loss": previous.get("final_val_loss"),
-            "data": previous.get("data"), "initialized_from": previous.get("initialized_from")}
+            "code_commit": previous.get("code_commit"), "steps": previous.get("steps"),
+            "final_val_loss": previous.get("final_val_loss"), "data": previous.get("data"),
+            "initialized_from": previous.get("initialized_from")}
 
 
 def zero_momentum(fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:

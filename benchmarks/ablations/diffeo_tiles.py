@@ -2,7 +2,7 @@
 training patch and arithmetic) and speed.
 
 Data (test split): one pair of subjects made from the nilearn ICBM 2009a T1 at 2 mm (99×117×95; the
-bundled model never saw ICBM data), as in benchmarks/diffeo_evaluation.py. For each tile size (12 voxels
+bundled model never saw ICBM data), as in benchmarks/accuracy/diffeo_evaluation.py. For each tile size (12 voxels
 discarded per side) and network precision (float32, or bfloat16 under autocast) the momentum is predicted
 tile by tile and smoothed and integrated on the whole volume (float32); the forward displacement is
 compared with the one from 48³ float32 tiles (mean and max |Δu| in mm over the volume) and the momentum
@@ -13,7 +13,9 @@ default precision where it agrees at that tile and is faster by more than 10 %.
 Each setting's registration result is also scored against the subjects' GM maps (moving GM warped by
 φ vs fixed GM, both thresholded at 0.5), so a disagreement can be read as better or worse, not only different.
 
-    python benchmarks/diffeo_tiles.py --tiles 48,64,80,96,128 --precisions float32,bfloat16
+Results: benchmarks/results/diffeo_tiles.json.
+
+    python benchmarks/ablations/diffeo_tiles.py --tiles 48,64,80,96,128 --precisions float32,bfloat16
 """
 from __future__ import annotations
 
@@ -36,8 +38,10 @@ from DeepRegistrationLib.metrics.evaluation import dice_per_label, fields_agree
 
 DEFAULT_MODEL = SPECS["diffeo"].default_model
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "accuracy"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffeo_evaluation import make_subject  # noqa: E402
+from results_json import add_json_argument, write_results  # noqa: E402
 
 TIE = 1.10
 
@@ -49,6 +53,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="diffeo model: bundled name or file (default: bundled)")
+    add_json_argument(parser, "diffeo_tiles")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tiles = [int(t) for t in args.tiles.split(",")]
@@ -86,9 +91,12 @@ def main():
     print(f"| tile | precision | kept per tile | momentum prediction (s) | speed-up vs {reference[0]}³ float32 | "
           "mean |Δu| (mm) | max |Δu| (mm) | agrees | GM Dice |")
     print("|---|---|---|---|---|---|---|---|---|")
-    agrees = {}
+    agrees, rows = {}, []
     for tile, precision in settings:
         agrees[tile, precision], mean, largest, _ = fields_agree(fields[tile, precision], ref)
+        rows.append({"tile": tile, "precision": precision, "seconds": seconds[tile, precision],
+                     "mean_du_mm": float(mean), "max_du_mm": float(largest), "agrees": bool(agrees[tile, precision]),
+                     "gm_dice": float(gm_dice(fields[tile, precision]))})
         print(f"| {tile}³ | {precision} | {100 * ((tile - 24) / tile) ** 3:.1f} % | {seconds[tile, precision]:.2f} | "
               f"{seconds[reference] / seconds[tile, precision]:.2f} | {mean:.4f} | {largest:.4f} | "
               f"{'yes' if agrees[tile, precision] else 'no'} | {gm_dice(fields[tile, precision]):.4f} |")
@@ -102,6 +110,12 @@ def main():
         faster = agrees[tile, "bfloat16"] and seconds[tile, "bfloat16"] * TIE < seconds[tile, "float32"]
         print(f"bfloat16 at {tile}³: {'agrees and is faster: the default on this CPU' if faster else 'not the default'} "
               f"({seconds[tile, 'float32'] / seconds[tile, 'bfloat16']:.2f}x)")
+    write_results(args.json, "benchmarks/ablations/diffeo_tiles.py",
+                  f"one test pair of ICBM 2009a T1 subjects (2 mm, {tuple(t1.grid.size)}), seeds 1000 and 1001",
+                  {"settings": rows, "reference": list(reference), "chosen_tile": tile,
+                   "mean_u_mm": float(ref.norm(dim=1).mean())},
+                  model=args.model, threads=args.threads, repeats=args.repeats,
+                  native_bfloat16=bool(has_native_bfloat16("cpu")))
 
 
 if __name__ == "__main__":

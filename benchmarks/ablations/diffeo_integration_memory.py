@@ -13,7 +13,9 @@ GB and in fields of 3×N³ float32 voxels, and the step's time:
 
 Before the table, both pairs are checked on a 40³ field to give identical results (``torch.equal``).
 
-    OMP_NUM_THREADS=1 python benchmarks/diffeo_integration_memory.py --sizes 256,384
+Results: benchmarks/results/diffeo_integration_memory.json.
+
+    OMP_NUM_THREADS=1 python benchmarks/ablations/diffeo_integration_memory.py --sizes 256,384
 """
 from __future__ import annotations
 
@@ -23,11 +25,15 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from DeepRegistrationLib.deformable import lddmm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from results_json import add_json_argument, write_results  # noqa: E402
 from DeepRegistrationLib.deformable.patchwise import exponentials
 
 SPACING = (2.0, 2.0, 2.0)
@@ -96,11 +102,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="256,384")
     p.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
+    add_json_argument(p, "diffeo_integration_memory")
     args = p.parse_args(argv)
     if args.one:
         print(json.dumps(run_one(args.one[0], int(args.one[1]))))
         return 0
-    print(f"identical results (40³): {same_results()}\n")
+    identical = same_results()
+    print(f"identical results (40³): {identical}\n")
+    rows = []
     print("| N³ | step | peak above the input (GB) | fields of 3×N³ | seconds |")
     print("|---|---|---|---|---|")
     for n in (int(s) for s in args.sizes.split(",")):
@@ -109,6 +118,9 @@ def main(argv=None) -> int:
                                  check=True)
             r = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"| {n}³ | {case} | {r['extra_gb']:.2f} | {r['fields']:.2f} | {r['seconds']:.1f} |", flush=True)
+            rows.append({"n": n, "case": case, **r})
+    write_results(args.json, "benchmarks/ablations/diffeo_integration_memory.py",
+                  "random smooth 3-channel fields of N³ voxels", {"identical_results_40": bool(identical), "rows": rows})
     return 0
 
 

@@ -1,7 +1,7 @@
 """Diffeomorphic patch-wise registration evaluated as the thesis' Tables 5.1-5.3 (and Fig. 5.3).
 
 Held-out pairs (test split): subjects made from the nilearn ICBM 2009a T1 template (the bundled model was
-trained only on subjects made from the SPM avg152 T1 template), at 2 mm. Each subject is the template
+trained on subjects made from the SPM avg152 T1 and then SPM's single-subject T1, never on ICBM data), at 2 mm. Each subject is the template
 under its own random diffeomorphism (data.synthetic.smooth_random_field, 4 mm, seeds 1000+) with its own
 gamma and noise; the GM and WM probability maps are deformed with it (label masks: p > 0.5). The moving
 subject is also displaced rigidly (|t_i| ~ U[1, 5] mm, θ_i ~ U[-0.05, 0.05] rad), so every method starts
@@ -18,14 +18,20 @@ Metrics (thesis §4.1): NMI (Studholme, 64 bins), MSE, MAE (intensities scaled t
 image's p1-p99), Dice of label masks (GM, WM) and of a threshold mask (normalized T1 > 0.3), % folding
 voxels, mean Jacobian, wall times. Fig. 5.3: voxel-wise mean and std of |m| over all predicted tiles.
 
-    python benchmarks/diffeo_evaluation.py --pairs 3 --figure docs/figures/diffeo_momentum_marginals.png
+Results: benchmarks/results/diffeo_evaluation_<precision>.json (the network precision that ran).
+
+    OMP_NUM_THREADS=1 python benchmarks/accuracy/diffeo_evaluation.py --pairs 2 \
+        --figure docs/figures/diffeo_momentum_marginals.png
+    OMP_NUM_THREADS=1 python benchmarks/accuracy/diffeo_evaluation.py --pairs 2 --precision float32
 """
 from __future__ import annotations
 
 import argparse
 import platform
 import re
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -45,6 +51,9 @@ from DeepRegistrationLib.deformable.model_input import normalize_intensity, resa
 from DeepRegistrationLib.deformable.patchwise import MomentumMarginals, predict_momentum
 from DeepRegistrationLib.metrics.evaluation import dice_per_label
 from DeepRegistrationLib.metrics.similarity import nmi
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from results_json import default_path, write_results  # noqa: E402
 
 DEFAULT_MODEL = SPECS["diffeo"].default_model
 
@@ -150,6 +159,7 @@ def main():
     parser.add_argument("--model", default=DEFAULT_MODEL, help="diffeo model: bundled name or file (default: bundled)")
     parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
                         help="our network's arithmetic (default auto: bfloat16 on a CPU with bfloat16 instructions)")
+    parser.add_argument("--json", help="results file (default benchmarks/results/diffeo_evaluation_<precision>.json)")
     args = parser.parse_args()
     precision = resolve_precision(args.precision, "cpu")
     torch.set_num_threads(args.threads)
@@ -232,6 +242,29 @@ def main():
         centre = mean[12:-12, 12:-12, 12:-12].mean()
         print(f"\nFig. 5.3: mean |m| over {marginals.count} tiles: centre 24³ {centre:.3f}, outer 4-voxel shell "
               f"{np.concatenate([mean[:4].ravel(), mean[-4:].ravel()]).mean():.3f}; figure {args.figure}")
+
+    def stats(values):
+        a = np.asarray(values, dtype=float)
+        return {"mean": float(a.mean()), "sd": float(a.std(ddof=1)) if len(a) > 1 else None}
+
+    record = {
+        "methods": list(methods),
+        "similarity_and_dice": [{"method": meth, "direction": d, **{k: stats([r[k] for r in rows]) for k in keys}}
+                                for (meth, d), rows in table.items()],
+        "regularity": [{"method": meth, "direction": d,
+                        "folding_percent": stats([r["folding_percent"] for r in rows]),
+                        "pairs_with_folding": int(sum(r["folding_voxels"] > 0 for r in rows)),
+                        "jacobian_mean": stats([r["jacobian_mean"] for r in rows]),
+                        "jacobian_min": stats([r["jacobian_min"] for r in rows])}
+                       for (meth, d), rows in reg_stats.items()],
+        "seconds": [{"method": meth, "register": stats(times[meth]), "inference": stats(inference[meth])}
+                    for meth in methods],
+    }
+    write_results(args.json or default_path(f"diffeo_evaluation_{precision}"), "benchmarks/accuracy/diffeo_evaluation.py",
+                  f"test split: {args.pairs} pairs of subjects made from the ICBM 2009a T1 (2 mm, {tuple(grid.size)}), "
+                  f"GM/WM masks p > 0.5; model trained on {training_data(meta)}",
+                  record, model=args.model, precision=precision, threads=args.threads, pairs=args.pairs,
+                  figure=args.figure)
 
 
 if __name__ == "__main__":

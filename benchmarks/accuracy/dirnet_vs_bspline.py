@@ -9,15 +9,19 @@ are warped along (nearest neighbour). Dice is the mean of the GM and WM Dice on 
 
 Baseline (the paper's SimpleElastix role): SimpleITK cubic B-spline, correlation metric (DIRNet's
 NCC), L-BFGS-B with 100 iterations per level, two levels (shrink 2 then 1), grid spacing tuned on
-separate validation pairs; in 3D the metric is sampled on 5 % random voxels to bound its time. Both run on the CPU with one thread, in the same process.
+separate validation pairs; in 3D the metric is sampled on 5 % random voxels to bound its time. Both run on
+the CPU with one thread, in the same process. Results: benchmarks/results/dirnet_vs_bspline.json.
 
-    OMP_NUM_THREADS=1 python benchmarks/dirnet_vs_bspline.py --pairs-2d 20 --pairs-3d 4 --figure docs/figures/dirnet_qualitative.png
+    OMP_NUM_THREADS=1 python benchmarks/accuracy/dirnet_vs_bspline.py --pairs-2d 20 --pairs-3d 3 \
+        --figure docs/figures/dirnet_qualitative.png
 """
 from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -33,6 +37,9 @@ from DeepRegistrationLib.deformable.dirnet_registration import load_dirnet, mode
 from DeepRegistrationLib.deformable.model_input import resample_to
 from DeepRegistrationLib.metrics.evaluation import dice_per_label
 from DeepRegistrationLib.rigid.pyramid import downsample
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from results_json import add_json_argument, write_results  # noqa: E402
 
 MODEL_2D, MODEL_3D = "dirnet_brain_t1_2d", "dirnet_brain_t1_3d"
 #: Fraction of voxels (random) on which the 3D baseline evaluates its metric.
@@ -183,6 +190,7 @@ def main():
     parser.add_argument("--pairs-3d", type=int, default=4)
     parser.add_argument("--seed", type=int, default=2017)
     parser.add_argument("--figure", help="PNG of one 2D test pair (as the paper's Fig. 4, with grid lines)")
+    add_json_argument(parser, "dirnet_vs_bspline")
     args = parser.parse_args()
     torch.set_num_threads(1)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
@@ -240,10 +248,21 @@ def main():
               f"{np.mean(times['DIRNet']):.3f} per {unit} | |")
         print(f"| {label} | SimpleITK B-spline (tuned, {best if unit == 'slice' else control3_mm * best / control_mm:g} mm grid) | "
               f"{summarize(rows['SimpleITK'])} | {np.mean(times['SimpleITK']):.3f} per {unit} | {ratio:.1f} |")
-    for name, rows in (("2D", rows2), ("3D", rows3)):
+    record = {}
+    for name, rows, times, model, spacing in (("2D", rows2, times2, MODEL_2D, best),
+                                              ("3D", rows3, times3, MODEL_3D, control3_mm * best / control_mm)):
         diff = np.asarray(rows["DIRNet"]) - np.asarray(rows["SimpleITK"])
         print(f"\n{name}: Dice DIRNet − SimpleITK = {diff.mean():+.3f} ± {diff.std(ddof=1) if len(diff) > 1 else 0:.3f} "
               f"(paired, {len(diff)} pairs)")
+        record[name] = {"pairs": len(diff), "model": model, "baseline_grid_spacing_mm": float(spacing),
+                        "dice": {k: {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else None,
+                                     "per_pair": [float(x) for x in v]} for k, v in rows.items()},
+                        "seconds": {k: float(np.mean(v)) for k, v in times.items()},
+                        "time_ratio_simpleitk_over_dirnet": float(np.mean(times["SimpleITK"]) / np.mean(times["DIRNet"]))}
+    record["baseline_tuning_dice"] = {f"{k:g}": v for k, v in scores.items()}
+    write_results(args.json, "benchmarks/accuracy/dirnet_vs_bspline.py",
+                  SPLIT.format(seeds=f"{args.seed}, tuning {args.seed + 1}") + "; Dice = mean of GM and WM Dice",
+                  record, seed=args.seed, threads=1, figure=args.figure)
 
 
 if __name__ == "__main__":

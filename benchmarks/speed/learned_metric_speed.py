@@ -5,7 +5,9 @@ Data: SPM avg152 T1 (fixed) and T2 (moving, displaced by a known rigid transform
 on it here: throughput is measured on freshly initialized networks; registration uses the given
 metric set (default: the bundled 'sedghi-t1-t2').
 
-    python benchmarks/metric_speed.py [--steps 30] [--threads 1]
+Results: benchmarks/results/learned_metric_speed.json.
+
+    python benchmarks/speed/learned_metric_speed.py [--steps 30] [--threads 1]
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import argparse
 import platform
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,6 +28,9 @@ from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.metrics.evaluation import rigid_errors
 from DeepRegistrationLib.networks.metric_cnn import MetricCNN, default_architecture
 from DeepRegistrationLib.rigid.metric_patches import PatchPairSampler, SamplerSettings, prepare_level
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from results_json import add_json_argument, write_results  # noqa: E402
 
 
 def sync(device):
@@ -81,7 +87,9 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="sedghi-t1-t2")
     p.add_argument("--patches", type=int, default=128)
     p.add_argument("--max-evaluations", type=int, default=200)
+    add_json_argument(p, "learned_metric_speed")
     args = p.parse_args(argv)
+    record = {"throughput": [], "registration": []}
     torch.set_num_threads(args.threads)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     print(f"Hardware: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
@@ -93,14 +101,22 @@ def main(argv=None) -> int:
     for device in devices:
         for channels in ((8, 16, 16), (16, 32, 32)):
             s, t = throughput(device, channels, args.steps)
+            record["throughput"].append({"device": device.type, "channels": list(channels),
+                                         "sampling_pairs_per_s": s, "sampling_and_training_pairs_per_s": t})
             print(f"| {device.type} | {','.join(map(str, channels))} | {s:.0f} | {t:.0f} |", flush=True)
     print("\n| device | method | seconds | ‖Δt‖ mm | evaluations | time / NMI time |")
     print("|---|---|---|---|---|---|")
     for device in devices:
         times = registration_times(device, args.model, args.patches, args.max_evaluations)
         for name, (sec, err, evals) in times.items():
+            record["registration"].append({"device": device.type, "method": name, "seconds": sec, "t_norm_mm": err,
+                                           "evaluations": evals, "time_over_nmi": sec / times["NMI (60 bins)"][0]})
             print(f"| {device.type} | {name} | {sec:.1f} | {err:.2f} | {evals} | "
                   f"{sec / times['NMI (60 bins)'][0]:.2f} |", flush=True)
+    write_results(args.json, "benchmarks/speed/learned_metric_speed.py",
+                  "SPM avg152 T1 (fixed) and T2 moved by (9, -6, 5) mm and (3, -2, 4) degrees; throughput on freshly "
+                  "initialized networks", record, model=args.model, patches=args.patches,
+                  max_evaluations=args.max_evaluations, threads=args.threads)
     return 0
 
 

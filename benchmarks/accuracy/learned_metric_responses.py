@@ -1,8 +1,9 @@
 """Response functions (Sedghi et al. Fig. 2b-d) of NMI and of every stage of a learned metric set, on one
 unseen test subject, around its true pose; written as CSV + PNG for the docs.
 
-    python benchmarks/metric_response_figures.py --data /tmp/t1-t2 --model sedghi-t1-t2 \
-        --out docs/figures/response_t1_t2
+    python benchmarks/metric_subjects.py --task t1-t2 --out /tmp/t1-t2 --train 0 --test 1
+    python benchmarks/accuracy/learned_metric_responses.py --data /tmp/t1-t2 --model sedghi-t1-t2 \
+        --out docs/figures/metric_response_t1_t2
 """
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ from DeepRegistrationLib.rigid.response_functions import nmi_and_cnn_panels, pea
 from DeepRegistrationLib.training.common import read_pairs_csv
 from DeepRegistrationLib.viz.response_plot import save_response_plot
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from results_json import default_path, write_results  # noqa: E402
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -26,6 +30,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", required=True)
     p.add_argument("--case", type=int, default=0, help="test case index")
     p.add_argument("--out", required=True, help="output stem (.csv and .png are added)")
+    p.add_argument("--json", help="results file (default benchmarks/results/learned_metric_responses_<model>.json)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     row = read_pairs_csv(Path(args.data) / "test.csv")[args.case]
@@ -43,6 +48,13 @@ def main(argv=None) -> int:
     for metric in dict.fromkeys(r["metric"] for r in rows):
         print(f"| {metric} | " + " | ".join(f"{peaks[(metric, q)]:+.1f}" for q in ("tx", "ty", "tz", "rx", "ry", "rz"))
               + " |")
+    stem = Path(str(args.model)).stem.replace("-", "_")
+    write_results(args.json or default_path(f"learned_metric_responses_{stem}"),
+                  "benchmarks/accuracy/learned_metric_responses.py",
+                  f"test case {args.case} of {args.data} around its true pose; 64 patches",
+                  {metric: {q: peaks[(metric, q)] for q in ("tx", "ty", "tz", "rx", "ry", "rz")}
+                   for metric in dict.fromkeys(r["metric"] for r in rows)},
+                  model=str(args.model), csv=f"{args.out}.csv", figure=f"{args.out}.png")
     return 0
 
 

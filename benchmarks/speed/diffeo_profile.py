@@ -1,6 +1,6 @@
 """Where the time of one ``register(..., 'diffeo')`` call goes, and three of its parts against a baseline.
 
-Data: the first evaluation pair of benchmarks/diffeo_evaluation.py (ICBM 2009a T1 subjects at 2 mm,
+Data: the first evaluation pair of benchmarks/accuracy/diffeo_evaluation.py (ICBM 2009a T1 subjects at 2 mm,
 99×117×95), registered after the same rigid NMI step. The call is run once to warm up, then
 ``--repeats`` times; the table gives the median of each stage from the report's timings, and of the
 report's quality figures timed one by one, and the inverse-consistency error over every fixed voxel
@@ -18,8 +18,10 @@ against the report's, over those mapped into the moving image. Then, in the same
 - with ``--tile-batches``, the tile predictions' time (best of ``--repeats`` calls) for each number of
   tiles per network call.
 
-    python benchmarks/diffeo_profile.py --threads 1
-    python benchmarks/diffeo_profile.py --threads 2 --tile-batches 2,4,8,9,16,24
+Results: benchmarks/results/diffeo_profile_<threads>t.json.
+
+    python benchmarks/speed/diffeo_profile.py --threads 1
+    python benchmarks/speed/diffeo_profile.py --threads 2 --tile-batches 2,4,8,9,16,24
 """
 from __future__ import annotations
 
@@ -58,8 +60,11 @@ DEFAULT_TILE = SPECS["diffeo"].option("tile").default
 
 DEFAULT_MODEL = SPECS["diffeo"].default_model
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "accuracy"))
 from diffeo_evaluation import SPACING, make_subject  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from results_json import default_path, write_results  # noqa: E402
 
 
 def seconds(fn, repeats: int) -> float:
@@ -122,7 +127,9 @@ def main(argv=None) -> int:
     p.add_argument("--tile-batches", default="", help="comma-separated tiles per network call to time")
     p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
                    help="the network's arithmetic (default auto: bfloat16 on a CPU with bfloat16 instructions)")
+    p.add_argument("--json", help="results file (default benchmarks/results/diffeo_profile_<threads>t.json)")
     args = p.parse_args(argv)
+    record = {}
     precision = resolve_precision(args.precision, "cpu")
     torch.set_num_threads(args.threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
@@ -204,6 +211,11 @@ def main(argv=None) -> int:
     print(f"| sampling of one composition, 3 channels | F.grid_sample | {t_torch:.3f} | one batch item per thread | "
           f"{t_threads:.3f} | {t_torch / t_threads:.1f} |")
     print(f"\nlargest |det J difference|: {difference:.1e}; largest sampling difference: {sampling_difference:.1e}")
+    record.update(stages_seconds=stage, qa_report_parts_seconds=report_parts,
+                  inverse_consistency_mm={"every_voxel_mean": float(error.mean()), "mapped_inside_mean":
+                                          float(error[inside].mean()), "fraction_inside": float(inside.double().mean())},
+                  parts={"fft_smoothing": [t_exact, t_rounded], "jacobian_determinant": [t_numpy, t_ours],
+                         "composition_sampling": [t_torch, t_threads]})
 
     net = load_momentum_net(DEFAULT_MODEL)[0]
     per_voxel = multiply_adds_per_voxel(net, DEFAULT_TILE)
@@ -212,13 +224,19 @@ def main(argv=None) -> int:
     print(f"network: {per_voxel:,.0f} multiply-adds per tile voxel; {tiles} tiles of {DEFAULT_TILE}³ = "
           f"{tiles * DEFAULT_TILE ** 3 / np.prod(shape):.1f}× the volume's voxels; {total / 1e9:.1f} G multiply-adds, "
           f"{total / 1e9 / stage['tile predictions (network)']:.1f} G per second of tile prediction")
+    record["network"] = {"multiply_adds_per_tile_voxel": per_voxel, "tiles": tiles, "multiply_adds": total}
     if args.tile_batches:
         print("\n| tiles per network call | tile predictions (s) |")
         print("|---|---|")
+        record["tile_batches_seconds"] = {}
         for batch in (int(b) for b in args.tile_batches.split(",")):
             best = min(register(fixed, moving, "diffeo", initial_transform=rigid, tile_batch=batch,
                                 precision=precision).report["seconds_momentum"] for _ in range(args.repeats))
             print(f"| {batch} | {best:.2f} |")
+            record["tile_batches_seconds"][str(batch)] = best
+    write_results(args.json or default_path(f"diffeo_profile_{args.threads}t"), "benchmarks/speed/diffeo_profile.py",
+                  f"evaluation pair 1 of diffeo_evaluation.py (ICBM 2009a T1 subjects, 2 mm, {tuple(grid.size)})",
+                  record, threads=args.threads, precision=precision, repeats=args.repeats)
     return 0
 
 

@@ -9,7 +9,9 @@ field composed with that pose, and the inverse field is resampled onto the movin
 first) would exceed the memory ``free`` reports minus a reserve, since the machine is shared.
 When 512³ is not among the sizes, a linear fit peak = a + b·voxels over the measured ones estimates it.
 
-    python benchmarks/diffeo_memory.py --sizes 128,256,512 --tile 48 [--rigid-initial]
+Results: benchmarks/results/diffeo_memory.json.
+
+    python benchmarks/speed/diffeo_memory.py --sizes 128,256,512 --tile 48 [--rigid-initial]
 """
 from __future__ import annotations
 
@@ -21,7 +23,12 @@ import subprocess
 import sys
 import time
 
+from pathlib import Path
+
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from results_json import add_json_argument, write_results  # noqa: E402
 
 RESERVE_GB = 6.0
 
@@ -76,6 +83,7 @@ def main():
     parser.add_argument("--tile", type=int, default=64)
     parser.add_argument("--rigid-initial", action="store_true", help="start from a small rigid transform")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    add_json_argument(parser, "diffeo_memory")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(args.one, args.tile, args.rigid_initial)))
@@ -104,6 +112,9 @@ def main():
         b, a = np.polyfit([r["n"] ** 3 for r in rows], [r["peak_gb"] for r in rows], 1)
         print(f"\nlinear fit: peak ≈ {a:.2f} GB + {b * 1e6:.3f} GB per million voxels → 512³ ≈ "
               f"{a + b * 512 ** 3:.1f} GB (extrapolated, not measured; the budget is 24 GB)")
+    write_results(args.json, "benchmarks/speed/diffeo_memory.py",
+                  f"ICBM 2009a T1 resampled to N³ voxels at 2 mm vs a shifted, jittered copy, {start}",
+                  rows, tile=args.tile, rigid_initial=args.rigid_initial, threads=1)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ Train subjects: seeds 100..100+N-1; test subject: seed 9000 (distinct deformatio
 ``--source icbm-t1-gm`` makes the subjects from the 1 mm ICBM 2009a T1 instead (moving: its gradient
 magnitude, the modality of experiment 3) and trains at 1 mm: sharper images than the 2 mm SPM averages.
 
-    python benchmarks/metric_experiment1.py --train 4 --epochs 4 --figure docs/figures/metric_experiment1.png
+    python benchmarks/ablations/learned_metric_experiment1.py --train 4 --epochs 4 --figure docs/figures/metric_experiment1.png
 """
 from __future__ import annotations
 
@@ -26,8 +26,9 @@ import numpy as np
 import torch
 from scipy.signal import find_peaks
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from metric_subjects import make_subject  # noqa: E402
+from results_json import default_path, write_results  # noqa: E402
 
 from DeepRegistrationLib.core.transforms import RigidTransform  # noqa: E402
 from DeepRegistrationLib.data import sources  # noqa: E402
@@ -87,6 +88,7 @@ def main(argv=None) -> int:
                    help="closest negative patch centre (default: half the patch extent, as train-metric)")
     p.add_argument("--out", default="/tmp/metric_experiment1")
     p.add_argument("--figure", default="docs/figures/metric_experiment1.png")
+    p.add_argument("--json", help="results file (default benchmarks/results/learned_metric_experiment1_<source>.json)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     fixed_source, moving_source, task, spacing, description = SOURCES[args.source]
@@ -130,6 +132,13 @@ def main(argv=None) -> int:
         print(f"| {name} | {', '.join(f'{v:+.0f}' for v in tx)} | {', '.join(f'{v:+.0f}' for v in ty)} | "
               f"{', '.join(f'{v:+.1f}' for v in rx)} | {sec:.0f} |")
     print(f"\nfigure: {args.figure}")
+    write_results(args.json or default_path(f"learned_metric_experiment1_{args.source.replace('-', '_')}"),
+                  "benchmarks/ablations/learned_metric_experiment1.py",
+                  f"{description} subjects; train seeds 100..{99 + args.train}, test subject seed 9000 (aligned, unseen)",
+                  [{"case": name, "modes_tx_mm": [float(v) for v in tx], "modes_ty_mm": [float(v) for v in ty],
+                    "modes_rx_deg": [float(v) for v in rx], "seconds": sec} for name, tx, ty, rx, sec in table],
+                  source=args.source, train_subjects=args.train, epochs=args.epochs,
+                  pairs_per_epoch=args.pairs_per_epoch, figure=args.figure)
     return 0
 
 

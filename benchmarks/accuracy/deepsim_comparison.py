@@ -25,8 +25,8 @@ size, steps, batch and seed); the baselines are trained by this script. Commands
     OMP_NUM_THREADS=1 deepregistration train-deepsim --synthetic icbm152 --dim 2 \
         --features deepsim_features_brain_t1_2d --lam 0.02,0.05,0.15 --epochs 20 --steps-per-epoch 25 \
         --batch-size 8 --device cpu --out W/deepsim_2d.pt
-    OMP_NUM_THREADS=1 python benchmarks/deepsim_comparison.py --dim 2 --work W --train mse ncc ncc_sup
-    OMP_NUM_THREADS=1 python benchmarks/deepsim_comparison.py --dim 2 --work W --evaluate --figures docs/figures
+    OMP_NUM_THREADS=1 python benchmarks/accuracy/deepsim_comparison.py --dim 2 --work W --train mse ncc ncc_sup
+    OMP_NUM_THREADS=1 python benchmarks/accuracy/deepsim_comparison.py --dim 2 --work W --evaluate --figures docs/figures
 """
 from __future__ import annotations
 
@@ -52,6 +52,9 @@ from DeepRegistrationLib.training.deepsim_trainer import RegistrationTraining, t
 from DeepRegistrationLib.training.deepsim_data import VolumeSet
 from DeepRegistrationLib.training.deepsim_losses import RegistrationLoss, dice_scores
 from DeepRegistrationLib.training.deepsim_subjects import SubjectSettings, content_slices, subjects, template
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from results_json import default_path, write_results  # noqa: E402
 
 METRICS = ("deepsim", "mse", "ncc", "ncc_sup")
 LABELS = {"deepsim": "DeepSim", "mse": "MSE", "ncc": "NCC", "ncc_sup": "NCC_sup"}
@@ -186,6 +189,24 @@ def evaluate(args, base) -> dict:
     return results, (moving, fixed, ml, fl, noise, nets)
 
 
+def summary(results: dict) -> dict:
+    """Per metric (and before registration): Dice mean and sd, the Wilcoxon tests of DeepSim against it
+    (one-sided "DeepSim better" and two-sided), Cohen's d, λ, and the Dice under each noise level."""
+    ds = np.array(results["deepsim"]["dice"])
+    out = {}
+    for m in ("identity",) + METRICS:
+        d = np.array(results[m]["dice"])
+        row = {"dice_mean": float(d.mean()), "dice_sd": float(d.std(ddof=1)), "pairs": len(d)}
+        if m != "deepsim":
+            row.update(wilcoxon_p_deepsim_better=float(stats.wilcoxon(ds, d, alternative="greater").pvalue),
+                       wilcoxon_p_two_sided=float(stats.wilcoxon(ds, d).pvalue), cohens_d=float(cohens_d(ds, d)))
+        if m != "identity":
+            row["lambda"] = results[m]["lambda"]
+            row["noise"] = {s: {k: float(np.mean(v)) for k, v in r.items()} for s, r in results[m]["noise"].items()}
+        out[m] = row
+    return out
+
+
 def tables(args, results: dict) -> str:
     n = len(results["identity"]["dice"])
     split = (f"ICBM 2009a subjects (one template, random diffeomorphisms + gamma + noise); train {args.train_subjects} "
@@ -306,6 +327,7 @@ def main() -> None:
     p.add_argument("--val-subjects", type=int, default=4)
     p.add_argument("--test-subjects", type=int, default=11)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="results file of --evaluate (default benchmarks/results/deepsim_comparison_<dim>d.json)")
     args = p.parse_args()
     torch.set_num_threads(1)
     Path(args.work).mkdir(parents=True, exist_ok=True)
@@ -316,6 +338,13 @@ def main() -> None:
         results, evaluated = evaluate(args, base)
         (Path(args.work) / f"results_{args.dim}d.json").write_text(json.dumps(results))
         print(tables(args, results))
+        split = (f"ICBM 2009a subjects: train {args.train_subjects} [seed {args.seed}, 1, k], validation "
+                 f"{args.val_subjects} [seed {args.seed}, 2, k], test {args.test_subjects} [seed {args.seed}, 3, k] "
+                 f"({'2D axial slices, 2 mm' if args.dim == 2 else '3D volumes, 4 mm'}); Dice = mean over CSF, GM, WM")
+        write_results(args.json or default_path(f"deepsim_comparison_{args.dim}d"),
+                      "benchmarks/accuracy/deepsim_comparison.py", split,
+                      {"summary": summary(results), "per_pair": results}, dim=args.dim,
+                      models={m: str(Path(args.work) / f"{m}_{args.dim}d.pt") for m in METRICS})
         if args.figures:
             folder = Path(args.figures)
             folder.mkdir(parents=True, exist_ok=True)

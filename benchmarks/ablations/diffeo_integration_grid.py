@@ -1,7 +1,7 @@
 """Scaling and squaring on the grid of every other voxel: agreement with the full-grid integration and speed.
 
 Data (test split): the velocity of one pair of subjects made from the nilearn ICBM 2009a T1 at 2 mm
-(99×117×95), as in benchmarks/diffeo_tiles.py: momentum predicted by the bundled model with 48³ tiles,
+(99×117×95), as in benchmarks/ablations/diffeo_tiles.py: momentum predicted by the bundled model with 48³ tiles,
 smoothed on the whole volume. Baseline: all N = 7 squarings of exp(v) and exp(−v) on the full grid.
 Ours: the first 7 − k on the grid of every other voxel, then the field interpolated back to the full grid
 and the last k squarings there (``patchwise.exponentials(v, fine_steps=k)``). Each setting is timed (best
@@ -14,7 +14,9 @@ velocity itself by the same rule (``patchwise.coarse_grid_holds``, printed last)
 run on the full grid. ``--shape Z,Y,X`` crops the pair at its centre first: on even sides the coarse grid
 has one node past the last voxel (``lddmm.coarsen``), on odd sides it does not.
 
-    OMP_NUM_THREADS=1 python benchmarks/diffeo_integration_grid.py --repeats 3 [--shape 94,116,98]
+Results: benchmarks/results/diffeo_integration_grid.json.
+
+    OMP_NUM_THREADS=1 python benchmarks/ablations/diffeo_integration_grid.py --repeats 3 [--shape 94,116,98]
 """
 from __future__ import annotations
 
@@ -40,8 +42,10 @@ from DeepRegistrationLib.metrics.evaluation import dice_per_label, fields_agree,
 
 DEFAULT_MODEL = SPECS["diffeo"].default_model
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "accuracy"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffeo_evaluation import make_subject  # noqa: E402
+from results_json import add_json_argument, write_results  # noqa: E402
 
 SPACING_MM = 2.0
 
@@ -64,6 +68,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--shape", help="Z,Y,X: centre crop of the pair (default: the whole volume)")
+    add_json_argument(parser, "diffeo_integration_grid")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     grid = sources.icbm152("t1").grid.with_spacing([SPACING_MM] * 3)
@@ -101,7 +106,7 @@ def main():
           "mean / max \\|Δu\\| forward (mm) | mean / max \\|Δu\\| inverse (mm) | agrees | GM Dice | "
           "inverse consistency mean / max (mm) | folding voxels (forward, inverse) |")
     print("|---|---|---|---|---|---|---|---|---|")
-    agreeing = []
+    agreeing, rows = [], []
     for fine, (seconds, (forward, inverse)) in results.items():
         ok_f, mean_f, max_f, _ = fields_agree(forward * SPACING_MM, ref_forward * SPACING_MM)
         ok_i, mean_i, max_i, _ = fields_agree(inverse * SPACING_MM, ref_inverse * SPACING_MM)
@@ -111,6 +116,13 @@ def main():
         dice = dice_per_label(fixed_gm, (warped > 0.5).astype(np.uint8), [1])[1]
         residual = (lengths(lddmm.compose(inverse, forward)) * SPACING_MM)[:, 8:-8, 8:-8, 8:-8]
         label = "0 / 7 (baseline)" if fine == steps else f"{steps - fine} / {fine}"
+        rows.append({"coarse_squarings": steps - fine if fine < steps else 0, "fine_squarings": fine,
+                     "seconds": seconds, "speed_up": reference_seconds / seconds,
+                     "forward_mean_max_du_mm": [float(mean_f), float(max_f)],
+                     "inverse_mean_max_du_mm": [float(mean_i), float(max_i)], "agrees": bool(ok_f and ok_i),
+                     "gm_dice": float(dice), "inverse_consistency_mean_max_mm": [float(residual.mean()),
+                                                                                 float(residual.max())],
+                     "folding_voxels": [int(folding_voxels(forward, grid)), int(folding_voxels(inverse, grid))]})
         print(f"| {label} | {seconds:.3f} | {reference_seconds / seconds:.2f} | {mean_f:.4f} / {max_f:.3f} | "
               f"{mean_i:.4f} / {max_i:.3f} | {'yes' if ok_f and ok_i else 'no'} | {dice:.4f} | "
               f"{float(residual.mean()):.4f} / {float(residual.max()):.3f} | "
@@ -119,6 +131,10 @@ def main():
     chosen = min(agreeing) if agreeing else steps
     print(f"fewest full-grid squarings that agree: {chosen} (the library's default: {FINE_SQUARINGS}); "
           f"the coarse grid holds this velocity by patchwise.coarse_grid_holds: {coarse_grid_holds(velocity, spacing)}")
+    write_results(args.json, "benchmarks/ablations/diffeo_integration_grid.py",
+                  f"velocity of one test pair of ICBM 2009a T1 subjects (seeds 1000, 1001) cropped to "
+                  f"{tuple(reversed(shape))} (x, y, z)", {"settings": rows, "fewest_agreeing_fine_squarings": chosen},
+                  threads=args.threads, repeats=args.repeats)
 
 
 if __name__ == "__main__":

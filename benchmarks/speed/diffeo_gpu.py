@@ -1,6 +1,6 @@
 """GPU targets of the diffeomorphic method: a 400×400×250 volume end to end, and peak GPU memory up to 512³.
 
-Data: as benchmarks/diffeo_memory.py, the ICBM 2009a T1 zoomed to each shape at the model spacing (2 mm, so
+Data: as benchmarks/speed/diffeo_memory.py, the ICBM 2009a T1 zoomed to each shape at the model spacing (2 mm, so
 the network sees every voxel: the hard case) against a copy rolled by two voxels and intensity-jittered,
 from its small rigid initial transform (as after a rigid registration). For each shape and network
 precision, ``register(..., 'diffeo', device=...)`` is timed end to end (inputs in memory; resampling,
@@ -11,7 +11,9 @@ first call cold (CUDA context, kernel loading) and then ``--repeats`` warm calls
 compared with the float32 one on the fixed grid by the tile benchmark's agreement rule
 (``metrics.evaluation.fields_agree``).
 
-    python benchmarks/diffeo_gpu.py --shapes 400x400x250,512x512x512 --repeats 3
+Results: benchmarks/results/diffeo_gpu.json.
+
+    python benchmarks/speed/diffeo_gpu.py --shapes 400x400x250,512x512x512 --repeats 3
 
 ``--device cpu`` runs the same script on the CPU (no memory columns), to check it where there is no GPU.
 """
@@ -30,7 +32,9 @@ from DeepRegistrationLib.core.transforms import DisplacementField
 from DeepRegistrationLib.metrics.evaluation import fields_agree
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffeo_memory import synthetic_pair  # noqa: E402
+from results_json import add_json_argument, write_results  # noqa: E402
 
 TARGET_SECONDS = 2.0
 TARGET_GB = 8.0
@@ -55,7 +59,9 @@ def main():
     parser.add_argument("--precisions", default="float32,bfloat16")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda")
+    add_json_argument(parser, "diffeo_gpu")
     args = parser.parse_args()
+    rows = []
     gpu = args.device.startswith("cuda")
     if gpu and not torch.cuda.is_available():
         sys.exit("diffeo_gpu.py: PyTorch sees no CUDA device here (use --device cpu to check the script)")
@@ -79,10 +85,19 @@ def main():
                       f"{torch.cuda.max_memory_reserved(args.device) / 2 ** 30:.2f}") if gpu else "– | –"
             fields[precision] = torch.as_tensor(
                 DisplacementField.from_transform(result.transform, fixed.grid).displacement_mm).permute(3, 0, 1, 2)[None]
-            agrees = "–"
+            agrees, row = "–", {"shape_xyz": list(size_xyz), "precision": report["network_precision"],
+                                "cold_seconds": cold, "warm_median_seconds": statistics.median(s for _, s in warm),
+                                "network_seconds": report["seconds_momentum"],
+                                "integration_seconds": report["seconds_integration"],
+                                "folding_voxels": report["folding_voxels"]}
+            if gpu:
+                row.update(peak_allocated_gb=torch.cuda.max_memory_allocated(args.device) / 2 ** 30,
+                           peak_reserved_gb=torch.cuda.max_memory_reserved(args.device) / 2 ** 30)
             if "float32" in fields and precision != "float32":
                 ok, mean, largest, _ = fields_agree(fields[precision], fields["float32"])
                 agrees = f"{mean:.4f} / {largest:.4f} ({'agrees' if ok else 'does not agree'})"
+                row.update(agrees_with_float32=bool(ok), mean_du_mm=float(mean), max_du_mm=float(largest))
+            rows.append(row)
             print(f"| {'×'.join(map(str, size_xyz))} | {report['network_precision']} | {cold:.2f} | "
                   f"{statistics.median(s for _, s in warm):.2f} | {report['seconds_momentum']:.2f} | "
                   f"{report['seconds_integration']:.2f} | {memory} | {report['folding_voxels']} | {agrees} |",
@@ -92,6 +107,9 @@ def main():
                 torch.cuda.empty_cache()
     print(f"\nTargets: a 400×400×250 volume end to end in under {TARGET_SECONDS:.0f} s (warm median); 512³ within "
           f"{TARGET_GB:.0f} GB of GPU memory (peak reserved).")
+    write_results(args.json, "benchmarks/speed/diffeo_gpu.py",
+                  "ICBM 2009a T1 zoomed to each shape at 2 mm vs a rolled, jittered copy, from a small rigid start",
+                  rows, device=machine, repeats=args.repeats)
 
 
 if __name__ == "__main__":
