@@ -31,7 +31,7 @@ from DeepRegistrationLib.batch import store
 from DeepRegistrationLib.batch.runner import cpu_budget, run_batch
 from DeepRegistrationLib.data.cohort import write_cohort
 
-RESULTS = Path(__file__).resolve().parent / "results" / "batch_throughput.json"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "batch_throughput.json"
 
 
 def _warm() -> bool:
