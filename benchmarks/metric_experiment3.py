@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from metric_registration_table import markdown_table, run_cases  # noqa: E402
+from metric_registration_table import markdown_table, run_cases, write_results  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -25,12 +25,15 @@ def main(argv=None) -> int:
     p.add_argument("--cases", type=int, default=10)
     p.add_argument("--patches", type=int, default=128, help="n of eq. 2")
     p.add_argument("--max-evaluations", type=int, default=200, help="Powell budget per stage")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "metric_experiment3.json"))
     args = p.parse_args(argv)
     print(f"Data: {args.data}/test.csv (SPM avg152-derived T1-GM test subjects, unseen in training; "
           f"translations U{{1,10}} mm, rotations U{{-0.1,0.1}} rad). Metric: {args.model}; n = {args.patches} patches, "
           f"{args.max_evaluations} Powell evaluations per stage.")
     result = run_cases(args.data, args.model, args.cases, args.patches, args.max_evaluations)
-    print(markdown_table(result, "T1-GM"))
+    table = markdown_table(result, "T1-GM")
+    print(table)
+    write_results(args.out, " ".join(["python", *sys.argv]), result, table)
     return 0
 
 
