@@ -150,3 +150,16 @@ def test_cli_runs_a_pipeline_with_a_stage_parameter(pair, tmp_path, capsys):
     np.testing.assert_allclose(read_transform(tmp_path / "T.h5").matrix4(), report["stages"][1]["matrix_lps"],
                                atol=1e-6)
     assert "stage nmi-affine: AffineTransform" in capsys.readouterr().out
+
+
+def test_deepsim_rigid_averages_over_the_same_sampling_region(pair):
+    """Mutation check for DeepSim-rigid: a moving mask changes the region eq. 2 is averaged over."""
+    from DeepRegistrationLib.metrics.deepsim_similarity import load_deepsim
+    from DeepRegistrationLib.rigid.deepsim_objective import deepsim_rigid_objective
+    fixed, moving, true = pair
+    deepsim = load_deepsim("deepsim_features_brain_t1_3d")
+    whole = deepsim_rigid_objective(fixed, fixed, deepsim, start=RigidTransform())
+    masked = deepsim_rigid_objective(fixed, fixed, deepsim, start=RigidTransform(), moving_mask=upper_half(fixed))
+    assert whole(RigidTransform()) == pytest.approx(1.0, abs=1e-4)
+    shifted = RigidTransform(translation_mm=[0.0, 0.0, 6.0])
+    assert abs(whole(shifted) - masked(shifted)) > 1e-3

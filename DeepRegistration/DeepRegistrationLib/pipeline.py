@@ -94,7 +94,8 @@ def transform_report(transform) -> dict:
     """Parameters and matrix of a linear transform (LPS, fixed -> moving)."""
     if isinstance(transform, RigidTransform):
         return {"transform_type": "Euler3DTransform", "parameters": transform.parameters.tolist(),
-                "angles_deg": np.degrees(transform.angles_rad).tolist(), "translation_mm": transform.translation_mm.tolist(),
+                "angles_deg": np.degrees(transform.angles_rad).tolist(),
+                "translation_mm": transform.translation_mm.tolist(),
                 "center_mm": transform.center_mm.tolist(), "matrix_lps": transform.matrix4().tolist()}
     if isinstance(transform, LinearTransform):
         return {"transform_type": "AffineTransform", "matrix_lps": transform.matrix4().tolist()}

@@ -99,7 +99,7 @@ class SampledNMI:
                                          .to(torch.float32))
 
     def from_coordinates(self, coords: torch.Tensor) -> float:
-        inside = (coords.abs() <= 1.0 + 1e-6).all(dim=-1)
+        inside = coords.abs().amax(dim=-1) <= 1.0 + 1e-6
         if int(inside.sum()) < MIN_POINTS:
             return 1.0
         values = grid_sample(self.moving_volume, coords.reshape(1, 1, 1, -1, 3)).reshape(-1)

@@ -2,8 +2,8 @@
 
 F(θ) = Σₙ M(u(pₙ), v(T_θ(pₙ))): n patch centres are drawn once per stage, with a fixed seed so F is
 deterministic, among the fixed foreground points that the stage's start pose maps into the moving
-foreground (§2.1's "sampling with restriction to the anatomy", in both images; :mod:`.sampling_region`); the fixed patches are
-read once, the moving patches are read with ``grid_sample`` at the T_θ-mapped patch point grids; M is
+foreground (§2.1's "sampling with restriction to the anatomy", in both images; :mod:`.sampling_region`);
+the fixed patches are read once, the moving patches are read with ``grid_sample`` at the T_θ-mapped patch point grids; M is
 the network's log-likelihood ratio. F is maximized with Powell over the 6 rigid parameters, one metric
 stage after the other (coarse to fine), within a search region around each stage's start pose
 (:class:`SearchRegion`).
