@@ -12,8 +12,9 @@ SPEC = MethodSpec(
     module=__name__, inverse=True, masks=frozenset({"fixed", "moving"}),
     options=(
         Option("bins", "int", 60, "histogram bins", minimum=8, maximum=256),
-        Option("levels", "floats", (4.0, 2.0, 1.0), "pyramid spacings in mm, coarse to fine", minimum=0.1),
-        Option("max_points", "int", 60000, "fixed points sampled per level (at most)", minimum=1000),
+        Option("levels", "floats", (4.0, 2.0, 1.0), "pyramid levels, coarse to fine: factors by which "
+               "each image's spacing is multiplied", minimum=0.1),
+        Option("max_points", "int", 60000, "fixed points sampled at the finest level (at most)", minimum=1000),
         Option("seed", "int", 0, "seed of the point sample"),
     ))
 
