@@ -28,6 +28,7 @@ from .core.transforms import LinearTransform, RigidTransform
 from .method_spec import MethodOutput, MethodSpec, RegistrationContext
 from .methods import pipeline_specs
 
+
 @dataclass
 class Stage:
     """One stage: its spec, its parsed options, its models and the masks it gets."""
