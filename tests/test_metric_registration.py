@@ -11,9 +11,15 @@ from DeepRegistrationLib.core.transforms import RigidTransform
 from DeepRegistrationLib.core.warp import physical_grid_points, warp
 from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.metrics.evaluation import rigid_errors
-from DeepRegistrationLib.rigid.cnn_metric import centres_in_both_foregrounds, load_metric_set, register_cnn
+from DeepRegistrationLib.rigid.cnn_metric import load_metric_set, register_cnn
 from DeepRegistrationLib.rigid.response_functions import build_metrics, peak_offsets, response_functions
 from DeepRegistrationLib.rigid.metric_patches import anti_aliased_resample, prepare_level
+from DeepRegistrationLib.rigid.sampling_region import in_both_foregrounds
+
+
+def centres_in_both_foregrounds(f, m, transform):
+    """The patch-centre candidates of a CNN metric stage (the shared sampling region, on LevelVolumes)."""
+    return f.foreground_points[in_both_foregrounds(f.foreground_points, m.foreground, m.grid, transform)]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +35,7 @@ def test_cnn_registration_with_the_bundled_set_recovers_a_known_pose(shifted_pai
     torch.set_num_threads(1)
     fixed, moving, true = shifted_pair
     fixed_3mm = anti_aliased_resample(fixed, 3.0)  # another spacing than the data's: resampled to the model's levels
-    result = register(fixed_3mm, moving, "learned-metric", device, patches=64, max_evaluations=150)
+    result = register(fixed_3mm, moving, "learned-metric", device, patches=64, max_evaluations=150, start="none")
     assert "sedghi-t1-t2" in result.report["model_note"]
     err = rigid_errors(result.transform, true)
     before = rigid_errors(RigidTransform(center_mm=true.center_mm), true)
@@ -89,7 +95,7 @@ def test_cnn_registration_uses_the_moving_mask_and_refuses_anatomy_that_does_not
     fixed, moving, true = shifted_pair
     upper = moving.with_array((cut_below(moving.with_array(np.ones_like(moving.array)), 0.0).array > 0)
                               .astype(np.uint8))
-    common = dict(patches=16, max_evaluations=20, models=["sedghi-t1-gm"])
+    common = dict(patches=16, max_evaluations=20, models=["sedghi-t1-gm"], start="none")
     counts = [[s["candidate_centres"] for s in register(fixed, moving, "learned-metric", "cpu", moving_mask=mask,
                                                         **common).report["stages"]] for mask in (None, upper)]
     assert all(0 < masked < 0.75 * whole for whole, masked in zip(*counts)), counts

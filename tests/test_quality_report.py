@@ -9,7 +9,7 @@ from DeepRegistrationLib.core.jacobian import jacobian_determinant
 from DeepRegistrationLib.core.transforms import AffineTransform, DisplacementField, RigidTransform, compose
 from DeepRegistrationLib.core.warp import physical_points_at, sample_voxel_indices
 from DeepRegistrationLib.metrics.quality_report import REPORT_POINTS, mapped_sample, quality_report
-from DeepRegistrationLib.rigid.mi import NMIObjective
+from DeepRegistrationLib.metrics.sampled_nmi import SampledNMI
 
 
 def _smooth_field(grid, seed, amplitude):
@@ -27,7 +27,7 @@ def test_report_equals_nmi_and_jacobian_computed_directly(smooth_volume, linear)
     report, jacobian = quality_report(smooth_volume, smooth_volume, initial, transform)
 
     def nmi(t):
-        return NMIObjective(smooth_volume, smooth_volume, 64, REPORT_POINTS, 0, "cpu", linear_binning=False)(t)
+        return SampledNMI.on_grid(smooth_volume, smooth_volume, 64, REPORT_POINTS, 0, "cpu", linear=False)(t)
 
     assert report["nmi64_before"] == pytest.approx(nmi(initial), abs=1e-9)
     assert report["nmi64_after"] == pytest.approx(nmi(transform), abs=1e-6)

@@ -1,12 +1,11 @@
 """One entry point for every registration method, used by the CLI, the Slicer logic and the benchmarks.
 
 ``register(fixed, moving, method=...)`` validates the inputs, parses the method's options against its
-spec, resolves the device, runs the method and returns a :class:`RegistrationResult`; ``write_outputs``
-saves it. The methods and their specs are in :mod:`.methods`.
+spec, resolves the device, runs the method (or the pipeline of methods, :mod:`.pipeline`) and returns a
+:class:`RegistrationResult`; ``write_outputs`` saves it. The methods and their specs are in :mod:`.methods`.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import time
@@ -15,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 
 from .core.device import resolve_device
@@ -23,11 +21,10 @@ from .core.errors import InputError
 from .core.image import Image
 from .core.io import write_image
 from .core.progress import as_progress
-from .core.transforms import LinearTransform, RigidTransform, write_transform
+from .core.transforms import RigidTransform, write_transform
 from .core.validation import check_overlap, check_volume
 from .core.warp import warp
-from .method_spec import RegistrationContext
-from .methods import method_spec
+from .pipeline import jsonable, plan, run as run_stages, transform_report
 from .metrics.quality_report import quality_report
 
 
@@ -48,29 +45,17 @@ class RegistrationResult:
         return warp(self.fixed, self.moving.grid, self.inverse)
 
 
-def transform_report(transform) -> dict:
-    """Parameters and matrix of a linear transform (LPS, fixed -> moving)."""
-    if isinstance(transform, RigidTransform):
-        return {"transform_type": "Euler3DTransform", "parameters": transform.parameters.tolist(),
-                "angles_deg": np.degrees(transform.angles_rad).tolist(), "translation_mm": transform.translation_mm.tolist(),
-                "center_mm": transform.center_mm.tolist(), "matrix_lps": transform.matrix4().tolist()}
-    if isinstance(transform, LinearTransform):
-        return {"transform_type": "AffineTransform", "matrix_lps": transform.matrix4().tolist()}
-    return {"transform_type": type(transform).__name__}
-
-
 def register(fixed: Image, moving: Image, method: str = "nmi", device: str = "auto", progress=None,
              initial_transform=None, fixed_mask: Image = None, moving_mask: Image = None, models=None,
              **options) -> RegistrationResult:
     """Register ``moving`` to ``fixed``; the result's transform maps fixed points to moving points.
 
-    ``models``: model names or files for the methods that take them (the spec's default otherwise, noted in
-    the report); ``options``: the method's options (see ``methods.SPECS[method].options``).
+    ``method``: one method or a pipeline of methods joined by '+' (``"nmi+nmi-affine+diffeo"``, see
+    :mod:`.pipeline`). ``models``: model names or files for the methods that take them (the spec's default
+    otherwise, noted in the report); ``options``: the method's options (see ``methods.SPECS[method].options``;
+    in a pipeline ``KEY`` goes to every stage with that option, ``"STAGE.KEY"`` to one stage).
     """
-    spec = method_spec(method)
-    parsed = spec.parse_options(options)
-    model_names = spec.parse_models(models)
-    spec.check_masks(fixed_mask, moving_mask)
+    stages = plan(method, options, models, fixed_mask, moving_mask)
     check_volume(fixed, "fixed image")
     check_volume(moving, "moving image")
     for mask, name in ((fixed_mask, "fixed mask"), (moving_mask, "moving mask")):
@@ -81,26 +66,27 @@ def register(fixed: Image, moving: Image, method: str = "nmi", device: str = "au
     progress = as_progress(progress)
     if initial_transform is None:
         initial_transform = RigidTransform(center_mm=fixed.grid.center_physical())
-    note = {}
-    if spec.model_kind and not model_names:
-        model_names = [spec.default_model]
-        note["model_note"] = (f"--method {method}: no --model given; used the bundled model '{spec.default_model}' "
-                              "(see its model card)")
-    ctx = RegistrationContext(torch_device, progress, initial_transform, parsed, model_names, fixed_mask, moving_mask)
+    notes = [s.model_note for s in stages if s.model_note]
+    note = {"model_note": " ".join(notes)} if notes else {}
 
     t0 = time.perf_counter()
     with _out_of_memory_as_input_error(torch_device, fixed):
-        out = importlib.import_module(spec.module).run(fixed, moving, ctx)
+        out = run_stages(stages, fixed, moving, initial_transform, torch_device, progress.sub(0.0, 0.96),
+                         fixed_mask, moving_mask)
         t_method = time.perf_counter() - t0
         progress(0.97, "resampling")
         t1 = time.perf_counter()
         warped = warp(moving, fixed.grid, out.transform, device=torch_device)
         t_warp = time.perf_counter() - t1
 
+    last = stages[-1].spec
     quality, jac_img = quality_report(fixed, moving, initial_transform, out.transform, out.inverse, torch_device,
-                                      deformable=spec.deformable)
+                                      deformable=last.deformable)
+    description = " → ".join(s.spec.label for s in stages)
+    options_report = (jsonable(stages[0].options) if len(stages) == 1 else
+                      {s.spec.name: jsonable(s.options) for s in stages})
     report = {
-        "method": method, "method_description": spec.label, "options": _jsonable(parsed), "device": str(torch_device),
+        "method": method, "method_description": description, "options": options_report, "device": str(torch_device),
         "fixed_grid": fixed.grid.to_dict(), "moving_grid": moving.grid.to_dict(),
         **quality, **transform_report(out.transform), **note, **out.report,
     }
@@ -109,10 +95,6 @@ def register(fixed: Image, moving: Image, method: str = "nmi", device: str = "au
     report["seconds_total"] = time.perf_counter() - t0
     progress(1.0, "done")
     return RegistrationResult(out.transform, warped, report, out.inverse, jac_img, fixed, moving)
-
-
-def _jsonable(options: dict) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
 
 
 @contextmanager

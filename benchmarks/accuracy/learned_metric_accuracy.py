@@ -5,10 +5,12 @@ magnitude of the subject's T1). Test subjects come from ``benchmarks/metric_subj
 avg152-derived; T1-T2: translations U{1,20} mm, rotations U{-0.2,0.2} rad; T1-GM: U{1,10} mm,
 U{-0.1,0.1} rad), with the test seeds 500.. of ``--seed 0``, disjoint from the training seeds of the
 bundled sets. Without ``--data`` the test subjects are made here, in a temporary folder. Every case is
-registered with ``api.register`` from the identity by ``nmi`` (60 bins) and ``learned-metric`` (by
-default the task's bundled set, whose metadata records its training command and data); the table gives
-Table 1's columns (mean ± sd), the paired t-test and the Wilcoxon signed-rank test on ‖Δt‖, and the mean
-wall time of each. Results: benchmarks/results/learned_metric_<task>.json.
+registered with ``api.register`` from the identity by ``nmi`` (60 bins), by ``learned-metric`` as by
+default ("CNN": a coarse NMI start, then the metric's stages) and by ``learned-metric`` alone ("CNN
+alone", ``start=none``), with the task's bundled set by default (its metadata records its training command
+and data). All three sample the same region (``rigid.sampling_region``: the automatic foregrounds of both
+images), so the comparison is like for like. The table gives Table 1's columns (mean ± sd), the paired
+t-tests and Wilcoxon signed-rank tests on ‖Δt‖ (one value per subject), and the mean wall time of each. Results: benchmarks/results/learned_metric_<task>.json.
 
     python benchmarks/accuracy/learned_metric_accuracy.py --task t1-t2 --cases 8
     python benchmarks/accuracy/learned_metric_accuracy.py --task t1-gm --cases 8
@@ -39,42 +41,46 @@ from results_json import default_path, write_results  # noqa: E402
 COLUMNS = [("t_norm_mm", "‖Δt‖ mm"), ("t_x_mm", "|Δt_x|"), ("t_y_mm", "|Δt_y|"), ("t_z_mm", "|Δt_z|"),
            ("theta_x_deg", "|Δθ_x|°"), ("theta_y_deg", "|Δθ_y|°"), ("theta_z_deg", "|Δθ_z|°")]
 DEFAULT_MODELS = {"t1-t2": "sedghi-t1-t2", "t1-gm": "sedghi-t1-gm"}
+#: (arm, reference) pairs compared by paired tests; the first is the status table's.
+COMPARISONS = (("CNN", "NMI (60 bins)"), ("CNN alone", "NMI (60 bins)"), ("CNN", "CNN alone"))
 #: Test subjects of ``metric_subjects.py --seed 0``.
 TEST_SEED0 = 500
 
 
 def run_cases(data_dir, model: str, cases: int, patches: int, max_evaluations: int) -> dict:
-    """{"errors": {method: [errors per case]}, "seconds": {method: [seconds per case]}} for NMI and the CNN."""
+    """{"errors": {arm: [errors per case]}, "seconds": {arm: [seconds per case]}} for every arm of :data:`ARMS`."""
     torch.set_num_threads(1)
     data_dir = Path(data_dir)
     rows = read_pairs_csv(data_dir / "test.csv")[:cases]
     truth = json.loads((data_dir / "test_truth.json").read_text())[:cases]
-    errors = {"initial": [], "NMI (60 bins)": [], "CNN": []}
-    seconds = {"NMI (60 bins)": [], "CNN": []}
+    arms = (("NMI (60 bins)", "nmi", {"bins": 60}),
+            ("CNN", "learned-metric", {"models": [model], "patches": patches, "max_evaluations": max_evaluations}),
+            ("CNN alone", "learned-metric", {"models": [model], "patches": patches, "max_evaluations": max_evaluations,
+                                             "start": "none"}))
+    errors = {"initial": [], **{name: [] for name, _, _ in arms}}
+    seconds = {name: [] for name, _, _ in arms}
     for row, t in zip(rows, truth):
         fixed, moving = read_image(row["fixed"]), read_image(row["moving"])
         true = RigidTransform(t["angles_rad"], t["translation_mm"], t["center_mm"])
         errors["initial"].append(rigid_errors(RigidTransform(center_mm=true.center_mm), true))
-        for name, method, options in (("NMI (60 bins)", "nmi", {"bins": 60}),
-                                      ("CNN", "learned-metric", {"models": [model], "patches": patches,
-                                                                 "max_evaluations": max_evaluations})):
+        for name, method, options in arms:
             t0 = time.perf_counter()
             result = register(fixed, moving, method, "cpu", **options)
             seconds[name].append(time.perf_counter() - t0)
             errors[name].append(rigid_errors(result.transform, true))
         print(f"  case {len(seconds['CNN'])}: initial ‖t‖ {errors['initial'][-1]['t_norm_mm']:.2f} mm, "
-              f"NMI {errors['NMI (60 bins)'][-1]['t_norm_mm']:.2f} mm, CNN {errors['CNN'][-1]['t_norm_mm']:.2f} mm",
-              flush=True)
+              + ", ".join(f"{name} {errors[name][-1]['t_norm_mm']:.2f} mm" for name, _, _ in arms), flush=True)
     return {"errors": errors, "seconds": seconds}
 
 
-def paired_tests(result: dict) -> dict:
-    nmi = np.array([e["t_norm_mm"] for e in result["errors"]["NMI (60 bins)"]])
-    cnn = np.array([e["t_norm_mm"] for e in result["errors"]["CNN"]])
+def paired_tests(result: dict, arm: str = "CNN", reference: str = "NMI (60 bins)") -> dict:
+    """Paired tests of ``arm`` against ``reference`` on ‖Δt‖, one value per subject."""
+    nmi = np.array([e["t_norm_mm"] for e in result["errors"][reference]])
+    cnn = np.array([e["t_norm_mm"] for e in result["errors"][arm]])
     if len(nmi) < 2:
         return {}
     wilcoxon = stats.wilcoxon(cnn, nmi).pvalue if np.any(cnn != nmi) else None
-    return {"n": len(nmi), "mean_difference_cnn_minus_nmi_mm": float(np.mean(cnn - nmi)),
+    return {"n": len(nmi), "arm": arm, "reference": reference, "mean_difference_cnn_minus_nmi_mm": float(np.mean(cnn - nmi)),
             "t_test_p": float(stats.ttest_rel(cnn, nmi).pvalue),
             "wilcoxon_p": None if wilcoxon is None else float(wilcoxon)}
 
@@ -89,12 +95,12 @@ def markdown_table(result: dict, task: str) -> str:
             cells.append(f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():.2f}")
         sec = result["seconds"].get(method)
         lines.append(f"| {task} | {method} | " + " | ".join(cells) + (f" | {np.mean(sec):.1f} |" if sec else " | – |"))
-    tests = paired_tests(result)
-    if tests:
-        lines.append("")
-        lines.append(f"Paired on ‖Δt‖ (n = {tests['n']}): mean CNN − NMI = "
-                     f"{tests['mean_difference_cnn_minus_nmi_mm']:+.2f} mm; paired t-test p = {tests['t_test_p']:.3g}"
-                     + (f"; Wilcoxon p = {tests['wilcoxon_p']:.3g}" if tests["wilcoxon_p"] is not None else "") + ".")
+    for arm, reference in COMPARISONS:
+        tests = paired_tests(result, arm, reference)
+        if tests:
+            lines.append(f"Paired on ‖Δt‖ (n = {tests['n']}): mean {arm} − {reference} = "
+                         f"{tests['mean_difference_cnn_minus_nmi_mm']:+.2f} mm; paired t-test p = {tests['t_test_p']:.3g}"
+                         + (f"; Wilcoxon p = {tests['wilcoxon_p']:.3g}" if tests["wilcoxon_p"] is not None else "") + ".")
     return "\n".join(lines)
 
 
@@ -141,6 +147,7 @@ def main(argv=None) -> int:
     print(markdown_table(result, args.task.upper()))
     write_results(args.json, "benchmarks/accuracy/learned_metric_accuracy.py", data,
                   {"methods": summary(result), "paired_tests_t_norm": paired_tests(result),
+                   "paired_tests_all": [paired_tests(result, a, b) for a, b in COMPARISONS],
                    "per_case_t_norm_mm": {m: [e["t_norm_mm"] for e in errs] for m, errs in result["errors"].items()}},
                   task=args.task, model=model, patches=args.patches, max_evaluations=args.max_evaluations)
     return 0

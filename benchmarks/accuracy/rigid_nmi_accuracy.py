@@ -4,10 +4,10 @@ Tasks (all fixed = T1): T1<->T2 and T1<->PD from the SPM avg152 templates (2 mm,
 T1<->gradient magnitude from the nilearn ICBM 2009a T1 (resampled to 2 mm). Each case: the moving
 image is displaced by a rigid transform from Sedghi et al.'s distribution (|t_i| ~ U[1, 20] mm with
 random sign, θ_i ~ U[-0.2, 0.2] rad) and registered back from identity. Errors as Sedghi et al.'s
-Table 1; mean ± sd over the cases; wall times of both in the same run. Results:
-benchmarks/results/rigid_nmi_accuracy.json.
+Table 1; mean ± sd over the cases; wall times of both in the same run, each with ``--threads`` threads
+(torch's and SimpleITK's), as a ratio per task. Results: benchmarks/results/rigid_nmi_accuracy.json.
 
-    python benchmarks/accuracy/rigid_nmi_accuracy.py --cases 20
+    python benchmarks/accuracy/rigid_nmi_accuracy.py --cases 20 --threads 2
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 
 from DeepRegistrationLib.api import register
@@ -46,29 +47,41 @@ def fmt(values):
     return f"{a.mean():.2f} ± {a.std(ddof=1):.2f}" if len(a) > 1 else f"{a.mean():.2f}"
 
 
+OURS, THEIRS = "NMI (ours, 60 bins, Powell)", "SimpleITK Mattes MI (RSGD)"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=20)
     parser.add_argument("--seed", type=int, default=2018)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2, help="torch and SimpleITK threads")
+    parser.add_argument("--tasks", default="all", help="comma-separated prefixes of task names (default all)")
     add_json_argument(parser, "rigid_nmi_accuracy")
     args = parser.parse_args()
-    rows, record = [], []
+    torch.set_num_threads(args.threads)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
+    rows, record, cases = [], [], []
     for name, (fixed, moving_aligned) in tasks().items():
+        if args.tasks != "all" and not any(name.startswith(t) for t in args.tasks.split(",")):
+            continue
         rng = np.random.default_rng(args.seed)
-        res = {"NMI (ours, 60 bins, Powell)": [], "SimpleITK Mattes MI (RSGD)": []}
-        times = {k: [] for k in res}
-        for _ in range(args.cases):
+        res, times = {OURS: [], THEIRS: []}, {OURS: [], THEIRS: []}
+        for i in range(args.cases):
             true = random_rigid(rng, fixed.grid.center_physical())
             moving = warp(moving_aligned, moving_aligned.grid, true.inverse())
             t0 = time.perf_counter()
             ours = register(fixed, moving, "nmi", args.device).transform
-            times["NMI (ours, 60 bins, Powell)"].append(time.perf_counter() - t0)
+            times[OURS].append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             theirs = register_sitk_mattes(fixed, moving)
-            times["SimpleITK Mattes MI (RSGD)"].append(time.perf_counter() - t0)
-            res["NMI (ours, 60 bins, Powell)"].append(rigid_errors(ours, true))
-            res["SimpleITK Mattes MI (RSGD)"].append(rigid_errors(theirs, true))
+            times[THEIRS].append(time.perf_counter() - t0)
+            res[OURS].append(rigid_errors(ours, true))
+            res[THEIRS].append(rigid_errors(theirs, true))
+            cases.append({"task": name, "case": i, "ours": {**res[OURS][-1], "seconds": times[OURS][-1]},
+                          "sitk": {**res[THEIRS][-1], "seconds": times[THEIRS][-1]}})
+            print(f"{name} case {i}: ours {res[OURS][-1]['t_norm_mm']:.2f} mm {times[OURS][-1]:.1f} s, "
+                  f"SimpleITK {res[THEIRS][-1]['t_norm_mm']:.2f} mm {times[THEIRS][-1]:.1f} s", flush=True)
         for method, errs in res.items():
             record.append({"task": name, "method": method, "cases": len(errs), "seconds_per_case": float(np.mean(times[method])),
                            "recovered_below_2mm_percent": float(100 * np.mean([e["t_norm_mm"] < 2.0 for e in errs])),
@@ -77,21 +90,27 @@ def main():
                               for c in COLUMNS}})
             rows.append((name, method, [fmt([e[c] for e in errs]) for c in COLUMNS], np.mean(times[method]),
                          100 * np.mean([e["t_norm_mm"] < 2.0 for e in errs])))
-    print(f"cases per task: {args.cases}, seed {args.seed}, device {args.device}, torch threads "
-          f"{torch.get_num_threads()}, CPU: {platform.processor() or platform.machine()}")
-    print("| task | method | ‖Δt‖ mm | Δt_x | Δt_y | Δt_z | Δθ_x ° | Δθ_y ° | Δθ_z ° | ‖Δt‖ < 2 mm | s / case |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    header = (f"cases per task: {args.cases}, seed {args.seed}, device {args.device}, torch and SimpleITK threads "
+              f"{args.threads}, CPU: {platform.processor() or platform.machine()}")
+    lines = [header,
+             "| task | method | ‖Δt‖ mm | Δt_x | Δt_y | Δt_z | Δθ_x ° | Δθ_y ° | Δθ_z ° | ‖Δt‖ < 2 mm | s / case |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, method, cols, sec, ok in rows:
-        print(f"| {name} | {method} | " + " | ".join(cols) + f" | {ok:.0f} % | {sec:.1f} |")
+        lines.append(f"| {name} | {method} | " + " | ".join(cols) + f" | {ok:.0f} % | {sec:.1f} |")
     by_task = {}
     for name, _, _, sec, _ in rows:
         by_task.setdefault(name, []).append(sec)
-    print("\nwall-time ratio SimpleITK / ours per task: " +
-          ", ".join(f"{k}: {v[1] / v[0]:.2f}" for k, v in by_task.items()))
+    ratios = {k: v[1] / v[0] for k, v in by_task.items()}
+    lines.append("
+wall-time ratio SimpleITK / ours per task (above 1: ours is faster): " +
+                 ", ".join(f"{k}: {v:.2f}" for k, v in ratios.items()))
+    print("
+".join(lines))
     write_results(args.json, "benchmarks/accuracy/rigid_nmi_accuracy.py",
                   "SPM avg152 T1/T2/PD (2 mm) and the ICBM 2009a T1 at 2 mm with its gradient magnitude; "
                   f"{args.cases} random rigid misregistrations per task (seed {args.seed}), no training involved",
-                  record, seed=args.seed, device=args.device)
+                  record, seed=args.seed, device=args.device, threads=args.threads,
+                  time_ratio_sitk_over_ours=ratios, cases=cases)
 
 
 if __name__ == "__main__":

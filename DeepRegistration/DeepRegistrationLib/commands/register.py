@@ -11,7 +11,7 @@ from ..core.errors import InputError
 from ..core.io import read_image
 from ..core.transforms import read_transform
 from ..core.progress import emit_json
-from ..methods import SPECS
+from ..methods import PIPELINE_PRESETS, SPECS
 from ._progress import cli_progress
 
 
@@ -21,7 +21,8 @@ def parse_params(pairs) -> dict:
         if "=" not in item:
             raise InputError(f"--param expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
-        out[k.strip().replace("-", "_")] = v.strip()
+        stage, _, key = k.strip().rpartition(".")
+        out[f"{stage}." * bool(stage) + key.replace("-", "_")] = v.strip()
     return out
 
 
@@ -31,11 +32,16 @@ def add_command(sub) -> None:
                                    "points (ITK convention; resampling MOVING with it onto FIXED gives --out-volume).",
                        epilog="methods, their options (--param KEY=VALUE, defaults shown) and masks:\n" + "\n".join(
                            textwrap.fill(spec.help_line(), 100, initial_indent="  ", subsequent_indent="    ")
-                           for spec in SPECS.values()))
+                           for spec in SPECS.values()) + "\n\n" + textwrap.fill(
+                           "Pipelines: join methods with '+' (e.g. " + ", ".join(PIPELINE_PRESETS) + ") to run them in "
+                           "order, each from the previous result, in one call; the report lists every stage. "
+                           "--param KEY=VALUE goes to every stage with that option, --param STAGE.KEY=VALUE to one "
+                           "stage; --model to the one stage that takes models; a mask to the stages that honour it.",
+                           100, initial_indent="  ", subsequent_indent="  "))
     p.add_argument("fixed")
     p.add_argument("moving")
     p.add_argument("--method", default="nmi", metavar="METHOD",
-                   help=f"one of {', '.join(SPECS)} (default nmi; see below)")
+                   help=f"one of {', '.join(SPECS)}, or several joined by '+' (default nmi; see below)")
     p.add_argument("--model", action="append", help="model name (bundled) or file; repeat for staged models")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method option (see below)")
     p.add_argument("--initial-transform", help="ITK transform file to start from (fixed -> moving)")
@@ -72,6 +78,8 @@ def run(args) -> int:
     if args.progress_json:
         emit_json(event="done", outputs=written, model_note=r.get("model_note", ""))
         return 0
+    for stage in r.get("stages", []) if "+" in args.method else []:
+        print(f"  stage {stage['method']}: {stage['transform_type']} in {stage['seconds']:.1f} s")
     print(f"{args.method}: NMI(64) {r['nmi64_before']:.4f} -> {r['nmi64_after']:.4f} in {r['seconds_total']:.1f} s "
           f"on {r['device']}")
     if "folding_percent" in r:

@@ -132,6 +132,22 @@ class AffineTransform(LinearTransform):
     def matrix4(self) -> np.ndarray:
         return self.matrix.copy()
 
+    @classmethod
+    def from_parameters(cls, params, center_mm) -> "AffineTransform":
+        """From ITK ``AffineTransform`` parameters about ``center_mm`` = c: the matrix A (9, row-major), then
+        the translation t (3); T(x) = A (x - c) + c + t."""
+        params = np.asarray(params, dtype=np.float64)
+        a, c = params[:9].reshape(3, 3), np.asarray(center_mm, dtype=np.float64)
+        m = np.eye(4)
+        m[:3, :3] = a
+        m[:3, 3] = c + params[9:12] - a @ c
+        return cls(m)
+
+    def parameters(self, center_mm) -> np.ndarray:
+        """ITK ``AffineTransform`` parameters about ``center_mm`` (see :meth:`from_parameters`)."""
+        a, c = self.matrix[:3, :3], np.asarray(center_mm, dtype=np.float64)
+        return np.concatenate([a.reshape(-1), self.matrix[:3, 3] - c + a @ c])
+
     def to_sitk(self) -> sitk.Transform:
         t = sitk.AffineTransform(3)
         t.SetMatrix(tuple(self.matrix[:3, :3].reshape(-1)))

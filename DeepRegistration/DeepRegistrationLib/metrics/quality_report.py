@@ -1,7 +1,8 @@
 """The quality figures ``register`` reports with every result.
 
-NMI (64 bins, hard binning) before and after registration; for a deformable transform also the
-Jacobian determinant map of the forward transform on the fixed grid with its statistics, and the
+NMI (64 bins, hard binning, :mod:`.sampled_nmi`) before and after registration; for a deformable
+transform also the Jacobian determinant map of the forward transform on the fixed grid with its
+statistics, and the
 inverse-consistency error ‖φ⁻¹(φ(x)) − x‖ over the fixed voxels x whose image φ(x) lies within the
 moving image, where φ⁻¹ is defined (elsewhere a field reads as zero and the error would be the
 displacement itself). NMI and inverse consistency read one sample of fixed voxels (all of them up to
@@ -18,7 +19,7 @@ from ..core.image import Grid, Image
 from ..core.jacobian import jacobian_determinant, jacobian_statistics
 from ..core.transforms import CompositeTransform, DisplacementField, LinearTransform
 from ..core.warp import inside_mask
-from ..rigid.mi import NMIObjective
+from .sampled_nmi import SampledNMI
 
 #: Fixed voxels at which NMI and inverse consistency are read (all of them below this count).
 REPORT_POINTS = 2 ** 22
@@ -62,10 +63,10 @@ def inverse_consistency_mm(inverse, mapped: torch.Tensor, points: torch.Tensor, 
 def quality_report(fixed: Image, moving: Image, initial, transform, inverse=None, device="cpu",
                    deformable: bool = True) -> tuple:
     """(report entries, Jacobian determinant image or None) for ``transform`` (fixed -> moving)."""
-    nmi = NMIObjective(fixed, moving, 64, REPORT_POINTS, seed=0, device=device, linear_binning=False)
+    nmi = SampledNMI.on_grid(fixed, moving, 64, REPORT_POINTS, seed=0, device=device, linear=False)
     mapped = mapped_sample(transform, fixed.grid, nmi.points)
     inside = inside_mask(moving.grid, mapped)
-    report = {"nmi64_before": nmi(initial), "nmi64_after": nmi.at_points(mapped, inside)}
+    report = {"nmi64_before": nmi(initial), "nmi64_after": nmi.at_points(mapped)}
     det = jacobian_map(transform, fixed.grid) if deformable else None
     if det is None:
         return report, None

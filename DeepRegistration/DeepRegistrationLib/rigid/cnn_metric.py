@@ -2,8 +2,8 @@
 
 F(θ) = Σₙ M(u(pₙ), v(T_θ(pₙ))): n patch centres are drawn once per stage, with a fixed seed so F is
 deterministic, among the fixed foreground points that the stage's start pose maps into the moving
-foreground (§2.1's "sampling with restriction to the anatomy", in both images); the fixed patches are
-read once, the moving patches are read with ``grid_sample`` at the T_θ-mapped patch point grids; M is
+foreground (§2.1's "sampling with restriction to the anatomy", in both images; :mod:`.sampling_region`);
+the fixed patches are read once, the moving patches are read with ``grid_sample`` at the T_θ-mapped patch point grids; M is
 the network's log-likelihood ratio. F is maximized with Powell over the 6 rigid parameters, one metric
 stage after the other (coarse to fine), within a search region around each stage's start pose
 (:class:`SearchRegion`).
@@ -31,6 +31,7 @@ from ..models.model_file import build_checked, load_model, save_model
 from ..networks.metric_cnn import MetricCNN
 from ..rigid.metric_patches import LevelVolume, patch_offsets, prepare_level, rigid_torch
 from .powell import PowellSettings, maximize_rigid
+from .sampling_region import in_both_foregrounds
 
 KIND = "cnn-metric"
 
@@ -190,17 +191,6 @@ class CNNSettings:
     search_rotation_rad: float = 0.35
 
 
-def centres_in_both_foregrounds(fixed: LevelVolume, moving: LevelVolume, transform: RigidTransform) -> torch.Tensor:
-    """The fixed foreground points that ``transform`` maps into the moving foreground.
-
-    Patches whose counterpart lies outside the moving anatomy (another field of view, anatomy cut off
-    at the grid border) carry no information on the alignment, and the network never learned to
-    score them: they are left out, as ITK metrics leave out points outside the moving mask.
-    """
-    points = fixed.foreground_points
-    return points[moving.in_foreground(transform.transform_points_torch(points))]
-
-
 def register_cnn(fixed: Image, moving: Image, stages: list, initial: RigidTransform, device,
                  settings: CNNSettings = None, progress: Progress = None, fixed_mask: Image = None,
                  moving_mask: Image = None) -> tuple:
@@ -208,8 +198,8 @@ def register_cnn(fixed: Image, moving: Image, stages: list, initial: RigidTransf
 
     Each stage reads both images at its own spacing (anti-aliased, normalized as in training), so
     inputs of any spacing work; the transform stays in the images' physical space. The masks (default:
-    automatic foregrounds) restrict the patch centres (:func:`centres_in_both_foregrounds` at the
-    stage's start pose).
+    automatic foregrounds) restrict the patch centres to the fixed foreground points that the stage's start
+    pose maps into the moving foreground (:mod:`.sampling_region`, the step NMI and DeepSim-rigid share).
     """
     settings = settings or CNNSettings()
     progress = progress or Progress()
@@ -217,7 +207,7 @@ def register_cnn(fixed: Image, moving: Image, stages: list, initial: RigidTransf
     for n, stage in enumerate(stages):
         f = prepare_level(fixed, stage.spacing_mm, device, fixed_mask)
         m = prepare_level(moving, stage.spacing_mm, device, moving_mask)
-        candidates = centres_in_both_foregrounds(f, m, transform)
+        candidates = f.foreground_points[in_both_foregrounds(f.foreground_points, m.foreground, m.grid, transform)]
         if candidates.shape[0] == 0:
             raise InputError(f"CNN metric stage {n + 1} ({stage.label}): no point of the fixed foreground maps into "
                              "the moving foreground at the stage's start pose; the images' anatomy does not overlap "

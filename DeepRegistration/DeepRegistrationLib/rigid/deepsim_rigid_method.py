@@ -3,7 +3,8 @@
 The paper proposes DeepSim as a drop-in similarity for other registration methods; this is the rigid
 Powell path of :mod:`.nmi_method` with DeepSim as the objective (:mod:`.deepsim_objective`). The feature
 extractor is a 3D DeepSim model (``--model``; the bundled brain-T1 one by default, which the report
-says). Unimodal: the extractor was trained on T1 segmentation.
+says). Unimodal: the extractor was trained on T1 segmentation. The masks (default: automatic foregrounds)
+restrict the mean of eq. 2 as for every rigid metric (:mod:`.sampling_region`).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from ..method_spec import MethodOutput, MethodSpec, Option, RegistrationContext
 SPEC = MethodSpec(
     name="deepsim-rigid", label="Rigid, DeepSim semantic similarity (Powell)", transform="rigid",
     module=__name__, inverse=True, model_kind="deepsim-features", default_model="deepsim_features_brain_t1_3d",
+    masks=frozenset({"fixed", "moving"}),
     options=(Option("max_evaluations", "int", 600, "Powell's metric evaluations", minimum=1),))
 
 
@@ -24,7 +26,8 @@ def run(fixed, moving, ctx: RegistrationContext) -> MethodOutput:
     deepsim = load_deepsim(name, ctx.device)
     transform, info = register_rigid_deepsim(fixed, moving, deepsim, initial_rigid(ctx.initial_transform, fixed),
                                              PowellSettings(max_evaluations=ctx.options["max_evaluations"]),
-                                             ctx.progress.sub(0.05, 0.95), ctx.device)
+                                             ctx.progress.sub(0.05, 0.95), ctx.device, ctx.fixed_mask,
+                                             ctx.moving_mask)
     return MethodOutput(transform, transform.inverse(), {
         "metric": "DeepSim (Czolbe et al. 2021, eq. 2), mean cosine similarity of U-Net features",
         "model": str(name), "feature_spacing_mm": deepsim.metadata.get("spacing_mm"),

@@ -3,6 +3,10 @@
 The models (``--model``, several allowed) are metric sets whose stages are applied coarse to fine, in the
 order given (without one, the bundled T1↔T2 set). Each stage resamples both images to its own spacing,
 so inputs of any spacing work; the transform is in the images' physical space.
+
+Coarse to fine: by default (``start=nmi``) a coarse NMI registration (pyramid levels 4 and 2, the same
+masks and sampling region) gives the pose the metric's stages start from; ``start=none`` starts them from
+the initial transform.
 """
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ SPEC = MethodSpec(
     module=__name__, inverse=True, model_kind="cnn-metric", default_model="sedghi-t1-t2", max_models=8,
     masks=frozenset({"fixed", "moving"}),
     options=(
+        Option("start", "str", "nmi", "the metric stages' start: a coarse NMI registration (levels 4, 2) or "
+               "none (the initial transform)", choices=("nmi", "none")),
         Option("patches", "int", 128, "patch pairs n in eq. 2", minimum=1, maximum=100000),
         Option("seed", "int", 0, "seed of the patch centres"),
         Option("max_evaluations", "int", 300, "Powell's metric evaluations per stage", minimum=1),
@@ -22,17 +28,30 @@ SPEC = MethodSpec(
                minimum=0.0),
     ))
 
+#: Pyramid levels of the NMI start (factors of the fixed image's spacing).
+START_LEVELS = (4.0, 2.0)
+
 
 def run(fixed, moving, ctx: RegistrationContext) -> MethodOutput:
     from .cnn_metric import CNNSettings, load_metric_models, register_cnn
+    from .mi import MISettings, register_nmi
     from .powell import PowellSettings, initial_rigid
     options = dict(ctx.options)
+    start_method = options.pop("start")
     settings = CNNSettings(powell=PowellSettings(max_evaluations=options.pop("max_evaluations")), **options)
     names = ctx.models
     stages = load_metric_models(names, ctx.device)
-    transform, infos = register_cnn(fixed, moving, stages, initial_rigid(ctx.initial_transform, fixed), ctx.device,
-                                    settings, ctx.progress.sub(0.0, 0.95), ctx.fixed_mask, ctx.moving_mask)
-    return MethodOutput(transform, transform.inverse(), {
+    start, report = initial_rigid(ctx.initial_transform, fixed), {}
+    if start_method == "nmi":
+        ctx.progress(0.0, "NMI start")
+        start, levels = register_nmi(fixed, moving, start, ctx.device, MISettings(levels=START_LEVELS),
+                                     ctx.progress.sub(0.0, 0.2), ctx.fixed_mask, ctx.moving_mask)
+        report["start"] = {"method": "nmi", "levels": list(START_LEVELS), "stages": levels,
+                           "parameters": start.parameters.tolist()}
+    transform, infos = register_cnn(fixed, moving, stages, start, ctx.device, settings,
+                                    ctx.progress.sub(0.2 if start_method == "nmi" else 0.0, 0.95),
+                                    ctx.fixed_mask, ctx.moving_mask)
+    return MethodOutput(transform, transform.inverse(), {**report,
         "metric": "learned CNN metric (sum of log-likelihood ratios over patches, Sedghi et al. eq. 2)",
         "models": [str(n) for n in names], "stages": infos, "stage_labels": [s.label for s in stages],
         "patches": settings.patches, "evaluations": sum(i["evaluations"] for i in infos),

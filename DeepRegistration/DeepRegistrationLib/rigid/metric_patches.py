@@ -26,9 +26,9 @@ from scipy import ndimage
 from ..core.errors import InputError
 from ..core.image import Grid, Image
 from ..core.warp import sample_at_points, warp
+from .sampling_region import foreground, in_foreground
 
 INTENSITY_NORMALIZATION = "linear map of [min, 99.5th percentile] to [0, 1], clipped, after anti-aliasing"
-FOREGROUND_DEFAULT = "automatic: Gaussian (4 mm) smoothed image > 0.15 x its 99th percentile, holes filled"
 
 
 def anti_aliased_resample(image: Image, spacing_mm: float) -> Image:
@@ -56,15 +56,6 @@ def normalize_intensity(image: Image) -> Image:
     return image.with_array(np.clip((a - lo) / (hi - lo), 0.0, 1.0).astype(np.float32))
 
 
-def automatic_foreground(image: Image) -> np.ndarray:
-    """Head/foreground mask (z-first bool array): smoothed intensity above 15 % of its 99th percentile."""
-    smooth = ndimage.gaussian_filter(image.array.astype(np.float32), (4.0 / image.grid.spacing)[::-1])
-    mask = ndimage.binary_fill_holes(smooth > 0.15 * np.percentile(smooth, 99))
-    if mask.sum() == 0:
-        raise InputError("the automatic foreground mask is empty; give a mask")
-    return mask
-
-
 @dataclass
 class LevelVolume:
     """One image at a level: normalized volume, foreground mask (both (1, nz, ny, nx)), foreground points (N, 3) mm."""
@@ -80,18 +71,14 @@ class LevelVolume:
 
     def in_foreground(self, points: torch.Tensor) -> torch.Tensor:
         """Whether each LPS point (N, 3) lies in a foreground voxel (nearest voxel; outside the grid: no)."""
-        return sample_at_points(self.foreground, self.grid, points, mode="nearest")[0] > 0.5
+        return in_foreground(self.foreground, self.grid, points)
 
 
 def prepare_level(image: Image, spacing_mm: float, device="cpu", mask: Image = None) -> LevelVolume:
-    """Anti-alias, resample to ``spacing_mm``, normalize; foreground from ``mask`` or automatic."""
+    """Anti-alias, resample to ``spacing_mm``, normalize; foreground from ``mask`` or automatic
+    (:func:`.sampling_region.foreground`)."""
     level = normalize_intensity(anti_aliased_resample(image, spacing_mm))
-    if mask is None:
-        fg = automatic_foreground(level)
-    else:
-        fg = warp(mask, level.grid, mode="nearest").array > 0
-        if fg.sum() == 0:
-            raise InputError("the foreground mask is empty at the metric's resolution")
+    fg = foreground(level, mask)
     device = torch.device(device)
     points = torch.as_tensor(level.grid.index_to_physical(np.argwhere(fg)[:, ::-1]), dtype=torch.float32)
     return LevelVolume(level, torch.as_tensor(level.array, device=device)[None],

@@ -1,23 +1,25 @@
-"""Rigid multimodal registration with normalized mutual information (Studholme), Powell, multi-resolution.
+"""Rigid and affine multimodal registration with normalized mutual information (Studholme), Powell,
+multi-resolution.
 
-The baseline of Sedghi et al. (NMI, 60 bins). The metric is evaluated in torch on the chosen
-device: fixed sample points are mapped by the candidate transform and the moving image is read
-there with ``grid_sample``; only points that land inside the moving image count.
+The baseline of Sedghi et al. (NMI, 60 bins). At each pyramid level the fixed sample points are drawn
+once, with a fixed seed, from the sampling region (:mod:`.sampling_region`: the fixed foreground that the
+level's start pose maps into the moving foreground); the metric is evaluated in torch on the chosen
+device (:class:`~..metrics.sampled_nmi.SampledNMI`): the points are mapped by the candidate transform
+and the moving image is read there with ``grid_sample``; only points that land inside the moving image
+count.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-
-import torch
+from dataclasses import dataclass, field, replace
 
 from ..core.image import Image
 from ..core.progress import Progress
-from ..core.transforms import RigidTransform
-from ..core.warp import inside_mask, physical_points_at, sample_at_points, sample_voxel_indices, warp
-from ..metrics.similarity import nmi
-from .powell import PowellSettings, maximize_rigid
+from ..core.transforms import LinearTransform
+from ..metrics.sampled_nmi import SampledNMI
+from .powell import PowellSettings, maximize_affine, maximize_rigid
 from .pyramid import downsample
+from .sampling_region import foreground, region_indices
 
 
 @dataclass
@@ -26,59 +28,55 @@ class MISettings:
     levels: tuple = (4, 2, 1)
     max_points: int = 60000
     seed: int = 0
-    #: Powell bounded to ±0.5 rad and ±50 mm around the start (see rigid/powell.py).
+    #: Powell bounded to ±0.5 rad (or ±0.5 per matrix entry) and ±50 mm around the start (see rigid/powell.py).
     powell: PowellSettings = field(default_factory=lambda: PowellSettings(max_rotation_rad=0.5,
                                                                           max_translation_mm=50.0))
 
 
-class NMIObjective:
-    """NMI between fixed samples and the moving image read at T(x) for a fixed set of points x."""
-
-    def __init__(self, fixed: Image, moving: Image, bins: int, max_points: int, seed: int, device, fixed_mask=None,
-                 linear_binning: bool = True):
-        self.device = torch.device(device)
-        idx = sample_voxel_indices(fixed.grid, max_points, seed,
-                                   None if fixed_mask is None else fixed_mask > 0, self.device)
-        self.points = physical_points_at(fixed.grid, idx)
-        self.fixed_values = torch.as_tensor(fixed.array, device=self.device, dtype=torch.float32).reshape(-1)[idx]
-        self.moving = moving
-        self.moving_volume = torch.as_tensor(moving.array, device=self.device, dtype=torch.float32)[None]
-        self.bins = bins
-        self.linear_binning = linear_binning
-
-    def __call__(self, transform: RigidTransform) -> float:
-        with torch.no_grad():
-            return self.at_points(transform.transform_points_torch(self.points))
-
-    def at_points(self, mapped: torch.Tensor, inside: torch.Tensor = None) -> float:
-        """NMI with the moving image read at ``mapped``, the images of ``self.points`` under some transform
-        (``inside``: which of them lie within the moving image, if already known)."""
-        with torch.no_grad():
-            if inside is None:
-                inside = inside_mask(self.moving.grid, mapped)
-            if int(inside.sum()) < 64:
-                return 1.0
-            sampled = sample_at_points(self.moving_volume, self.moving.grid, mapped)[0]
-            return float(nmi(self.fixed_values, sampled, self.bins, mask=inside, linear=self.linear_binning))
+def level_objective(fixed: Image, moving: Image, start: LinearTransform, settings: MISettings, device,
+                    fixed_mask: Image, moving_mask: Image, max_points: int) -> SampledNMI:
+    """NMI at one level: at most ``max_points`` points of the sampling region at ``start`` (linear binning)."""
+    region = region_indices(fixed, foreground(fixed, fixed_mask), moving, foreground(moving, moving_mask), start,
+                            device)
+    return SampledNMI.on_grid(fixed, moving, settings.bins, max_points, settings.seed, device,
+                              indices=region)
 
 
-def register_nmi(fixed: Image, moving: Image, initial: RigidTransform, device, settings: MISettings = None,
-                 progress: Progress = None, fixed_mask: Image = None) -> tuple:
-    """Coarse-to-fine NMI maximization; returns (fixed->moving RigidTransform, list of per-level infos)."""
+def level_powell(settings: MISettings, factor: float) -> PowellSettings:
+    """Powell at the level ``factor``: tolerances relative to the finest level's (``xtol`` times the ratio of
+    the spacings, ``ftol`` times its square), the search region relative to the first level's (its full
+    size there, shrunk with the spacing below), so that coarse levels do not spend evaluations on precision
+    the next level refines and fine levels do not search where the coarse ones have excluded."""
+    p = settings.powell
+    coarser, finer = factor / settings.levels[-1], factor / settings.levels[0]
+    region = {} if p.max_rotation_rad is None or p.max_translation_mm is None else {
+        "max_rotation_rad": p.max_rotation_rad * finer, "max_translation_mm": p.max_translation_mm * finer}
+    return replace(p, xtol=p.xtol * coarser, ftol=p.ftol * coarser ** 2, **region)
+
+
+def register_nmi(fixed: Image, moving: Image, initial: LinearTransform, device, settings: MISettings = None,
+                 progress: Progress = None, fixed_mask: Image = None, moving_mask: Image = None,
+                 affine: bool = False) -> tuple:
+    """Coarse-to-fine NMI maximization over the 6 rigid parameters (``initial`` a RigidTransform) or the 12
+    affine ones (``affine=True``, about the fixed image's centre); returns (fixed->moving transform, list of
+    per-level infos)."""
     progress = progress or Progress()
     settings = settings or MISettings()
     transform, infos = initial, []
+    center = fixed.grid.center_physical()
     for n, factor in enumerate(settings.levels):
         f, m = downsample(fixed, factor), downsample(moving, factor)
-        mask = None
-        if fixed_mask is not None:
-            mask = warp(fixed_mask, f.grid, None, mode="nearest").array
-        objective = NMIObjective(f, m, settings.bins, settings.max_points, settings.seed, device, mask)
+        objective = level_objective(f, m, transform, settings, device, fixed_mask, moving_mask,
+                                    int(settings.max_points * settings.levels[-1] / factor))
+        powell = level_powell(settings, factor)
         t0 = time.perf_counter()
-        stage = f"NMI level {n + 1}/{len(settings.levels)} (x{factor})"
-        transform, info = maximize_rigid(objective, transform, settings.powell,
-                                         progress.sub(n / len(settings.levels), (n + 1) / len(settings.levels)), stage)
+        stage = f"NMI{' affine' if affine else ''} level {n + 1}/{len(settings.levels)} (x{factor})"
+        sub = progress.sub(n / len(settings.levels), (n + 1) / len(settings.levels))
+        if affine:
+            transform, info = maximize_affine(objective, transform, center, powell, sub, stage)
+        else:
+            transform, info = maximize_rigid(objective, transform, powell, sub, stage)
         info["seconds"] = time.perf_counter() - t0
+        info["sample_points"] = int(objective.points.shape[0])
         infos.append(info)
     return transform, infos
-

@@ -41,8 +41,8 @@ from ..networks.metric_cnn import MetricCNN, default_architecture
 from ..rigid.cnn_metric import CNNSettings, MetricStage, register_cnn, save_metric_set
 from ..rigid.powell import PowellSettings
 from .common import Distributed, atomic_save, load_checkpoint, progress_bar
-from ..rigid.metric_patches import (FOREGROUND_DEFAULT, INTENSITY_NORMALIZATION, PatchPairSampler, SamplerSettings,
-                             prepare_level)
+from ..rigid.metric_patches import INTENSITY_NORMALIZATION, PatchPairSampler, SamplerSettings, prepare_level
+from ..rigid.sampling_region import FOREGROUND_DEFAULT
 
 #: Sedghi et al.'s experiment-2 stages F(l, σ²): (level, dither variance in mm²).
 PAPER_STAGES = ((4.0, 100.0), (2.0, 25.0), (2.0, 15.0), (1.0, 8.0))

@@ -1,0 +1,123 @@
+"""NMI (Studholme) between fixed intensities at sample points x and the moving image read at T(x).
+
+The evaluation the rigid and affine NMI registrations optimize and the quality report reads. The fixed side
+is computed once: the points, their values and their histogram bins. Each evaluation maps the points into
+the moving grid's ``grid_sample`` coordinates with one matrix product, reads the moving image there, bins
+the values and counts the joint histogram with one ``bincount``. Each image is binned over its own range,
+fixed over the sample, moving over the whole moving image, both fixed up front, so the bins do not move
+with the transform. Only points that land inside the moving image count.
+
+With ``linear=True`` (partial-volume binning) each sample adds bilinear weights to the four bins around it,
+so a small change of the transform changes the value smoothly, which Powell's line searches need;
+``linear=False`` is standard (nearest-bin) binning, used for reporting.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..core.grid_sampling import grid_sample
+from ..core.image import Image
+from ..core.transforms import LinearTransform
+from ..core.warp import physical_points_at, physical_to_normalized, sample_voxel_indices
+
+#: Fewest points inside the moving image for which NMI is computed; below it the value is 1 (no information).
+MIN_POINTS = 64
+
+
+def _bins(values: torch.Tensor, lo: float, hi: float, bins: int) -> torch.Tensor:
+    """Continuous bin coordinates in [0, bins - 1] of ``values`` binned over [lo, hi]."""
+    return ((values - lo) * ((bins - 1) / max(hi - lo, 1e-12))).clamp_(0, bins - 1)
+
+
+def _split(coordinate: torch.Tensor, bins: int, linear: bool) -> tuple:
+    """(lower bin, weight of the upper bin) of continuous bin coordinates; nearest bin and weight 0 if not linear."""
+    if not linear:
+        return coordinate.round().long(), torch.zeros_like(coordinate)
+    lower = coordinate.floor().clamp_(0, bins - 2)
+    return lower.long(), coordinate - lower
+
+
+def _entropy(p: torch.Tensor) -> torch.Tensor:
+    return -torch.special.xlogy(p, p).sum()
+
+
+class SampledNMI:
+    """NMI between the fixed values at ``points`` (N, 3) mm and the moving image read at their images."""
+
+    def __init__(self, points: torch.Tensor, fixed_values: torch.Tensor, moving: Image, bins: int,
+                 linear: bool = True):
+        self.points = points
+        self.device = points.device
+        self.bins, self.linear = bins, linear
+        self.moving = moving
+        self.moving_volume = torch.as_tensor(moving.array, device=self.device, dtype=torch.float32)[None, None]
+        self.moving_range = float(moving.array.min()), float(moving.array.max())
+        f = fixed_values.to(torch.float32)
+        fixed_bin, fixed_weight = _split(_bins(f, float(f.min()), float(f.max()), bins), bins, linear)
+        self._fixed_index = fixed_bin * bins
+        self._fixed_weights = (1 - fixed_weight, fixed_weight)
+        m = np.linalg.inv(moving.grid.index_to_physical_matrix())
+        scale = 2.0 / np.maximum(np.asarray(moving.grid.size, dtype=np.float64) - 1, 1)
+        self._normalize = (scale[:, None] * m[:3, :3], scale * m[:3, 3] - 1.0)
+
+    @classmethod
+    def on_grid(cls, fixed: Image, moving: Image, bins: int, max_points: int, seed: int, device,
+                linear: bool = True, indices: torch.Tensor = None) -> "SampledNMI":
+        """At most ``max_points`` fixed voxels drawn with ``seed``: among ``indices`` (flat, z-first) if given,
+        else among all voxels of the fixed grid."""
+        device = torch.device(device)
+        if indices is None:
+            indices = sample_voxel_indices(fixed.grid, max_points, seed, device=device)
+        elif indices.numel() > max_points:
+            g = torch.Generator().manual_seed(seed)
+            indices = torch.sort(indices[torch.randperm(indices.numel(), generator=g)[:max_points].to(indices.device)]
+                                 ).values
+        indices = indices.to(device)
+        values = torch.as_tensor(fixed.array, device=device, dtype=torch.float32).reshape(-1)[indices]
+        return cls(physical_points_at(fixed.grid, indices), values, moving, bins, linear)
+
+    def coordinates(self, transform: LinearTransform) -> torch.Tensor:
+        """``grid_sample`` coordinates in the moving image of T(points), as one matrix product."""
+        a, b = self._normalize
+        m = transform.matrix4()
+        na = torch.as_tensor(a @ m[:3, :3], dtype=torch.float32, device=self.device)
+        nb = torch.as_tensor(a @ m[:3, 3] + b, dtype=torch.float32, device=self.device)
+        return torch.addmm(nb, self.points, na.T)
+
+    def __call__(self, transform) -> float:
+        """NMI under ``transform`` (fixed -> moving); a linear one is composed with the moving grid's normalization."""
+        with torch.no_grad():
+            if not isinstance(transform, LinearTransform):
+                return self.at_points(transform.transform_points_torch(self.points.to(torch.float64)))
+            return self.from_coordinates(self.coordinates(transform))
+
+    def at_points(self, mapped: torch.Tensor) -> float:
+        """NMI with the moving image read at ``mapped`` (N, 3) mm, the images of ``points`` under some transform."""
+        with torch.no_grad():
+            return self.from_coordinates(physical_to_normalized(self.moving.grid, mapped.to(torch.float64))
+                                         .to(torch.float32))
+
+    def from_coordinates(self, coords: torch.Tensor) -> float:
+        inside = coords.abs().amax(dim=-1) <= 1.0 + 1e-6
+        if int(inside.sum()) < MIN_POINTS:
+            return 1.0
+        values = grid_sample(self.moving_volume, coords.reshape(1, 1, 1, -1, 3)).reshape(-1)
+        return float(self.nmi(values, inside.to(values.dtype)))
+
+    def nmi(self, moving_values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """(H(A) + H(B)) / H(A, B) of the joint histogram of the fixed values and ``moving_values``, each
+        sample counted with its weight (0 or 1: inside the moving image or not)."""
+        n = self.bins
+        lo, hi = self.moving_range
+        moving_bin, moving_weight = _split(_bins(moving_values, lo, hi, n), n, self.linear)
+        if self.linear:
+            w0, w1 = self._fixed_weights
+            v0, v1 = weights * (1 - moving_weight), weights * moving_weight
+            index = self._fixed_index + moving_bin
+            hist = torch.bincount(torch.cat([index, index + 1, index + n, index + n + 1]),
+                                  torch.cat([w0 * v0, w0 * v1, w1 * v0, w1 * v1]), minlength=n * n)
+        else:
+            hist = torch.bincount(self._fixed_index + moving_bin, weights, minlength=n * n)
+        p = (hist.to(torch.float64) / hist.sum().clamp(min=1e-12)).reshape(n, n)
+        return (_entropy(p.sum(1)) + _entropy(p.sum(0))) / _entropy(p)

@@ -1,0 +1,165 @@
+"""The shared sampling region (masks for every rigid metric), nmi-affine, and one-call pipelines, on real images."""
+import numpy as np
+import pytest
+import torch
+
+from DeepRegistrationLib.api import register
+from DeepRegistrationLib.cli import main
+from DeepRegistrationLib.core.errors import InputError
+from DeepRegistrationLib.core.transforms import AffineTransform, RigidTransform, read_transform
+from DeepRegistrationLib.core.warp import physical_points_at, warp
+from DeepRegistrationLib.data import sources
+from DeepRegistrationLib.methods import PIPELINE_PRESETS, pipeline_specs
+from DeepRegistrationLib.metrics.sampled_nmi import SampledNMI
+from DeepRegistrationLib.metrics.similarity import nmi
+from DeepRegistrationLib.pipeline import plan
+from DeepRegistrationLib.rigid.mi import MISettings, level_objective
+from DeepRegistrationLib.rigid.pyramid import downsample
+from DeepRegistrationLib.rigid.sampling_region import foreground, in_foreground
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """SPM avg152 T1 (fixed) and T2 (moving) at 4 mm; the T2 moved by a known rigid transform (fixed -> moving)."""
+    t1, t2 = downsample(sources.spm_avg152("T1"), 2), downsample(sources.spm_avg152("T2"), 2)
+    true = RigidTransform([0.06, -0.05, 0.08], [6.0, -5.0, 4.0], t1.grid.center_physical())
+    return t1, warp(t2, t2.grid, true.inverse()), true
+
+
+def upper_half(image, z_mm=0.0):
+    """A mask of the voxels of ``image`` above LPS z = ``z_mm``."""
+    z = image.grid.index_to_physical(np.argwhere(np.ones(image.array.shape, bool))[:, ::-1])[:, 2]
+    return image.with_array((z.reshape(image.array.shape) > z_mm).astype(np.uint8))
+
+
+def test_nmi_samples_only_fixed_foreground_mapped_into_the_moving_mask(pair):
+    """Mutation check: dropping the moving mask changes the sampled points (they then reach below the cut)."""
+    fixed, moving, true = pair
+    settings = MISettings()
+    whole = level_objective(fixed, moving, true, settings, "cpu", None, None, 10 ** 6)
+    mask = upper_half(moving)
+    masked = level_objective(fixed, moving, true, settings, "cpu", None, mask, 10 ** 6)
+    assert masked.points.shape[0] < 0.75 * whole.points.shape[0]
+    mask_tensor = torch.as_tensor(foreground(moving, mask), dtype=torch.float32)[None]
+    assert bool(in_foreground(mask_tensor, moving.grid, true.transform_points_torch(masked.points)).all())
+    assert not bool(in_foreground(mask_tensor, moving.grid, true.transform_points_torch(whole.points)).all())
+    fixed_fg = torch.as_tensor(foreground(fixed), dtype=torch.float32)[None]
+    assert bool(in_foreground(fixed_fg, fixed.grid, masked.points).all())
+
+
+def test_sampled_nmi_equals_the_direct_histogram_nmi(pair):
+    """At the identity, with every point inside, SampledNMI (hard bins, ranges of the sample and of the moving
+    image) equals similarity.nmi computed on the same values."""
+    fixed, moving, _ = pair
+    objective = SampledNMI.on_grid(fixed, fixed, 32, 10 ** 6, 0, "cpu", linear=False)
+    values = torch.as_tensor(fixed.array).reshape(-1)
+    assert objective(RigidTransform()) == pytest.approx(float(nmi(values, values, 32)), abs=1e-9)
+    shifted = RigidTransform(translation_mm=[3.0, 0.0, 0.0])
+    assert objective(shifted) < objective(RigidTransform()) - 0.05
+
+
+def test_register_nmi_and_learned_metric_use_the_same_sampling_region_with_masks(pair):
+    fixed, moving, _ = pair
+    mask = upper_half(moving)
+    counts = {}
+    for name in (None, "moving"):
+        r = register(fixed, moving, "nmi", "cpu", levels="2", moving_mask=mask if name else None).report
+        counts[name] = r["stages"][0]["sample_points"]
+    assert counts["moving"] < 0.8 * counts[None]
+
+
+def test_nmi_affine_recovers_a_known_affine_with_scales_and_shears():
+    """SPM T1 at 4 mm and a copy under an affine with scales 0.94-1.08 and shears up to 0.05 (plus rotation and
+    translation), from the identity."""
+    t1 = downsample(sources.spm_avg152("T1"), 2)
+    c = t1.grid.center_physical()
+    a = RigidTransform([0.04, -0.03, 0.05]).rotation_matrix() @ np.array([[1.08, 0.05, 0.0], [0.0, 0.94, -0.04],
+                                                                           [0.03, 0.0, 1.05]])
+    true = AffineTransform.from_parameters(np.concatenate([a.reshape(-1), [4.0, -3.0, 2.5]]), c)
+    moving = warp(t1, t1.grid, true.inverse())
+    result = register(t1, moving, "nmi-affine", "cpu", levels="2,1", max_points=10000)
+    found = result.transform
+    assert isinstance(found, AffineTransform)
+    assert np.abs(found.parameters(c)[:9] - true.parameters(c)[:9]).max() < 0.01
+    assert np.abs(found.parameters(c)[9:] - true.parameters(c)[9:]).max() < 0.3
+    brain = physical_points_at(t1.grid, torch.as_tensor(np.flatnonzero(foreground(t1))), torch.float64).numpy()
+    error = np.linalg.norm(found.transform_points(brain) - true.transform_points(brain), axis=1)
+    start = np.linalg.norm(brain - true.transform_points(brain), axis=1)
+    assert start.mean() > 6.0 and error.mean() < 0.5, (start.mean(), error.mean())
+    np.testing.assert_allclose(result.report["affine_parameters"], found.parameters(c))
+
+
+def test_pipeline_routes_options_models_and_masks_and_refuses_ambiguity():
+    assert [s.name for s in pipeline_specs("nmi+nmi-affine+diffeo")] == ["nmi", "nmi-affine", "diffeo"]
+    assert all(pipeline_specs(p) for p in PIPELINE_PRESETS)
+    stages = plan("nmi+nmi-affine+diffeo", {"levels": "2,1", "nmi.seed": "3", "tile": "32"}, ["diffeo_brain_t1"])
+    assert [s.options["levels"] for s in stages[:2]] == [(2.0, 1.0), (2.0, 1.0)]
+    assert stages[0].options["seed"] == 3 and stages[1].options["seed"] == 0
+    assert stages[2].options["tile"] == 32 and stages[2].models == ["diffeo_brain_t1"]
+    assert stages[0].models == [] and stages[1].models == []
+    with pytest.raises(InputError, match="no stage of 'nmi\\+nmi-affine' has it"):
+        plan("nmi+nmi-affine", {"tile": 32})
+    with pytest.raises(InputError, match="'diffeo' is not a stage"):
+        plan("nmi+nmi-affine", {"diffeo.tile": 32})
+    with pytest.raises(InputError, match="--model is ambiguous.*learned-metric, diffeo"):
+        plan("learned-metric+diffeo", {}, ["x.pt"])
+    with pytest.raises(InputError, match="cannot follow the affine stage"):
+        pipeline_specs("nmi-affine+nmi")
+    with pytest.raises(InputError, match="diffeo is deformable, so it must be the last stage"):
+        pipeline_specs("diffeo+nmi")
+    some = object()
+    with pytest.raises(InputError, match="--method dirnet cannot use a moving mask"):
+        plan("dirnet", {}, None, None, some)
+    masked = plan("nmi+diffeo", {}, None, some, some)
+    assert masked[0].masks == ("fixed", "moving") and masked[1].masks == ()
+
+
+def test_pipeline_reports_every_stage_and_the_final_composite(pair, tmp_path):
+    fixed, moving, true = pair
+    result = register(fixed, moving, "nmi+nmi-affine", "cpu", levels="2,1", max_points="10000",
+                      **{"nmi-affine.max_evaluations": "300"})
+    stages = result.report["stages"]
+    assert [s["method"] for s in stages] == ["nmi", "nmi-affine"]
+    assert stages[0]["transform_type"] == "Euler3DTransform" and stages[1]["transform_type"] == "AffineTransform"
+    assert stages[1]["options"]["max_evaluations"] == 300 and stages[0]["options"]["levels"] == [2.0, 1.0]
+    np.testing.assert_allclose(result.transform.matrix4(), stages[1]["matrix_lps"])
+    np.testing.assert_allclose(result.report["matrix_lps"], stages[1]["matrix_lps"])
+    rigid = RigidTransform(np.radians(stages[0]["angles_deg"]), stages[0]["translation_mm"], stages[0]["center_mm"])
+    assert all(level["metric_after"] >= level["metric_before"] for s in stages for level in s["report"]["stages"])
+    brain = fixed.grid.index_to_physical(np.argwhere(foreground(fixed))[:, ::-1])
+    for t, most in ((rigid, 2.0), (result.transform, 2.5)):  # 4 mm voxels; the T1, T2 templates differ in z scale
+        assert np.linalg.norm(t.transform_points(brain) - true.transform_points(brain), axis=1).mean() < most
+    assert result.report["method"] == "nmi+nmi-affine"
+
+
+def test_cli_runs_a_pipeline_with_a_stage_parameter(pair, tmp_path, capsys):
+    from DeepRegistrationLib.core.io import write_image
+    fixed, moving, true = pair
+    write_image(fixed, tmp_path / "f.nii.gz")
+    write_image(moving, tmp_path / "m.nii.gz")
+    code = main(["register", str(tmp_path / "f.nii.gz"), str(tmp_path / "m.nii.gz"), "--method", "nmi+nmi-affine",
+                 "--param", "levels=2", "--param", "nmi-affine.max-evaluations=200", "--out-transform",
+                 str(tmp_path / "T.h5"), "--report", str(tmp_path / "R.json"), "--quiet", "--device", "cpu"])
+    assert code == 0
+    import json
+    report = json.loads((tmp_path / "R.json").read_text())
+    assert [s["options"]["levels"] for s in report["stages"]] == [[2.0], [2.0]]
+    assert report["stages"][1]["options"]["max_evaluations"] == 200
+    np.testing.assert_allclose(read_transform(tmp_path / "T.h5").matrix4(), report["stages"][1]["matrix_lps"],
+                               atol=1e-6)
+    assert "stage nmi-affine: AffineTransform" in capsys.readouterr().out
+
+
+def test_deepsim_rigid_averages_over_the_same_sampling_region(pair):
+    """Mutation check for DeepSim-rigid: a moving mask changes the region eq. 2 is averaged over."""
+    from DeepRegistrationLib.metrics.deepsim_similarity import load_deepsim
+    from DeepRegistrationLib.rigid.deepsim_objective import deepsim_rigid_objective
+    fixed, moving, true = pair
+    deepsim = load_deepsim("deepsim_features_brain_t1_3d")
+    whole = deepsim_rigid_objective(fixed, fixed, deepsim, start=RigidTransform())
+    masked = deepsim_rigid_objective(fixed, fixed, deepsim, start=RigidTransform(), moving_mask=upper_half(fixed))
+    assert whole(RigidTransform()) == pytest.approx(1.0, abs=1e-4)
+    shifted = RigidTransform(translation_mm=[0.0, 0.0, 6.0])
+    assert abs(whole(shifted) - masked(shifted)) > 1e-3
