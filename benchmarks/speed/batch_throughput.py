@@ -16,13 +16,11 @@ thread. And the load average of the machine before and after.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
+import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from distributed import Client, LocalCluster
@@ -31,7 +29,9 @@ from DeepRegistrationLib.batch import store
 from DeepRegistrationLib.batch.runner import cpu_budget, run_batch
 from DeepRegistrationLib.data.cohort import write_cohort
 
-RESULTS = Path(__file__).resolve().parents[1] / "results" / "batch_throughput.json"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from results_json import add_json_argument, write_results  # noqa: E402
+
 
 
 def _warm() -> bool:
@@ -68,6 +68,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     p.add_argument("--method", default="nmi")
     p.add_argument("--spacing", type=float, default=4.0)
+    add_json_argument(p, "batch_throughput")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="batch-throughput-"))
     try:
@@ -99,16 +100,10 @@ def main() -> None:
           f"per-pair CPU time {summary['per_pair_cpu_time_ratio_2_vs_1']:.2f}x (2 workers on 2 free cores: "
           f"{summary['ratio_from_per_pair_cpu_times']:.2f}x); "
           f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after, on {cpu_budget()} cores")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "benchmark": "batch_throughput", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/batch_throughput.py " + " ".join(
-            f"--{k} {v}" for k, v in vars(args).items()),
-        "machine": {"cpu_cores": cpu_budget(), "platform": platform.platform(), "processor": platform.processor(),
-                    "load_average_1_5_15_before": load_before, "load_average_1_5_15_after": load_after},
-        "data": f"synthetic cohort of {args.pairs} pairs: SPM avg152 T1 at {args.spacing} mm, deformed and moved",
-        "method": args.method, "runs": runs, "summary": summary}, indent=2))
-    print(f"wrote {RESULTS}")
+    write_results(args.json, "benchmarks/speed/batch_throughput.py",
+                  f"synthetic cohort of {args.pairs} pairs: SPM avg152 T1 at {args.spacing} mm, deformed and moved",
+                  {"runs": runs, "summary": summary}, method=args.method, threads_per_worker=args.threads,
+                  load_average_before=load_before, load_average_after=load_after)
 
 
 if __name__ == "__main__":
