@@ -25,7 +25,8 @@ from DeepRegistrationLib.deformable.patchwise import (FINE_SQUARINGS, integrate,
                                                      voxels_to_lps_mm)
 from DeepRegistrationLib.core.spatial_transformer import warp_voxels
 from DeepRegistrationLib.metrics.evaluation import dice_per_label, fields_agree
-from DeepRegistrationLib.training.diffeo_trainer import DiffeoTraining, diffeo_loss, normalized_mse
+from DeepRegistrationLib.metrics.similarity import normalized_mse
+from DeepRegistrationLib.training.diffeo_trainer import DiffeoTraining, diffeo_loss
 
 DEFAULT_MODEL = SPECS["diffeo"].default_model
 
