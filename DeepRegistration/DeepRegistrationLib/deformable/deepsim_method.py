@@ -14,7 +14,7 @@ from .io_options import io_options
 
 #: Instance optimization defaults (see docs/instance-optimization.md for how they were chosen).
 ITERATIONS = 30
-LEARNING_RATE = 0.2
+LEARNING_RATE = 0.1
 
 SPEC = MethodSpec(
     name="deepsim", label="Deformable, U-Net trained with DeepSim (Czolbe et al. 2021)", transform="deformable",

@@ -17,7 +17,8 @@ metadata. D is, with ``similarity=model`` (the default), the model's training si
 with the model's frozen feature extractor for a DeepSim-trained model, MSE for an MSE one, local NCC
 for NCC and NCC_sup ones (the label term needs labels); ``lncc`` or ``nmse`` choose another. The field
 is u = u_net + c, the correction c optimized coarse to fine on the model grid and coarser ones (the
-model grid last), carried between levels in mm. Masks weight D (the moving mask carried by Φ).
+model grid last), carried between levels in mm; the learning rate (mm per Adam step) is the model
+grid's, scaled with the voxel size on coarser levels. Masks weight D (the moving mask carried by Φ).
 """
 from __future__ import annotations
 
@@ -140,7 +141,7 @@ def optimize_field(u_net: torch.Tensor, fixed: torch.Tensor, moving: torch.Tenso
             return similarity(warp_voxels(m, u), f, weights) + lam * diffusion(u), None
 
         stage = io.Stage(k + 1, list(level) if ndim == 3 else [u_net.shape[0], *level], spacing, options["iterations"])
-        io.optimize([c], loss_fn, options["iterations"], options["learning_rate"],
+        io.optimize([c], loss_fn, options["iterations"], options["learning_rate"] * spacing[-1] / spacing_zyx[-1],
                     progress.sub(k / len(shapes), (k + 1) / len(shapes)),
                     f"instance optimization, level {k + 1}/{len(shapes)}", stage)
         stages.append(stage)

@@ -11,7 +11,7 @@ from ..method_spec import MethodOutput, MethodSpec, RegistrationContext
 from .io_options import io_options
 
 #: Instance optimization defaults (see docs/instance-optimization.md for how they were chosen).
-ITERATIONS = 30
+ITERATIONS = 20
 LEARNING_RATE = 0.05
 
 SPEC = MethodSpec(

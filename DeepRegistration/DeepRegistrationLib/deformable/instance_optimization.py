@@ -8,10 +8,12 @@ the three share; each method's model and loss live next to its registration modu
 - Levels: the working grid and coarser ones spanning the same physical extent (first and last voxel
   centres in common, so fields in mm move between levels by trilinear interpolation with
   ``align_corners=True``); each coarser level has about half the voxels per axis.
-- The similarity of a unimodal pair: local NCC (default) or the thesis' normalized MSE (eq. 3.5), both on
-  intensities normalized to [0, 1], restricted to the masks; local NCC is the default because it is
-  invariant to a local affine change of intensity, so a bias field or a different scanner's contrast
-  curve between two scans of one modality does not pull the deformation.
+- The similarity of a unimodal pair, on intensities normalized to [0, 1] and restricted to the masks:
+  the thesis' normalized MSE (eq. 3.5) or local NCC. Each method picks its default: ``diffeo`` the
+  normalized MSE its network was trained with (and about 10x cheaper per evaluation than local NCC),
+  ``dirnet`` local NCC (the local form of the NCC DIRNet is trained with; invariant to a local affine
+  change of intensity, so a bias field or another scanner's contrast curve between two scans of one
+  modality does not pull the deformation), ``deepsim`` its own training similarity (DeepSim).
 - The loop (:func:`optimize`): Adam, one progress report per iteration (which raises ``Cancelled`` when
   the user cancels), and a divergence guard: a non-finite loss, a loss above the best for
   :data:`PATIENCE` iterations in a row, or an iterate the model's check refuses (folding, for diffeo)
@@ -34,7 +36,6 @@ from ..metrics.similarity import local_ncc, normalized_mse
 
 #: Unimodal similarities IO offers (dissimilarities: lower is better).
 SIMILARITIES = {"lncc": local_ncc, "nmse": normalized_mse}
-DEFAULT_SIMILARITY = "lncc"
 #: Iterations in a row with a loss above the best before a stage counts as diverging.
 PATIENCE = 5
 #: No level coarser than this many voxels along an axis.
