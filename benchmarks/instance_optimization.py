@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -174,12 +175,15 @@ def main():
                 for w in r["warnings"]:
                     print(f"      warning: {w}")
         rows.append(row)
-    out = Path(args.out)
+        write_results(Path(args.out), rows)             # after every subject, so a cut-short run keeps its rows
+    print(f"\nwrote {args.out}")
+
+
+def write_results(out: Path, rows: list) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "instance_optimization", "command": " ".join(["python"] + __import__("sys").argv),
+    out.write_text(json.dumps({"benchmark": "instance_optimization", "command": " ".join(["python"] + sys.argv),
                                "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} "
                                           "torch threads; shared with other jobs", "rows": rows}, indent=1))
-    print(f"\nwrote {out}")
 
 
 def _line(r: dict) -> str:

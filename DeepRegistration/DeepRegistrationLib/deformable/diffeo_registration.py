@@ -150,11 +150,12 @@ def register_diffeo(fixed: Image, moving: Image, ctx: RegistrationContext) -> Me
         weights = (io.mask_on_grid(ctx.fixed_mask, grid, device=ctx.device),
                    io.mask_on_grid(ctx.moving_mask, grid, initial, ctx.device))
 
-        def refine(v_mm, progress):
+        def instance_optimization(v_mm, progress):
             with torch.enable_grad():
                 v_mm, done = optimize_velocity(v_mm, *tensors, spacing_zyx, params, options, progress, *weights)
             stages.extend(done)
             return v_mm
+        refine = instance_optimization
     elif ctx.fixed_mask is not None or ctx.moving_mask is not None:
         warnings.append(MASKS_UNUSED)
     u_vox, u_inv_vox, timings = predict_fields(net, f, m, spacing_zyx, params, tile, discard, ctx.device, tile_batch,
