@@ -149,8 +149,8 @@ def test_masks_restrict_the_similarity(case, capsys):
     with capsys.disabled():
         print(f"\ndirnet IO with a slab outside the mask: error in the mask {error['masked']:.3f} mm with the mask, "
               f"{error['unmasked']:.3f} mm without; fields differ by {change:.3f} mm there")
-    assert change > 0.05
-    assert error["masked"] < error["unmasked"]
+    assert change > 0.05                                  # measured: 0.872 mm
+    assert error["masked"] < error["unmasked"]             # measured: 1.216 vs 1.440 mm
 
 
 def test_divergence_keeps_the_best_iterate_and_says_so(case, results):
