@@ -115,7 +115,7 @@ def test_wrong_kinds_and_options_are_refused(brain_pair):
     with pytest.raises(InputError, match="'deepsim-features' model is needed"):
         load_deepsim("deepsim_brain_t1_3d")
     with pytest.raises(InputError, match="unknown option"):
-        register(fixed, moving, "deepsim", "cpu", levels="2")
+        register(fixed, moving, "deepsim", "cpu", tile="2")
     with pytest.raises(InputError, match="one --model"):
         register(fixed, moving, "deepsim", "cpu", models=["a", "b"])
 
@@ -194,7 +194,7 @@ def test_bundled_3d_model_does_not_fold_on_another_template():
 
     fixed = sources.spm_avg152("T1")
     moving = warp(fixed, fixed.grid, smooth_random_field(fixed.grid, np.random.default_rng(0), 4.0))
-    report = register(fixed, moving, "deepsim", "cpu").report
+    report = register(fixed, moving, "deepsim", "cpu", iterations=0).report
     print(f"deepsim on SPM T1: folding {report['folding_voxels']} voxels, Jacobian [{report['jacobian_min']:.2f}, "
           f"{report['jacobian_max']:.2f}], {report['seconds_total']:.1f} s")
     assert report["folding_voxels"] == 0 and report["jacobian_min"] > 0.5

@@ -9,8 +9,8 @@ from DeepRegistrationLib.metrics.deepsim_similarity import DeepSim, cosine_simil
 from DeepRegistrationLib.networks.deepsim_unet import (FeatureExtractorUNet, RegistrationUNet, feature_config,
                                                        registration_config)
 from DeepRegistrationLib.rigid.pyramid import downsample
-from DeepRegistrationLib.training.deepsim_losses import (RegistrationLoss, dice_scores, diffusion, local_ncc,
-                                                         soft_dice_loss, one_hot)
+from DeepRegistrationLib.metrics.similarity import NCC_WINDOW, box_mean, diffusion, local_ncc
+from DeepRegistrationLib.training.deepsim_losses import RegistrationLoss, dice_scores, soft_dice_loss, one_hot
 
 torch.set_num_threads(1)
 
@@ -150,7 +150,6 @@ def test_ncc_sup_needs_labels_and_uses_them():
 
 @pytest.mark.parametrize("shape", [(2, 1, 20, 24, 22), (3, 1, 30, 26)])
 def test_separable_box_mean_equals_the_full_window_convolution(shape):
-    from DeepRegistrationLib.training.deepsim_losses import NCC_WINDOW, box_mean
     x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
     conv = torch.nn.functional.conv3d if len(shape) == 5 else torch.nn.functional.conv2d
     kernel = torch.ones(1, 1, *[NCC_WINDOW] * (len(shape) - 2))

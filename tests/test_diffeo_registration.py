@@ -25,7 +25,8 @@ from DeepRegistrationLib.deformable.patchwise import (FINE_SQUARINGS, integrate,
                                                      voxels_to_lps_mm)
 from DeepRegistrationLib.core.spatial_transformer import warp_voxels
 from DeepRegistrationLib.metrics.evaluation import dice_per_label, fields_agree
-from DeepRegistrationLib.training.diffeo_trainer import DiffeoTraining, diffeo_loss, normalized_mse
+from DeepRegistrationLib.metrics.similarity import normalized_mse
+from DeepRegistrationLib.training.diffeo_trainer import DiffeoTraining, diffeo_loss
 
 DEFAULT_MODEL = SPECS["diffeo"].default_model
 
@@ -61,7 +62,7 @@ def case():
     gm = _crop(resample_to(sources.icbm152("gm"), grid), (64, 80, 64))
     truth = smooth_random_field(t1.grid, np.random.default_rng(11), max_displacement_mm=4.0)
     moving, moving_gm = warp(t1, t1.grid, truth), warp(gm, t1.grid, truth)
-    result = register(t1, moving, "diffeo")
+    result = register(t1, moving, "diffeo", iterations=0)          # the network alone (IO: test_instance_optimization)
     return {"fixed": t1, "moving": moving, "fixed_gm": gm, "moving_gm": moving_gm, "result": result, "truth": truth}
 
 
@@ -141,7 +142,7 @@ def test_oblique_anisotropic_inputs_register_in_physical_space(case, capsys):
     moving_grid = _oblique_grid(case["fixed"], (44, 76, 48), (2.4, 1.7, 2.1), (-0.1, 0.12, 0.08))
     fixed, fixed_gm = warp(case["fixed"], fixed_grid), warp(case["fixed_gm"], fixed_grid)
     moving, moving_gm = warp(case["moving"], moving_grid), warp(case["moving_gm"], moving_grid)
-    r = register(fixed, moving, "diffeo")
+    r = register(fixed, moving, "diffeo", iterations=0)
     assert r.transform.grid.same_as(fixed_grid) and r.inverse.grid.same_as(moving_grid)
     dice_before = dice_per_label(fixed_gm.array > 0.5, warp(moving_gm, fixed_grid).array > 0.5)[1]
     dice_after = dice_per_label(fixed_gm.array > 0.5, warp(moving_gm, fixed_grid, r.transform).array > 0.5)[1]
@@ -233,7 +234,8 @@ def test_bfloat16_network_agrees_with_float32(case, capsys, device):
 def test_cuda_registration_agrees_with_the_cpu_one(case, capsys):
     """The whole register() call on CUDA (float32 network) against the CPU in float32: the same field by the
     tile benchmark's rule, diffeomorphic, on the fixed grid."""
-    results = {d: register(case["fixed"], case["moving"], "diffeo", device=d, precision="float32") for d in ("cpu", "cuda")}
+    results = {d: register(case["fixed"], case["moving"], "diffeo", device=d, precision="float32", iterations=0)
+               for d in ("cpu", "cuda")}
     fields = {d: torch.as_tensor(DisplacementField.from_transform(r.transform, case["fixed"].grid).displacement_mm)
               .permute(3, 0, 1, 2)[None] for d, r in results.items()}
     ok, mean, largest, motion = fields_agree(fields["cuda"], fields["cpu"])
@@ -261,7 +263,7 @@ def test_cli_register_diffeo_writes_every_output(case, tmp_path, capsys):
                                          "--out-volume": "W.nrrd", "--out-jacobian": "J.nrrd",
                                          "--out-inverse-volume": "Winv.nrrd", "--report": "R.json"}.items()}
     args = ["register", str(tmp_path / "f.nii.gz"), str(tmp_path / "m.nii.gz"), "--method", "diffeo", "--quiet",
-            "--param", "tile=48"]
+            "--param", "tile=48", "--param", "iterations=0"]
     for k, v in outs.items():
         args += [k, str(v)]
     assert main(args) == 0

@@ -18,8 +18,9 @@ from DeepRegistrationLib.deformable.model_input import normalize_intensity, resa
 from DeepRegistrationLib.models.model_file import load_model
 from DeepRegistrationLib.networks.momentum_unet import MomentumUNet, MomentumUNetConfig
 from DeepRegistrationLib.data.synthetic import intensity_jitter
-from DeepRegistrationLib.training.diffeo_trainer import (DiffeoTraining, PairSource, diffeo_loss, local_ncc, mse,
-                                                normalized_mse, pair_jitter, random_patches)
+from DeepRegistrationLib.metrics.similarity import local_ncc, mse, normalized_mse
+from DeepRegistrationLib.training.diffeo_trainer import (DiffeoTraining, PairSource, diffeo_loss, pair_jitter,
+                                                random_patches)
 from DeepRegistrationLib.training.common import write_pairs_csv
 
 torch.set_num_threads(1)

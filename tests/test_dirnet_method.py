@@ -91,7 +91,7 @@ def test_initial_transform_is_composed(brain_pair):
 def test_bad_options_and_models_are_refused(brain_pair, tmp_path):
     _, fixed, moving = brain_pair
     with pytest.raises(InputError, match="unknown option"):
-        register(fixed, moving, "dirnet", "cpu", levels="2")
+        register(fixed, moving, "dirnet", "cpu", tile="2")
     other = save_model(tmp_path / "other.pt", {"w": torch.zeros(1)},
                        {"kind": "metric", "architecture": {}, "patch_size": [1], "spacing_mm": [1],
                         "intensity_normalization": "", "training": {}})

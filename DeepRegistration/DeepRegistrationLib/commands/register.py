@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import textwrap
 
 from ..api import register, write_outputs
@@ -70,13 +71,17 @@ def run(args) -> int:
     with cli_progress(f"register ({args.method})", not args.quiet, args.progress_json) as progress:
         result = register(fixed, moving, args.method, args.device, progress, initial, fixed_mask, moving_mask,
                           args.model, **options)
-    if result.report.get("model_note") and not args.progress_json:
-        print(result.report["model_note"])
+    warnings = result.report.get("warnings", [])
+    if not args.progress_json:
+        if result.report.get("model_note"):
+            print(result.report["model_note"])
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
     written = write_outputs(result, args.out_transform, args.out_volume, args.report, args.out_inverse,
                             args.out_jacobian, args.out_inverse_volume)
     r = result.report
     if args.progress_json:
-        emit_json(event="done", outputs=written, model_note=r.get("model_note", ""))
+        emit_json(event="done", outputs=written, model_note=r.get("model_note", ""), warnings=warnings)
         return 0
     for stage in r.get("stages", []) if "+" in args.method else []:
         print(f"  stage {stage['method']}: {stage['transform_type']} in {stage['seconds']:.1f} s")

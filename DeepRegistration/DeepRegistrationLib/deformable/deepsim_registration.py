@@ -10,6 +10,15 @@ image's third index axis on its own (in-plane displacement only), as the paper's
 
 The same method runs the paper's baselines: a model trained with MSE, NCC or NCC_sup instead of
 DeepSim has the same architecture; its metadata (and the report) says which similarity trained it.
+
+Instance optimization (:func:`optimize_field`, on by default) refines the predicted field on the pair
+at hand with the loss the model was trained with (eq. 1): D(I∘Φ, J) + λ‖∇u‖², λ from the model's
+metadata. D is, with ``similarity=model`` (the default), the model's training similarity: DeepSim
+with the model's frozen feature extractor for a DeepSim-trained model, MSE for an MSE one, local NCC
+for NCC and NCC_sup ones (the label term needs labels); ``lncc`` or ``nmse`` choose another. The field
+is u = u_net + c, the correction c optimized coarse to fine on the model grid and coarser ones (the
+model grid last), carried between levels in mm; the learning rate (mm per Adam step) is the model
+grid's, scaled with the voxel size on coarser levels. Masks weight D (the moving mask carried by Φ).
 """
 from __future__ import annotations
 
@@ -19,11 +28,15 @@ import numpy as np
 import torch
 
 from ..core.image import Grid, Image
+from ..core.spatial_transformer import warp_voxels
 from ..core.transforms import DisplacementField, compose
 from ..method_spec import MethodOutput, RegistrationContext
 from ..models.model_file import load_network, resolve_model_path
 from ..networks.deepsim_unet import RegistrationUNet, UNetConfig
-from .model_input import in_plane, initial_or_none, normalize_intensity, resample_to, voxels_to_mm
+from ..metrics.similarity import diffusion, local_ncc, mse
+from . import instance_optimization as io
+from .model_input import (MASKS_UNUSED, domain_warnings, in_plane, initial_or_none, normalize_intensity, resample_to,
+                          voxels_to_mm)
 
 MODEL_KIND = "deepsim"
 NORMALIZATION = "per image: (I - p1) / (p99 - p1) clipped to [0, 1], percentiles over the model grid"
@@ -51,36 +64,128 @@ def load_registration_net(name_or_path, device="cpu"):
                         "registration U-Net", device)
 
 
+def as_batch(x: np.ndarray, ndim: int, device) -> torch.Tensor:
+    """A z-first volume as the network's batch: (1, 1, nz, ny, nx) for 3D, (nz, 1, ny, nx) for 2D slices."""
+    t = torch.as_tensor(x, device=device)
+    return t[None, None] if ndim == 3 else t[:, None]
+
+
+@torch.no_grad()
+def predict_displacement(net: RegistrationUNet, fixed: np.ndarray, moving: np.ndarray, device) -> torch.Tensor:
+    """u (voxels, x-first) as a network batch: (1, 3, *shape) for 3D, (nz, 2, ny, nx) for 2D slices."""
+    f, m = as_batch(fixed, net.config.ndim, device), as_batch(moving, net.config.ndim, device)
+    if net.config.ndim == 3:
+        return net.displacement(m, f)
+    return torch.cat([net.displacement(m[z:z + SLICE_BATCH], f[z:z + SLICE_BATCH])
+                      for z in range(0, f.shape[0], SLICE_BATCH)])
+
+
+def displacement_on(u_vox: torch.Tensor, grid: Grid, ndim: int) -> DisplacementField:
+    """A network batch of voxel displacements (x-first) as an LPS-mm field on ``grid``."""
+    if ndim == 3:
+        return DisplacementField(voxels_to_mm(u_vox[0].movedim(0, -1).cpu().numpy(), grid), grid)
+    return DisplacementField(voxels_to_mm(in_plane(u_vox.movedim(1, -1).cpu().numpy()), grid), grid)
+
+
 @torch.no_grad()
 def predict_field(net: RegistrationUNet, fixed: np.ndarray, moving: np.ndarray, grid: Grid, device) -> DisplacementField:
     """Φ − id (LPS mm) on ``grid`` for normalized arrays already on ``grid``."""
-    f = torch.as_tensor(fixed, device=device)
-    m = torch.as_tensor(moving, device=device)
-    if net.config.ndim == 3:
-        u_vox = net.displacement(m[None, None], f[None, None])[0].movedim(0, -1).cpu().numpy()
-    else:
-        parts = [net.displacement(m[z:z + SLICE_BATCH, None], f[z:z + SLICE_BATCH, None]).movedim(1, -1).cpu().numpy()
-                 for z in range(0, f.shape[0], SLICE_BATCH)]
-        u_vox = in_plane(np.concatenate(parts))
-    return DisplacementField(voxels_to_mm(u_vox, grid), grid)
+    return displacement_on(predict_displacement(net, fixed, moving, device), grid, net.config.ndim)
+
+
+def dissimilarity(name: str, meta: dict, device):
+    """(D(a, b, mask), its description) for ``similarity=name`` (module docstring)."""
+    if name != "model":
+        return io.similarity_function(name), name
+    trained = meta.get("similarity", "mse")
+    if trained == "deepsim":
+        from ..metrics.deepsim_similarity import load_deepsim
+        return load_deepsim(meta["features"], device), f"deepsim ({meta['features']})"
+    return (mse, "mse") if trained == "mse" else (local_ncc, "lncc")
+
+
+def mm_per_voxel(spacing_zyx, ndim: int, like: torch.Tensor) -> torch.Tensor:
+    """Voxel size per x-first component of the first ``ndim`` axes, shaped to scale a field batch."""
+    values = list(reversed([float(s) for s in spacing_zyx[-ndim:]]))
+    return torch.as_tensor(values, dtype=like.dtype, device=like.device).view(1, ndim, *[1] * ndim)
+
+
+def optimize_field(u_net: torch.Tensor, fixed: torch.Tensor, moving: torch.Tensor, spacing_zyx, lam: float,
+                   similarity, options: dict, progress, fixed_weights=None, moving_weights=None) -> tuple:
+    """Instance optimization of the field (module docstring): ``(u in voxels of the model grid, stages)``.
+
+    All tensors are network batches on the model grid; ``spacing_zyx`` its voxel size (the spatial axes)."""
+    ndim = u_net.dim() - 2
+    shape = u_net.shape[2:]
+    shapes = io.level_shapes(shape, options["levels"])
+    fixed_levels, moving_levels = io.image_pyramid(fixed, shapes), io.image_pyramid(moving, shapes)
+    u_net_mm = u_net * mm_per_voxel(spacing_zyx, ndim, u_net)
+    correction, stages = None, []
+    for k, level in enumerate(shapes):
+        spacing = io.level_spacing(shape, spacing_zyx[-ndim:], level)
+        to_voxels = 1.0 / mm_per_voxel(spacing, ndim, u_net)
+        f, m = fixed_levels[k], moving_levels[k]
+        fw = None if fixed_weights is None else io.resize(fixed_weights, level)
+        mw = None if moving_weights is None else io.resize(moving_weights, level)
+        with torch.no_grad():
+            base = io.resize(u_net_mm, level)
+            start = torch.zeros_like(base) if correction is None else io.resize(correction, level)
+        c = start.clone().requires_grad_(True)
+
+        def loss_fn():
+            u = (base + c) * to_voxels
+            weights = fw
+            if mw is not None:
+                carried = warp_voxels(mw, u)
+                weights = carried if weights is None else weights * carried
+            return similarity(warp_voxels(m, u), f, weights) + lam * diffusion(u), None
+
+        stage = io.Stage(k + 1, list(level) if ndim == 3 else [u_net.shape[0], *level], spacing, options["iterations"])
+        io.optimize([c], loss_fn, options["iterations"], options["learning_rate"] * spacing[-1] / spacing_zyx[-1],
+                    progress.sub(k / len(shapes), (k + 1) / len(shapes)),
+                    f"instance optimization, level {k + 1}/{len(shapes)}", stage)
+        stages.append(stage)
+        correction = c.detach()
+    with torch.no_grad():
+        u_mm = u_net_mm + io.resize(correction, shape)
+        return u_mm / mm_per_voxel(spacing_zyx, ndim, u_net), stages
 
 
 def register_deepsim(fixed: Image, moving: Image, ctx: RegistrationContext) -> MethodOutput:
     """The method's run (see :mod:`.deepsim_method`)."""
-    name, report = ctx.models[0], {}
+    name, report, options = ctx.models[0], {}, ctx.options
     ctx.progress(0.05, "loading model")
     net, meta = load_registration_net(name, ctx.device)
+    ndim = net.config.ndim
     grid = covering_grid(fixed.grid, meta["spacing_mm"], net.config.divisor)
+    warnings = domain_warnings(fixed, moving, meta, whole_image=True)
     ctx.progress(0.15, "resampling to the model spacing")
     initial = initial_or_none(ctx.initial_transform)
     f = normalize_intensity(resample_to(fixed, grid).array)
     m = normalize_intensity(resample_to(moving, grid, initial).array)
-    ctx.progress(0.4, "predicting the deformation")
-    field = predict_field(net, f, m, grid, ctx.device)
-    ctx.progress(0.7, "field on the fixed grid")
+    ctx.progress(0.25, "predicting the deformation")
+    u = predict_displacement(net, f, m, ctx.device)
+    if options["iterations"] > 0:
+        similarity, described = dissimilarity(options["similarity"], meta, ctx.device)
+        lam = float(meta.get("lambda") or 0.0)
+        weights = [None if w is None else w.reshape(u.shape[0], 1, *u.shape[2:]) for w in (
+            io.mask_on_grid(ctx.fixed_mask, grid, device=ctx.device),
+            io.mask_on_grid(ctx.moving_mask, grid, initial, ctx.device))]
+        with torch.enable_grad():
+            u, stages = optimize_field(u, as_batch(f, ndim, ctx.device), as_batch(m, ndim, ctx.device),
+                                       list(reversed(grid.spacing.tolist())), lam, similarity, options,
+                                       ctx.progress.sub(0.3, 0.85), *weights)
+        report["instance_optimization"], io_warnings = io.report(
+            described, stages, levels=options["levels"], learning_rate=options["learning_rate"], reg_weight=lam,
+            parameters="displacement field of the model grid (u = u_net + correction)")
+        warnings += io_warnings
+    elif ctx.fixed_mask is not None or ctx.moving_mask is not None:
+        warnings.append(MASKS_UNUSED)
+    field = displacement_on(u, grid, ndim)
+    ctx.progress(0.88, "field on the fixed grid")
     on_fixed = DisplacementField.from_transform(field, fixed.grid, ctx.device)
     transform = on_fixed if initial is None else compose(on_fixed, initial)
-    report.update({"model": str(resolve_model_path(name)), "model_dimension": net.config.ndim,
+    report.update({"model": str(resolve_model_path(name)), "model_dimension": ndim,
                    "model_similarity": meta.get("similarity", "unknown"),
-                   "model_lambda": meta.get("lambda"), "model_grid": grid.to_dict()})
+                   "model_lambda": meta.get("lambda"), "model_grid": grid.to_dict(), "warnings": warnings})
     return MethodOutput(transform, None, report)

@@ -177,21 +177,34 @@ def exponentials(v: torch.Tensor, steps: int = lddmm.STEPS, fine_steps: int = FI
 
 def predict_fields(net, fixed: np.ndarray, moving: np.ndarray, spacing_zyx, lddmm_params: dict, tile: int = 48,
                    discard: int = DISCARD, device="cpu", tile_batch: int = None, marginals=None, progress=None,
-                   precision: str = "float32") -> tuple:
-    """(φ, φ⁻¹, timings): voxel displacements (1, 3, nz, ny, nx), x-first, on the arrays' grid."""
+                   precision: str = "float32", refine_velocity=None) -> tuple:
+    """(φ, φ⁻¹, timings): voxel displacements (1, 3, nz, ny, nx), x-first, on the arrays' grid.
+
+    ``refine_velocity(v_mm, progress) -> v_mm`` (instance optimization), when given, changes the predicted
+    velocity (mm, x-first) before the integration."""
+    progress_of = (lambda a, b: progress.sub(a, b)) if progress is not None else (lambda a, b: None)  # noqa: E731
+    end_network = 0.8 if refine_velocity is None else 0.3
     t0 = time.perf_counter()
     momentum = predict_momentum(net, fixed, moving, tile, discard, device, tile_batch, marginals,
-                                progress.sub(0.0, 0.8) if progress is not None else None, precision)
+                                progress_of(0.0, end_network), precision)
     t1 = time.perf_counter()
     if progress is not None:
-        progress(0.85, "smoothing and integrating")
-    velocity = lddmm.velocity_to_voxels(lddmm.smooth(momentum, spacing_zyx, lddmm_params["alpha"],
-                                                     lddmm_params["gamma"], lddmm_params["padding"]), spacing_zyx)
+        progress(end_network + 0.02, "smoothing")
+    velocity = lddmm.smooth(momentum, spacing_zyx, lddmm_params["alpha"], lddmm_params["gamma"],
+                            lddmm_params["padding"])
     del momentum                                    # only the velocity and the two fields from here on
-    forward, inverse, coarse_steps = integrate_velocity(velocity, spacing_zyx, lddmm_params["steps"])
+    timings = {"seconds_momentum": t1 - t0}
+    if refine_velocity is not None:
+        t_io = time.perf_counter()
+        velocity = refine_velocity(velocity, progress_of(end_network + 0.05, 0.85))
+        timings["seconds_instance_optimization"] = time.perf_counter() - t_io
+    if progress is not None:
+        progress(0.85, "integrating")
     t2 = time.perf_counter()
-    return forward, inverse, {"seconds_momentum": t1 - t0, "seconds_integration": t2 - t1,
-                              "squarings_on_every_other_voxel": coarse_steps}
+    forward, inverse, coarse_steps = integrate_velocity(lddmm.velocity_to_voxels(velocity, spacing_zyx), spacing_zyx,
+                                                        lddmm_params["steps"])
+    timings.update({"seconds_integration": time.perf_counter() - t2, "squarings_on_every_other_voxel": coarse_steps})
+    return forward, inverse, timings
 
 
 def voxels_to_lps_mm(u_vox: torch.Tensor, grid: Grid) -> np.ndarray:

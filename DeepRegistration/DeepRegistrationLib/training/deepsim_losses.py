@@ -20,47 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from ..core.spatial_transformer import warp_voxels
+from ..metrics.similarity import diffusion, local_ncc, mse
 
 SIMILARITIES = ("deepsim", "mse", "ncc", "ncc_sup")
-NCC_WINDOW = 9
-
-
-def diffusion(u: torch.Tensor) -> torch.Tensor:
-    """‖∇u‖²: mean over voxels of the squared forward differences of every component along every axis."""
-    total = u.new_zeros(())
-    for axis in range(2, u.dim()):
-        total = total + torch.diff(u, dim=axis).pow(2).mean() * u.shape[1]
-    return total
-
-
-def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (a - b).pow(2).mean()
-
-
-def box_mean(x: torch.Tensor, window: int = NCC_WINDOW) -> torch.Tensor:
-    """Mean over ``window``-wide neighbourhoods (cut at the border), as separable 1D box filters per axis."""
-    ndim = x.dim() - 2
-    conv = F.conv2d if ndim == 2 else F.conv3d
-    pad = window // 2
-    y, count = x, torch.ones_like(x[:1, :1])
-    for axis in range(ndim):
-        shape = [1] * ndim
-        shape[axis] = window
-        padding = [0] * ndim
-        padding[axis] = pad
-        kernel = torch.ones(1, 1, *shape, dtype=x.dtype, device=x.device)
-        y = conv(y.reshape(-1, 1, *y.shape[2:]), kernel, padding=padding).reshape(y.shape)
-        count = conv(count, kernel, padding=padding)
-    return y / count
-
-
-def local_ncc(a: torch.Tensor, b: torch.Tensor, window: int = NCC_WINDOW) -> torch.Tensor:
-    """1 − mean over voxels of the squared NCC in ``window``-wide neighbourhoods (2D or 3D batches)."""
-    ma, mb = box_mean(a, window), box_mean(b, window)
-    cov = box_mean(a * b, window) - ma * mb
-    va = (box_mean(a * a, window) - ma * ma).clamp(min=0)
-    vb = (box_mean(b * b, window) - mb * mb).clamp(min=0)
-    return 1.0 - (cov * cov / (va * vb + 1e-5)).mean()
 
 
 def one_hot(labels: torch.Tensor, classes: int) -> torch.Tensor:

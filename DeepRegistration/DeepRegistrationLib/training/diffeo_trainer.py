@@ -35,7 +35,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..core.errors import InputError
 from ..core.image import Image
@@ -48,55 +47,15 @@ from ..deformable.diffeo_registration import lddmm_parameters, load_momentum_net
 from ..deformable.patchwise import MODEL_KIND, NORMALIZATION
 from ..deformable.model_input import normalize_intensity, resample_to
 from ..core.spatial_transformer import inside_fraction_mask, warp_voxels
+from ..metrics.similarity import local_ncc, mse, normalized_mse
 from ..models.model_file import save_model
 from ..networks.momentum_unet import MomentumUNet, MomentumUNetConfig
 from .common import (StepLoop, atomic_save, distributed, emit_progress, read_pairs_csv, restore_torch_rng_state,
                      resume_checkpoint, torch_rng_state)
 
 CHECKPOINT_NAME = "diffeo_last.pt"
-NMSE_A = 0.2
 PAIR_GAMMA = (0.8, 1.25)
 IMAGE_GAMMA_CHANGE = 0.05
-
-
-def _masked_mean(values: torch.Tensor, mask) -> torch.Tensor:
-    if mask is None:
-        return values.mean()
-    mask = mask.expand_as(values)
-    return (values * mask).sum() / mask.sum().clamp(min=1.0)
-
-
-def mse(a: torch.Tensor, b: torch.Tensor, mask=None) -> torch.Tensor:
-    """Mean squared error over the voxels where ``mask`` is 1."""
-    return _masked_mean((a - b) ** 2, mask)
-
-
-def normalized_mse(a: torch.Tensor, b: torch.Tensor, mask=None, scale: float = NMSE_A) -> torch.Tensor:
-    """Eq. 3.5: mean of x²/(a² + x²), x = a − b, a = 0.2 (intensities normalized to [0, 1])."""
-    x2 = (a - b) ** 2
-    return _masked_mean(x2 / (scale ** 2 + x2), mask)
-
-
-def local_ncc(a: torch.Tensor, b: torch.Tensor, mask=None, window: int = 9) -> torch.Tensor:
-    """1 − mean local normalized cross-correlation² in ``window``³ neighbourhoods (VoxelMorph's form).
-
-    Only voxels inside the patch count in a window (means are divided by the in-patch voxel count).
-    """
-    if mask is not None:
-        a, b = a * mask, b * mask
-    kernel = torch.ones(1, 1, window, window, window, dtype=a.dtype, device=a.device)
-    pad = window // 2
-    count = F.conv3d(torch.ones_like(a[:1, :1]), kernel, padding=pad)   # windows are cut at the patch border
-
-    def local_mean(x):
-        return F.conv3d(x, kernel, padding=pad) / count
-
-    ma, mb = local_mean(a), local_mean(b)
-    cov = local_mean(a * b) - ma * mb
-    va = (local_mean(a * a) - ma * ma).clamp(min=0)
-    vb = (local_mean(b * b) - mb * mb).clamp(min=0)
-    cc = cov * cov / (va * vb + 1e-5)
-    return 1.0 - _masked_mean(cc, mask)
 
 
 SIMILARITIES = {"mse": mse, "nmse": normalized_mse, "lncc": local_ncc}
