@@ -79,14 +79,16 @@ def register(fixed: Image, moving: Image, method: str = "nmi", device: str = "au
     check_overlap(fixed, moving, initial_transform)
     torch_device = resolve_device(device)
     progress = as_progress(progress)
-    if initial_transform is None:
+    initial_given = initial_transform is not None
+    if not initial_given:
         initial_transform = RigidTransform(center_mm=fixed.grid.center_physical())
     note = {}
     if spec.model_kind and not model_names:
         model_names = [spec.default_model]
         note["model_note"] = (f"--method {method}: no --model given; used the bundled model '{spec.default_model}' "
                               "(see its model card)")
-    ctx = RegistrationContext(torch_device, progress, initial_transform, parsed, model_names, fixed_mask, moving_mask)
+    ctx = RegistrationContext(torch_device, progress, initial_transform, parsed, model_names, fixed_mask, moving_mask,
+                              initial_given)
 
     t0 = time.perf_counter()
     with _out_of_memory_as_input_error(torch_device, fixed):

@@ -7,6 +7,7 @@ so inputs of any spacing work; the transform is in the images' physical space.
 from __future__ import annotations
 
 from ..method_spec import MethodOutput, MethodSpec, Option, RegistrationContext
+from .init_option import CONFIDENCE_OPTION, INIT_OPTION
 
 SPEC = MethodSpec(
     name="learned-metric", label="Rigid, learned multimodal CNN metric (Sedghi et al. 2018)", transform="rigid",
@@ -20,20 +21,29 @@ SPEC = MethodSpec(
                minimum=0.0),
         Option("search_rotation_rad", "float", 0.35, "search region around each stage's start, per angle",
                minimum=0.0),
+        INIT_OPTION, CONFIDENCE_OPTION,
     ))
 
 
 def run(fixed, moving, ctx: RegistrationContext) -> MethodOutput:
     from .cnn_metric import CNNSettings, load_metric_models, register_cnn
-    from .powell import PowellSettings, initial_rigid
-    options = dict(ctx.options)
+    from .confidence import cnn_confidence
+    from .initialization import starting_pose
+    from .powell import PowellSettings
+    options = {k: v for k, v in ctx.options.items() if k not in ("init", "confidence")}
     settings = CNNSettings(powell=PowellSettings(max_evaluations=options.pop("max_evaluations")), **options)
     names = ctx.models
     stages = load_metric_models(names, ctx.device)
-    transform, infos = register_cnn(fixed, moving, stages, initial_rigid(ctx.initial_transform, fixed), ctx.device,
-                                    settings, ctx.progress.sub(0.0, 0.95), ctx.fixed_mask, ctx.moving_mask)
-    return MethodOutput(transform, transform.inverse(), {
+    start, init_report = starting_pose(fixed, moving, ctx)
+    transform, infos = register_cnn(fixed, moving, stages, start, ctx.device, settings, ctx.progress.sub(0.1, 0.9),
+                                    ctx.fixed_mask, ctx.moving_mask)
+    report = {
         "metric": "learned CNN metric (sum of log-likelihood ratios over patches, Sedghi et al. eq. 2)",
         "models": [str(n) for n in names], "stages": infos, "stage_labels": [s.label for s in stages],
         "patches": settings.patches, "evaluations": sum(i["evaluations"] for i in infos),
-        "metric_before": infos[0]["metric_before"], "metric_after": infos[-1]["metric_after"]})
+        "metric_before": infos[0]["metric_before"], "metric_after": infos[-1]["metric_after"], **init_report}
+    if ctx.options["confidence"]:
+        ctx.progress(0.9, "confidence")
+        report["confidence"] = cnn_confidence(fixed, moving, transform, stages, settings, ctx,
+                                              init_report.get("initialization"))
+    return MethodOutput(transform, transform.inverse(), report)
