@@ -149,6 +149,7 @@ def main():
     parser.add_argument("--ants-search-degrees", type=float, default=20.0)
     parser.add_argument("--pairs", help="comma-separated indices into subjects() (default: all); cases depend "
                                             "only on --seed and the pair's index, so runs over parts can be merged")
+    parser.add_argument("--first-case", type=int, default=0, help="start at this case of each pair (for runs in parts)")
     parser.add_argument("--merge", nargs="+", help="merge these results files (of runs over parts) into --out")
     parser.add_argument("--out", default="benchmarks/results/rigid_evaluation.json")
     args = parser.parse_args()
@@ -156,15 +157,16 @@ def main():
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.merge:
         parts = [json.loads(Path(p).read_text()) for p in args.merge]
-        record = {**parts[0], "command": [p["command"] for p in parts],
-                  "cases": sorted((c for p in parts for c in p["cases"]), key=lambda c: (c["pair_index"], c["case"]))}
+        unique = {(c["pair_index"], c["case"]): c for p in parts for c in p["cases"]}
+        record = {**parts[0], "command": [p["command"] for p in parts], "cases": [unique[k] for k in sorted(unique)]}
         record["summary"] = summarize(record["cases"])
         out.write_text(json.dumps(record, indent=1))
+        print(table(record["cases"]))
         print(json.dumps(record["summary"], indent=1))
         return
     torch.set_num_threads(1)
     record = {"command": f"python benchmarks/rigid_evaluation.py --cases {args.cases} --seed {args.seed} "
-                         f"--ants-cases {args.ants_cases} --pairs {args.pairs} --out {args.out}",
+                         f"--ants-cases {args.ants_cases} --pairs {args.pairs} --first-case {args.first_case} --out {args.out}",
               "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "torch_threads": 1,
               "note": "shared machine: other agents' jobs ran alongside; load averages per case are recorded",
               "cases": []}
@@ -177,9 +179,12 @@ def main():
         points = foreground_points(fixed)
         for c in range(args.cases):
             true, angle, offset = large_misalignment(rng, fixed.grid.center_physical())
+            if c < args.first_case:
+                continue
             moving = displaced(aligned, true)
             case = {"pair": name, "pair_index": index, "kind": kind, "case": c, "rotation_deg": angle, "offset_mm": offset,
-                    "load_before": os.getloadavg()[0]}
+                    "load_before": os.getloadavg()[0],
+                    "sitk_threads": sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()}
             case["nmi_search"] = ours(fixed, moving, "search", true, points)
             case["nmi_none"] = ours(fixed, moving, "none", true, points)
             t0 = time.perf_counter()
@@ -197,6 +202,19 @@ def main():
             record["summary"] = summarize(record["cases"])
             out.write_text(json.dumps(record, indent=1))
     print(json.dumps(record["summary"], indent=1))
+
+
+def table(cases: list) -> str:
+    """One markdown row per case: TRE (mm) of each method, seconds, and our confidence."""
+    rows = ["| pair | rotation ° | offset mm | nmi init=search: TRE, s, ±mm, flagged | nmi init=none: TRE, ±mm, "
+            "flagged | SimpleITK (MOMENTS): TRE, s |", "|---|---|---|---|---|---|"]
+    for c in cases:
+        a, b, k = c["nmi_search"], c["nmi_none"], c["sitk_moments"]
+        rows.append(f"| {c['pair']} | {c['rotation_deg']:.0f} | {c['offset_mm']:.0f} | {a['tre_mm']:.2f}, "
+                    f"{a['seconds']:.0f}, {a['uncertainty_mm']:.2f}, {'yes' if a['flagged'] else 'no'} | "
+                    f"{b['tre_mm']:.2f}, {b['uncertainty_mm']:.2f}, {'yes' if b['flagged'] else 'no'} | "
+                    f"{k['tre_mm']:.2f}, {k['seconds']:.0f} |")
+    return "\n".join(rows)
 
 
 def summarize(cases: list) -> dict:
