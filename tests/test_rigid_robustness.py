@@ -9,7 +9,7 @@ from DeepRegistrationLib.core.image import Grid, Image
 from DeepRegistrationLib.core.transforms import RigidTransform
 from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.rigid.confidence import ConfidenceSettings, assess, confidence
-from DeepRegistrationLib.rigid.initialization import _sample_points, super_fibonacci_rotations
+from DeepRegistrationLib.rigid.initialization import foreground_sample, super_fibonacci_rotations
 from DeepRegistrationLib.rigid.mi import NMIObjective
 from DeepRegistrationLib.rigid.powell import PowellSettings, maximize_rigid
 from DeepRegistrationLib.rigid.pyramid import downsample
@@ -64,7 +64,7 @@ def test_moments_start_recovers_90_degrees_and_60_mm(t1_t2):
     t1, _ = t1_t2
     true = misalignment(t1, (0.3, 1.0, 0.2), 90.0, (40.0, -30.0, 33.0))   # |offset| = 58.6 mm
     moving = displaced(t1, true)
-    points = _sample_points(t1)
+    points = foreground_sample(t1)
     options = dict(levels="2", max_points=20000, confidence=False)
     moments = register(t1, moving, "nmi", "cpu", init="moments", **options)
     assert mean_error(moments.transform, true, points) < 1.0
@@ -85,7 +85,7 @@ def test_confidence_flags_a_failed_result_and_not_a_good_one(t1_t2):
     t1, t2 = t1_t2
     true = misalignment(t1, (1.0, 0.2, -0.4), 80.0, (35.0, 20.0, -30.0))
     moving = displaced(t2, true)
-    points = _sample_points(t1)
+    points = foreground_sample(t1)
 
     def objective(seed):
         return NMIObjective(t1, moving, 60, 20000, seed, "cpu")
@@ -109,7 +109,7 @@ def test_confidence_flags_a_failed_result_and_not_a_good_one(t1_t2):
 def test_uncertainty_shrinks_when_the_metric_is_sharper(t1_t2):
     t1, t2 = t1_t2
     identity = RigidTransform(center_mm=t1.grid.center_physical())
-    points = _sample_points(t1)
+    points = foreground_sample(t1)
     blurred = [Image(sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(im.to_sitk(), 6.0)), im.grid)
                for im in (t1, t2)]
     out = {}

@@ -38,7 +38,7 @@ import torch
 
 from ..core.image import Image
 from ..core.transforms import RigidTransform
-from .initialization import CoarseNMI, SearchSettings, _sample_points, search
+from .initialization import CoarseNMI, SearchSettings, foreground_sample, search
 from .powell import maximize_rigid
 
 
@@ -179,7 +179,7 @@ def coarse_check(fixed: Image, moving: Image, result: RigidTransform, device="cp
         score = CoarseNMI(fixed, moving, ss, device, fixed_mask)
         local, local_info = maximize_rigid(score, result, ss.powell())
         best_value = max(score(best), top["coarse_nmi_after"])
-    distance = rms_distance(best, local, _sample_points(score.fixed))
+    distance = rms_distance(best, local, foreground_sample(score.fixed))
     out = {"coarse_nmi_result": local_info["metric_after"], "coarse_nmi_search": best_value,
            "search_distance_mm": distance, "seconds": time.perf_counter() - t0}
     out["flag"] = bool(distance > s.distant_mm and best_value - local_info["metric_after"] > s.coarse_margin)
@@ -193,7 +193,7 @@ def confidence(objective: Callable, optimum: RigidTransform, fixed: Image, movin
     :func:`coarse_check`."""
     t0 = time.perf_counter()
     s = settings or ConfidenceSettings()
-    points = _sample_points(fixed, n=2000)
+    points = foreground_sample(fixed, n=2000)
     with torch.no_grad():
         out = assess(objective, optimum, points, s, reseeded)
     if global_check:

@@ -180,7 +180,7 @@ def search(fixed: Image, moving: Image, start: RigidTransform, device="cpu", set
 def _distinct(candidates: list, order: np.ndarray, keep: int, image: Image, min_mm: float = 15.0) -> list:
     """Indices of the ``keep`` best candidates, skipping one within ``min_mm`` (RMS over the image's
     foreground) of a candidate already kept: the refinement should explore different poses."""
-    points = _sample_points(image)
+    points = foreground_sample(image)
     kept = []
     for i in order:
         mapped = candidates[i].transform_points(points)
@@ -192,7 +192,8 @@ def _distinct(candidates: list, order: np.ndarray, keep: int, image: Image, min_
     return kept
 
 
-def _sample_points(image: Image, n: int = 500, seed: int = 0) -> np.ndarray:
+def foreground_sample(image: Image, n: int = 500, seed: int = 0) -> np.ndarray:
+    """``n`` foreground points (LPS mm) of ``image``, drawn with a fixed seed."""
     k, j, i = np.nonzero(foreground(image))
     idx = np.random.default_rng(seed).permutation(len(i))[:n]
     return image.grid.index_to_physical(np.stack([i[idx], j[idx], k[idx]], axis=1).astype(np.float64))
