@@ -92,7 +92,8 @@ def test_a_mask_the_method_cannot_use_is_refused_before_anything_runs(pair, meth
 def test_register_reports_the_parsed_options_and_the_default_model_note(pair):
     fixed, moving = pair
     report = register(fixed, moving, "nmi", "cpu", levels="2", max_points="2000").report
-    assert report["options"] == {"bins": 60, "levels": [2.0], "max_points": 2000, "seed": 0}
+    assert report["options"] == {"bins": 60, "levels": [2.0], "max_points": 2000, "seed": 0, "init": "search",
+                                 "confidence": True}
     assert report["method_description"] == SPECS["nmi"].label and "model_note" not in report
 
 

@@ -64,7 +64,8 @@ def register(fixed: Image, moving: Image, method: str = "nmi", device: str = "au
     check_overlap(fixed, moving, initial_transform)
     torch_device = resolve_device(device)
     progress = as_progress(progress)
-    if initial_transform is None:
+    initial_given = initial_transform is not None
+    if not initial_given:
         initial_transform = RigidTransform(center_mm=fixed.grid.center_physical())
     notes = [s.model_note for s in stages if s.model_note]
     note = {"model_note": " ".join(notes)} if notes else {}
@@ -72,7 +73,7 @@ def register(fixed: Image, moving: Image, method: str = "nmi", device: str = "au
     t0 = time.perf_counter()
     with _out_of_memory_as_input_error(torch_device, fixed):
         out = run_stages(stages, fixed, moving, initial_transform, torch_device, progress.sub(0.0, 0.96),
-                         fixed_mask, moving_mask)
+                         fixed_mask, moving_mask, initial_given)
         t_method = time.perf_counter() - t0
         progress(0.97, "resampling")
         t1 = time.perf_counter()

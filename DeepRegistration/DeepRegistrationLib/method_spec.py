@@ -168,6 +168,8 @@ class RegistrationContext:
     models: list = field(default_factory=list)
     fixed_mask: Any = None
     moving_mask: Any = None
+    #: whether the caller gave ``initial_transform`` (else it is the identity and a method may make a start)
+    initial_given: bool = False
 
 
 @dataclass

@@ -107,16 +107,18 @@ def jsonable(options: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
 
 
-def run(stages: list, fixed, moving, initial, device, progress, fixed_mask=None, moving_mask=None) -> MethodOutput:
+def run(stages: list, fixed, moving, initial, device, progress, fixed_mask=None, moving_mask=None,
+        initial_given: bool = False) -> MethodOutput:
     """Run the stages in order, each from the previous transform; the last one's output, with the report of a
     single stage as it is, or for several a ``stages`` list (each stage's method, options, transform, report
-    and seconds)."""
+    and seconds). ``initial_given``: the caller gave ``initial`` (the first stage then makes no start of its
+    own); every later stage starts from the stage before it."""
     given = {"fixed": fixed_mask, "moving": moving_mask}
     transform, entries, out = initial, [], None
     for i, stage in enumerate(stages):
         ctx = RegistrationContext(device, progress.sub(i / len(stages), (i + 1) / len(stages)), transform,
                                   stage.options, stage.models, given["fixed"] if "fixed" in stage.masks else None,
-                                  given["moving"] if "moving" in stage.masks else None)
+                                  given["moving"] if "moving" in stage.masks else None, initial_given or i > 0)
         t0 = time.perf_counter()
         out = importlib.import_module(stage.spec.module).run(fixed, moving, ctx)
         entries.append({"method": stage.spec.name, "method_description": stage.spec.label,

@@ -13,6 +13,7 @@ from ..core.io import read_image
 from ..core.transforms import read_transform
 from ..core.progress import emit_json
 from ..methods import PIPELINE_PRESETS, SPECS
+from ..rigid.confidence import summary as confidence_line
 from ._progress import cli_progress
 
 
@@ -87,6 +88,8 @@ def run(args) -> int:
         print(f"  stage {stage['method']}: {stage['transform_type']} in {stage['seconds']:.1f} s")
     print(f"{args.method}: NMI(64) {r['nmi64_before']:.4f} -> {r['nmi64_after']:.4f} in {r['seconds_total']:.1f} s "
           f"on {r['device']}")
+    if "confidence" in r:
+        print(confidence_line(r["confidence"]))
     if "folding_percent" in r:
         print(f"Jacobian: mean {r['jacobian_mean']:.3f}, min {r['jacobian_min']:.3f}, "
               f"folding {r['folding_percent']:.4f} %")

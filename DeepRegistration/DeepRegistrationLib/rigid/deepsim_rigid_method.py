@@ -9,26 +9,37 @@ restrict the mean of eq. 2 as for every rigid metric (:mod:`.sampling_region`).
 from __future__ import annotations
 
 from ..method_spec import MethodOutput, MethodSpec, Option, RegistrationContext
+from .init_option import CONFIDENCE_OPTION, INIT_OPTION
 
 SPEC = MethodSpec(
     name="deepsim-rigid", label="Rigid, DeepSim semantic similarity (Powell)", transform="rigid",
     module=__name__, inverse=True, model_kind="deepsim-features", default_model="deepsim_features_brain_t1_3d",
     masks=frozenset({"fixed", "moving"}),
-    options=(Option("max_evaluations", "int", 600, "Powell's metric evaluations", minimum=1),))
+    options=(Option("max_evaluations", "int", 600, "Powell's metric evaluations", minimum=1),
+             INIT_OPTION, CONFIDENCE_OPTION))
 
 
 def run(fixed, moving, ctx: RegistrationContext) -> MethodOutput:
     from ..metrics.deepsim_similarity import load_deepsim
+    from .confidence import deepsim_confidence
     from .deepsim_objective import register_rigid_deepsim
-    from .powell import PowellSettings, initial_rigid
+    from .initialization import starting_pose
+    from .powell import PowellSettings
     name = ctx.models[0]
     ctx.progress(0.02, "loading the feature extractor")
     deepsim = load_deepsim(name, ctx.device)
-    transform, info = register_rigid_deepsim(fixed, moving, deepsim, initial_rigid(ctx.initial_transform, fixed),
+    start, init_report = starting_pose(fixed, moving, ctx)
+    transform, info = register_rigid_deepsim(fixed, moving, deepsim, start,
                                              PowellSettings(max_evaluations=ctx.options["max_evaluations"]),
-                                             ctx.progress.sub(0.05, 0.95), ctx.device, ctx.fixed_mask,
+                                             ctx.progress.sub(0.1, 0.9), ctx.device, ctx.fixed_mask,
                                              ctx.moving_mask)
-    return MethodOutput(transform, transform.inverse(), {
+    report = {
         "metric": "DeepSim (Czolbe et al. 2021, eq. 2), mean cosine similarity of U-Net features",
         "model": str(name), "feature_spacing_mm": deepsim.metadata.get("spacing_mm"),
-        "evaluations": info["evaluations"], "metric_before": info["metric_before"], "metric_after": info["metric_after"]})
+        "evaluations": info["evaluations"], "metric_before": info["metric_before"], "metric_after": info["metric_after"],
+        **init_report}
+    if ctx.options["confidence"]:
+        ctx.progress(0.9, "confidence")
+        report["confidence"] = deepsim_confidence(fixed, moving, transform, deepsim, ctx,
+                                                  init_report.get("initialization"))
+    return MethodOutput(transform, transform.inverse(), report)

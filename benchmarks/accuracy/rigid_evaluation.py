@@ -1,0 +1,239 @@
+"""Rigid robustness: large misalignment (issue 35 item 5) and the confidence of every result (item 6).
+
+Subjects (:func:`subjects`): real single heads the bundled models did not see as test subjects, fixed = T1:
+the ITK KmeansTest T1 and Colin27 (resampled to 2 mm), each against itself with an intensity change
+(gamma + noise: unimodal) and against its gradient magnitude (multimodal), and SPM avg152 T1 ↔ T2
+(multimodal). The corpus's test split will replace this list.
+
+Cases: per subject pair, ``--cases`` random rigid misalignments with a rotation of U[60°, 90°] about a
+uniformly random axis (about the fixed image's centre) and an offset of U[30, 60] mm in a uniformly
+random direction. The misalignment is put into the moving image's header (origin and direction), so the
+moving head is whole and nothing is resampled. TRE: mean ‖T(x) − T_true(x)‖ over 2000 fixed foreground
+points (Otsu). Recovered: TRE < 2 mm (unimodal), < 4 mm (multimodal).
+
+Per case, in one run: ``nmi`` with ``init=search`` (the default), ``nmi`` with ``init=none`` (the failed
+starts of the confidence set), SimpleITK Mattes MI with ``CenteredTransformInitializer`` (MOMENTS), and on
+the first ``--ants-cases`` cases ANTs (antspyx ``affine_initializer``, then ``Rigid``).
+
+Confidence: over every ``nmi`` result (both inits), the share of failures (TRE > 5 mm) flagged, the share
+of good results (TRE ≤ 5 mm) flagged, and Spearman's rank correlation of ``uncertainty_mm`` with TRE.
+
+    python benchmarks/accuracy/rigid_evaluation.py --cases 4 --out benchmarks/results/rigid_evaluation.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from scipy.stats import spearmanr
+
+from DeepRegistrationLib.api import register
+from DeepRegistrationLib.core.image import Grid, Image
+from DeepRegistrationLib.core.io import write_image
+from DeepRegistrationLib.core.transforms import RigidTransform, from_sitk
+from DeepRegistrationLib.data import sources
+from DeepRegistrationLib.data.synthetic import gradient_magnitude, intensity_jitter
+from DeepRegistrationLib.rigid.initialization import foreground
+from DeepRegistrationLib.rigid.pyramid import downsample
+from DeepRegistrationLib.rigid.sitk_baseline import register_sitk_mattes
+
+FAILURE_MM = 5.0
+RECOVERED_MM = {"unimodal": 2.0, "multimodal": 4.0}
+
+
+def subjects() -> dict:
+    """name -> (fixed T1, aligned moving, 'unimodal' | 'multimodal'): the test subjects of this benchmark."""
+    rng = np.random.default_rng(35)
+    itk = sources.itk_brain_t1(with_segmentation=False)
+    colin = downsample(sources.colin27(with_aal=False), 2)
+    return {
+        "ITK T1 ↔ T1 (gamma, noise)": (itk, intensity_jitter(itk, rng), "unimodal"),
+        "ITK T1 ↔ GM": (itk, gradient_magnitude(itk), "multimodal"),
+        "Colin27 2 mm T1 ↔ T1 (gamma, noise)": (colin, intensity_jitter(colin, rng), "unimodal"),
+        "Colin27 2 mm T1 ↔ GM": (colin, gradient_magnitude(colin), "multimodal"),
+        "SPM avg152 T1 ↔ T2": (sources.spm_avg152("T1"), sources.spm_avg152("T2"), "multimodal"),
+    }
+
+
+def axis_angle(axis: np.ndarray, angle: float) -> np.ndarray:
+    k = axis / np.linalg.norm(axis)
+    cross = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + np.sin(angle) * cross + (1 - np.cos(angle)) * cross @ cross
+
+
+def large_misalignment(rng: np.random.Generator, centre: np.ndarray) -> tuple:
+    """(fixed -> moving RigidTransform, rotation angle in degrees, offset in mm)."""
+    angle = rng.uniform(60.0, 90.0)
+    direction = rng.normal(size=3)
+    offset = direction / np.linalg.norm(direction) * rng.uniform(30.0, 60.0)
+    m = np.eye(4)
+    m[:3, :3] = axis_angle(rng.normal(size=3), np.radians(angle))
+    m[:3, 3] = centre + offset - m[:3, :3] @ centre
+    return RigidTransform.from_matrix4(m, centre), angle, float(np.linalg.norm(offset))
+
+
+def displaced(image: Image, true: RigidTransform) -> Image:
+    """The same voxels with the grid moved by ``true``: moving'(true(x)) = image(x), nothing resampled."""
+    g = image.grid
+    m = true.matrix4()
+    return Image(image.array, Grid(g.size, g.spacing, true.transform_points(g.origin[None])[0], m[:3, :3] @ g.direction))
+
+
+def foreground_points(image: Image, n: int = 2000) -> np.ndarray:
+    k, j, i = np.nonzero(foreground(image))
+    idx = np.random.default_rng(0).permutation(len(i))[:n]
+    return image.grid.index_to_physical(np.stack([i[idx], j[idx], k[idx]], 1).astype(np.float64))
+
+
+def tre(estimated, true: RigidTransform, points: np.ndarray) -> float:
+    return float(np.linalg.norm(estimated.transform_points(points) - true.transform_points(points), axis=1).mean())
+
+
+def sitk_moments(fixed: Image, moving: Image) -> RigidTransform:
+    """SimpleITK: CenteredTransformInitializer (MOMENTS), then Mattes MI rigid (rigid/sitk_baseline.py)."""
+    init = sitk.CenteredTransformInitializer(sitk.Cast(fixed.to_sitk(), sitk.sitkFloat32),
+                                             sitk.Cast(moving.to_sitk(), sitk.sitkFloat32), sitk.Euler3DTransform(),
+                                             sitk.CenteredTransformInitializerFilter.MOMENTS)
+    return register_sitk_mattes(fixed, moving, from_sitk(init))
+
+
+def ants_rigid(fixed: Image, moving: Image, search_degrees: float):
+    """antspyx: affine_initializer (rotation search of ``search_degrees`` steps), then Rigid registration."""
+    import ants
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = [os.path.join(tmp, n) for n in ("f.nii.gz", "m.nii.gz")]
+        write_image(fixed, paths[0])
+        write_image(moving, paths[1])
+        f, m = ants.image_read(paths[0]), ants.image_read(paths[1])
+        init = ants.affine_initializer(f, m, search_factor=search_degrees, radian_fraction=1.0,
+                                       use_principal_axis=False, local_search_iterations=10)
+        out = ants.registration(f, m, type_of_transform="Rigid", initial_transform=init)
+        return from_sitk(sitk.ReadTransform(out["fwdtransforms"][0]))
+
+
+def ours(fixed, moving, init: str, true, points) -> dict:
+    t0 = time.perf_counter()
+    result = register(fixed, moving, "nmi", "cpu", init=init)
+    seconds = time.perf_counter() - t0
+    conf = result.report["confidence"]
+    return {"tre_mm": tre(result.transform, true, points), "seconds": seconds,
+            "seconds_confidence": conf["seconds"],
+            "seconds_initialization": result.report.get("initialization", {}).get("seconds", 0.0),
+            "uncertainty_mm": conf["uncertainty_mm"], "uncertainty_deg": conf["uncertainty_deg"],
+            "flagged": conf["flagged"], "reasons": conf["reasons"]}
+
+
+def confidence_summary(results: list) -> dict:
+    fails = [r for r in results if r["tre_mm"] > FAILURE_MM]
+    good = [r for r in results if r["tre_mm"] <= FAILURE_MM]
+    rho, p = spearmanr([r["uncertainty_mm"] for r in results], [r["tre_mm"] for r in results])
+    return {"results": len(results), "failures": len(fails), "good": len(good),
+            "failures_flagged_percent": 100.0 * np.mean([r["flagged"] for r in fails]) if fails else None,
+            "good_flagged_percent": 100.0 * np.mean([r["flagged"] for r in good]) if good else None,
+            "spearman_uncertainty_vs_tre": float(rho), "spearman_p": float(p)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", type=int, default=4, help="cases per subject pair")
+    parser.add_argument("--seed", type=int, default=35)
+    parser.add_argument("--ants-cases", type=int, default=1, help="cases (the first ones) also run with ANTs")
+    parser.add_argument("--ants-search-degrees", type=float, default=20.0)
+    parser.add_argument("--pairs", help="comma-separated indices into subjects() (default: all); cases depend "
+                                            "only on --seed and the pair's index, so runs over parts can be merged")
+    parser.add_argument("--first-case", type=int, default=0, help="start at this case of each pair (for runs in parts)")
+    parser.add_argument("--merge", nargs="+", help="merge these results files (of runs over parts) into --out")
+    parser.add_argument("--out", default="benchmarks/results/rigid_evaluation.json")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        parts = [json.loads(Path(p).read_text()) for p in args.merge]
+        unique = {(c["pair_index"], c["case"]): c for p in parts for c in p["cases"]}
+        record = {**parts[0], "command": [p["command"] for p in parts], "cases": [unique[k] for k in sorted(unique)]}
+        record["summary"] = summarize(record["cases"])
+        out.write_text(json.dumps(record, indent=1))
+        print(table(record["cases"]))
+        print(json.dumps(record["summary"], indent=1))
+        return
+    torch.set_num_threads(1)
+    record = {"command": f"python benchmarks/accuracy/rigid_evaluation.py --cases {args.cases} --seed {args.seed} "
+                         f"--ants-cases {args.ants_cases} --pairs {args.pairs} --first-case {args.first_case} --out {args.out}",
+              "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "torch_threads": 1,
+              "note": "shared machine: other agents' jobs ran alongside; load averages per case are recorded",
+              "cases": []}
+    n_ants = 0
+    chosen = None if args.pairs is None else {int(i) for i in args.pairs.split(",")}
+    for index, (name, (fixed, aligned, kind)) in enumerate(subjects().items()):
+        if chosen is not None and index not in chosen:
+            continue
+        rng = np.random.default_rng([args.seed, index])
+        points = foreground_points(fixed)
+        for c in range(args.cases):
+            true, angle, offset = large_misalignment(rng, fixed.grid.center_physical())
+            if c < args.first_case:
+                continue
+            moving = displaced(aligned, true)
+            case = {"pair": name, "pair_index": index, "kind": kind, "case": c, "rotation_deg": angle, "offset_mm": offset,
+                    "load_before": os.getloadavg()[0],
+                    "sitk_threads": sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()}
+            case["nmi_search"] = ours(fixed, moving, "search", true, points)
+            case["nmi_none"] = ours(fixed, moving, "none", true, points)
+            t0 = time.perf_counter()
+            case["sitk_moments"] = {"tre_mm": tre(sitk_moments(fixed, moving), true, points),
+                                    "seconds": time.perf_counter() - t0}
+            if n_ants < args.ants_cases:
+                t0 = time.perf_counter()
+                case["ants"] = {"tre_mm": tre(ants_rigid(fixed, moving, args.ants_search_degrees), true, points),
+                                "seconds": time.perf_counter() - t0, "search_degrees": args.ants_search_degrees}
+                n_ants += 1
+            case["load_after"] = os.getloadavg()[0]
+            record["cases"].append(case)
+            print(json.dumps({k: (v if not isinstance(v, dict) else {kk: vv for kk, vv in v.items() if kk != "reasons"})
+                              for k, v in case.items()}), flush=True)
+            record["summary"] = summarize(record["cases"])
+            out.write_text(json.dumps(record, indent=1))
+    print(json.dumps(record["summary"], indent=1))
+
+
+def table(cases: list) -> str:
+    """One markdown row per case: TRE (mm) of each method, seconds, and our confidence."""
+    rows = ["| pair | rotation ° | offset mm | nmi init=search: TRE, s, ±mm, flagged | nmi init=none: TRE, ±mm, "
+            "flagged | SimpleITK (MOMENTS): TRE, s |", "|---|---|---|---|---|---|"]
+    for c in cases:
+        a, b, k = c["nmi_search"], c["nmi_none"], c["sitk_moments"]
+        rows.append(f"| {c['pair']} | {c['rotation_deg']:.0f} | {c['offset_mm']:.0f} | {a['tre_mm']:.2f}, "
+                    f"{a['seconds']:.0f}, {a['uncertainty_mm']:.2f}, {'yes' if a['flagged'] else 'no'} | "
+                    f"{b['tre_mm']:.2f}, {b['uncertainty_mm']:.2f}, {'yes' if b['flagged'] else 'no'} | "
+                    f"{k['tre_mm']:.2f}, {k['seconds']:.0f} |")
+    return "\n".join(rows)
+
+
+def summarize(cases: list) -> dict:
+    def recovered(c, key):
+        return c[key]["tre_mm"] < RECOVERED_MM[c["kind"]]
+
+    s = {}
+    for key in ("nmi_search", "nmi_none", "sitk_moments", "ants"):
+        have = [c for c in cases if key in c]
+        if have:
+            s[key] = {"cases": len(have), "recovered": int(sum(recovered(c, key) for c in have)),
+                      "tre_median_mm": float(np.median([c[key]["tre_mm"] for c in have])),
+                      "tre_max_mm": float(np.max([c[key]["tre_mm"] for c in have])),
+                      "seconds_mean": float(np.mean([c[key]["seconds"] for c in have]))}
+    s["confidence"] = confidence_summary([c[k] for c in cases for k in ("nmi_search", "nmi_none")])
+    s["load_average_1min"] = [float(np.min([c["load_before"] for c in cases])),
+                              float(np.max([c["load_after"] for c in cases]))]
+    return s
+
+
+if __name__ == "__main__":
+    main()
