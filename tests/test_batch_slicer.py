@@ -16,7 +16,7 @@ from DeepRegistrationLib import mrml  # noqa: E402
 from DeepRegistrationLib.batch.scene import OUTPUT_ATTRIBUTE  # noqa: E402
 from DeepRegistrationLib.core.io import read_image  # noqa: E402
 from DeepRegistrationLib.data.cohort import write_cohort  # noqa: E402
-from test_module_logic import _framework_stand_ins  # noqa: E402
+import slicer_gui_harness as harness  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 #: a method `register` takes, with a bundled model
@@ -27,11 +27,8 @@ DEFORMABLE = "deepsim"
 def script(monkeypatch):
     """scripts/slicer_batch.py imported as Slicer's console would, with the module folder on the path."""
     scene = slicer.vtkMRMLScene()
-    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
-    for name, module in _framework_stand_ins().items():
-        monkeypatch.setitem(sys.modules, name, module)
-    for folder in ("DeepRegistration", "scripts"):
-        monkeypatch.syspath_prepend(str(ROOT / folder))
+    harness.install(monkeypatch, scene)
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
     for name in ("DeepRegistration", "slicer_batch"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     return importlib.import_module("slicer_batch"), scene

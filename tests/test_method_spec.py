@@ -8,17 +8,16 @@ import pytest
 from DeepRegistrationLib.api import register
 from DeepRegistrationLib.cli import build_parser
 from DeepRegistrationLib.core.errors import InputError
-from DeepRegistrationLib.core.image import Grid, Image
 from DeepRegistrationLib.methods import SPECS, method_spec
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def pair():
-    grid = Grid((20, 18, 16), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), np.eye(3))
-    rng = np.random.default_rng(0)
-    from scipy.ndimage import gaussian_filter
-    a = gaussian_filter(rng.random(grid.shape), 2.0).astype(np.float32)
-    return Image(a, grid), Image(np.roll(a, 1, axis=2), grid)
+    """The SPM avg152 T1 at 8 mm, and a copy shifted by one voxel."""
+    from DeepRegistrationLib.data import sources
+    from DeepRegistrationLib.rigid.pyramid import downsample
+    t1 = downsample(sources.spm_avg152("T1"), 4)
+    return t1, t1.with_array(np.roll(t1.array, 1, axis=2))
 
 
 def test_the_registry_and_the_specs_import_without_torch_scipy_or_simpleitk():
