@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from metric_experiment1 import SOURCES, small_random  # noqa: E402
-from metric_subjects import make_subject  # noqa: E402
+from DeepRegistrationLib.data.corpus_pairs import metric_case  # noqa: E402
 
 DITHER_VARIANCE_MM2 = 10.0
 CUBE_SYMMETRIES = [(perm, signs) for perm in itertools.permutations(range(3))
@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     fixed_source, moving_source, task, _, description = SOURCES[args.source]
     t1, t2 = fixed_source(), moving_source()
-    deltas = np.array([make_subject(t1, t2, task, 100 + i, None, None, small_random)[2].translation_mm
+    deltas = np.array([metric_case(t1, t2, task, 100 + i, None, None, small_random)[2].translation_mm
                        for i in range(max(args.train))])
     t = np.linspace(-10.0, 10.0, 201)
     print(f"Training subjects of metric_experiment1.py ({description}), seeds 100...; σ² = {DITHER_VARIANCE_MM2:g} mm²\n")

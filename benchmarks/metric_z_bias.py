@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from metric_experiment1 import no_misregistration  # noqa: E402
-from metric_subjects import TASKS, make_subject  # noqa: E402
+from DeepRegistrationLib.data.corpus_pairs import METRIC_TASKS, metric_case  # noqa: E402
 
 from DeepRegistrationLib.data import sources  # noqa: E402
 from DeepRegistrationLib.rigid.response import build_metrics, response_functions  # noqa: E402
@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     t1, t2 = sources.spm_avg152("T1"), sources.spm_avg152("T2")
-    translation, rotation = TASKS["t1-t2"]
+    translation, rotation = METRIC_TASKS["t1-t2"]
     versions = (("misregistered, template grid", dict()),
                 (f"misregistered, grid widened by {args.margin_mm:g} mm", dict(moving_margin_mm=args.margin_mm)),
                 ("aligned", dict(rigid=no_misregistration)))
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     print("|---|---|---|---|")
     for seed in range(500, 500 + args.cases):
         for name, options in versions:
-            fixed, moving, true = make_subject(t1, t2, "t1-t2", seed, translation, rotation, **options)
+            fixed, moving, true = metric_case(t1, t2, "t1-t2", seed, translation, rotation, **options)
             peaks = tz_peaks(f"cnn:{args.model}", fixed, moving, true, args.patches)
             print(f"| {seed} | {true.translation_mm[2]:+.1f} | {name} | {' '.join(f'{v:+.1f}' for v in peaks)} |", flush=True)
     return 0

@@ -19,7 +19,7 @@ from DeepRegistrationLib.metrics.deepsim import load_deepsim, load_feature_extra
 from DeepRegistrationLib.metrics.evaluation import dice_per_label
 from DeepRegistrationLib.models.model_file import read_metadata
 from DeepRegistrationLib.training.common import load_checkpoint, write_pairs_csv
-from DeepRegistrationLib.training.deepsim_subjects import SubjectSettings, template
+from DeepRegistrationLib.data.corpus_pairs import TemplateSubjectSettings, icbm_template
 
 torch.set_num_threads(1)
 METHOD_ENTRY = ("DeepRegistrationLib.deformable.deepsim_method", "deformable, DeepSim semantic similarity U-Net")
@@ -35,7 +35,7 @@ def deepsim_listed(monkeypatch):
 def brain_pair(tmp_path_factory):
     """ICBM 2009a T1 at 4 mm with its tissue labels, and both under a known smooth deformation (NIfTI)."""
     folder = tmp_path_factory.mktemp("deepsim_pair")
-    image, labels = template(SubjectSettings(size_xyz=(40, 48, 40), spacing_mm=4.0))
+    image, labels = icbm_template(TemplateSubjectSettings(size_xyz=(40, 48, 40), spacing_mm=4.0))
     truth = smooth_random_field(image.grid, np.random.default_rng(5), max_displacement_mm=8.0,
                                 control_spacing_mm=32.0)
     moving = warp(image, image.grid, truth)

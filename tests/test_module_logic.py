@@ -21,7 +21,7 @@ from DeepRegistrationLib.cli import build_parser  # noqa: E402
 from DeepRegistrationLib.core.transforms import RigidTransform  # noqa: E402
 from DeepRegistrationLib.core.warp import warp  # noqa: E402
 from DeepRegistrationLib.models.model_file import read_metadata  # noqa: E402
-from DeepRegistrationLib.training.deepsim_subjects import SubjectSettings, template  # noqa: E402
+from DeepRegistrationLib.data.corpus_pairs import TemplateSubjectSettings, icbm_template  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,7 +72,7 @@ def parameters(cls, **values) -> types.SimpleNamespace:
 @pytest.fixture(scope="module")
 def brain():
     """ICBM 2009a T1 at 4 mm and its tissue labels, and both rigidly moved."""
-    image, labels = template(SubjectSettings(size_xyz=(40, 48, 40), spacing_mm=4.0))
+    image, labels = icbm_template(TemplateSubjectSettings(size_xyz=(40, 48, 40), spacing_mm=4.0))
     shift = RigidTransform([0.0, 0.0, 0.05], [2.0, 0.0, 0.0], image.grid.center_physical())
     return image, labels, warp(image, image.grid, shift), warp(labels, labels.grid, shift, mode="nearest")
 

@@ -7,6 +7,7 @@ import sys
 from ..core.errors import InputError
 from ..metrics.deepsim import load_deepsim
 from ..networks.momentum_unet import MomentumUNetConfig
+from ..data.corpus_pairs import MODES
 from ..training.diffeo import SIMILARITIES, TEMPLATES, DiffeoTraining, PairSource, train
 
 DEEPSIM = "deepsim"
@@ -28,6 +29,10 @@ def add_command(sub) -> None:
                      help="subjects made from this template by random diffeomorphisms: the SPM avg152 T1 (an average "
                           "of 152 brains) or SPM's single-subject T1 (Colin27, sharper); the bundled model was "
                           "trained on the first, then fine-tuned on the second")
+    src.add_argument("--corpus", choices=MODES,
+                     help="synthetic subjects of the subject corpus: its train split for training, its validation "
+                          "split for validation (synthmorph: images synthesized from label maps; images: real "
+                          "images deformed; mixed: both)")
     p.add_argument("--out", required=True, help="model file to write (.pt)")
     p.add_argument("--checkpoint-dir", help="atomic checkpoints (default: next to --out)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --checkpoint-dir")
@@ -81,7 +86,7 @@ def add_command(sub) -> None:
 def settings_from_args(args) -> DiffeoTraining:
     if args.patch_size % 4:
         raise InputError(f"--patch-size {args.patch_size} must be a multiple of 4 (two down-sampling steps)")
-    if args.no_augment and args.synthetic:
+    if args.no_augment and (args.synthetic or args.corpus):
         raise InputError("--no-augment would train on identical copies of the template; use it with --pairs")
     for name in ("epochs", "groups_per_epoch", "batch_size", "volumes_at_once", "patches_per_volume", "channels"):
         if getattr(args, name) < 1:
@@ -94,7 +99,7 @@ def settings_from_args(args) -> DiffeoTraining:
         learning_rate=args.lr, epochs=args.epochs, groups_per_epoch=args.groups_per_epoch,
         warmup_steps=args.warmup_steps, warmup_factor=args.warmup_factor, deform_max_mm=args.deform_max_mm,
         deform_spacing_mm=args.deform_spacing_mm, subject_pool=args.subject_pool, augment=not args.no_augment,
-        features=args.features or "", init_model=args.init_model or "", seed=args.seed)
+        features=args.features or "", init_model=args.init_model or "", corpus=args.corpus or "", seed=args.seed)
 
 
 def deepsim_similarity(settings: DiffeoTraining):
@@ -115,14 +120,17 @@ def deepsim_similarity(settings: DiffeoTraining):
 
 def run(args) -> int:
     settings = settings_from_args(args)
-    if args.synthetic:
+    validation = None
+    if args.corpus:
+        data, validation = (PairSource.from_corpus(settings, args.corpus, split) for split in ("train", "validation"))
+    elif args.synthetic:
         data = PairSource.from_template(settings, args.synthetic)
     else:
         data = PairSource.from_csv(args.pairs, settings)
     command = "deepregistration " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     similarity = deepsim_similarity(settings) if settings.similarity == DEEPSIM else None
     out = train(settings, data, args.out, args.checkpoint_dir, args.resume, args.device, args.progress_json, command,
-                similarity)
+                similarity, validation)
     if not args.progress_json:
         print(f"diffeomorphic momentum model written to {out}")
     return 0

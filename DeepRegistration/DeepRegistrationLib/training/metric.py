@@ -40,7 +40,7 @@ from ..metrics.evaluation import rigid_errors
 from ..networks.metric_cnn import MetricCNN, default_architecture
 from ..rigid.cnn_metric import CNNSettings, MetricStage, register_cnn, save_metric_set
 from ..rigid.powell import PowellSettings
-from .common import Distributed, atomic_save, load_checkpoint, progress_bar
+from .common import Distributed, atomic_save, load_checkpoint, progress_bar, provenance
 from .metric_patches import (FOREGROUND_DEFAULT, INTENSITY_NORMALIZATION, PatchPairSampler, SamplerSettings,
                              prepare_level)
 
@@ -327,7 +327,7 @@ class MetricTrainer:
                              "config": self.c.to_dict(), "pairs": [p.name for p in self.pairs],
                              "train_pairs": self.train_idx, "validation_pairs": self.val_idx,
                              "description": self.c.description, "command": self.c.command,
-                             "world_size": self.d.world_size}}
+                             "world_size": self.d.world_size, **provenance()}}
 
     def train(self, resume: bool = False) -> Path:
         torch.manual_seed(self.c.seed)
