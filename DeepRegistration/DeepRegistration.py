@@ -16,10 +16,12 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTransformNode
 
-METHOD_NAMES = ["mi", "cnn", "deepsim-rigid", "diffeo", "dirnet", "deepsim"]
-DEFORMABLE_METHODS = ["diffeo", "dirnet", "deepsim"]
+from DeepRegistrationLib.methods import SPECS
+
+METHOD_NAMES = list(SPECS)
+DEFORMABLE_METHODS = [name for name, spec in SPECS.items() if spec.deformable]
 #: methods whose result comes with its inverse transform
-INVERTIBLE_METHODS = ["diffeo"]
+INVERTIBLE_METHODS = [name for name, spec in SPECS.items() if spec.inverse and spec.deformable]
 
 
 #
@@ -55,7 +57,7 @@ class DeepRegistrationParameterNode:
     fixedMask: vtkMRMLScalarVolumeNode
     movingMask: vtkMRMLScalarVolumeNode
     initialTransform: vtkMRMLTransformNode
-    method: Annotated[str, Choice(METHOD_NAMES)] = "mi"
+    method: Annotated[str, Choice(METHOD_NAMES)] = "nmi"
     model: str = ""
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     histogramBins: Annotated[int, WithinRange(8, 256)] = 60
@@ -152,10 +154,10 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         method = self.ui.methodComboBox.currentText
         self.ui.modelComboBox.clear()
         self.ui.modelComboBox.addItems(self.logic.availableModels(method))
-        self.ui.modelComboBox.enabled = method != "mi"
-        self.ui.loadModelButton.enabled = method != "mi"
-        self.ui.nmiParametersCollapsibleButton.visible = method == "mi"
-        self.ui.cnnParametersCollapsibleButton.visible = method == "cnn"
+        self.ui.modelComboBox.enabled = method != "nmi"
+        self.ui.loadModelButton.enabled = method != "nmi"
+        self.ui.nmiParametersCollapsibleButton.visible = method == "nmi"
+        self.ui.cnnParametersCollapsibleButton.visible = method == "learned-metric"
         self.ui.deformableParametersCollapsibleButton.visible = method in DEFORMABLE_METHODS
         self.updateModelCard()
 
@@ -167,7 +169,7 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def updateModelCard(self, index=None) -> None:
         p = self._parameterNode
-        if not p or p.method == "mi" or not self.ui.modelComboBox.currentText:
+        if not p or p.method == "nmi" or not self.ui.modelComboBox.currentText:
             self.ui.modelCardLabel.text = ""
             self.ui.modelWarningLabel.text = ""
             return
@@ -240,7 +242,7 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Response functions failed."), waitCursor=True):
             self.logic.showResponseFunctions(p.fixedVolume, p.movingVolume, self._lastNodes.get("transform"),
-                                             self.ui.modelComboBox.currentText if p.method == "cnn" else "")
+                                             self.ui.modelComboBox.currentText if p.method == "learned-metric" else "")
 
 
 #
@@ -309,8 +311,7 @@ class DeepRegistrationLogic(ScriptedLoadableModuleLogic):
     def availableModels(method: str) -> list:
         """Bundled models and the user's trained models (DeepMetricTraining saves there) for a method."""
         from DeepRegistrationLib.models.model_file import available_models, read_metadata
-        kinds = {"cnn": "cnn-metric", "deepsim-rigid": "deepsim-features", "diffeo": "diffeo", "dirnet": "dirnet",
-                 "deepsim": "deepsim"}
+        kinds = {name: spec.model_kind for name, spec in SPECS.items() if spec.model_kind}
         if method not in kinds:
             return []
         return [n for n in available_models() if str(read_metadata(n).get("kind", "")) == kinds[method]]
@@ -339,15 +340,15 @@ class DeepRegistrationLogic(ScriptedLoadableModuleLogic):
     def methodOptions(parameterNode) -> dict:
         """Method options from the parameter node (the presets shown in the panel)."""
         p = parameterNode
-        if p.method == "mi":
+        if p.method == "nmi":
             return {"bins": p.histogramBins, "levels": p.pyramidLevels}
-        if p.method == "cnn":
+        if p.method == "learned-metric":
             return {"patches": p.cnnPatches}
         if p.method == "diffeo":
             return {"tile": p.tileSize}
         return {}
 
-    def process(self, fixedVolume, movingVolume, method: str = "mi", device: str = "auto", model: str = "",
+    def process(self, fixedVolume, movingVolume, method: str = "nmi", device: str = "auto", model: str = "",
                 options: dict = None, initialTransform=None, fixedMask=None, movingMask=None, outputTransform=None,
                 outputVolume=None, progress=None) -> dict:
         """Blocking registration on nodes (batch scripting): returns the nodes made (see mrml.register_nodes)."""
@@ -402,7 +403,7 @@ class DeepRegistrationLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def _modelChoice(parameterNode) -> str:
-        return parameterNode.model if parameterNode.method != "mi" else ""
+        return parameterNode.model if parameterNode.method != "nmi" else ""
 
     def finishBackgroundRegistration(self, job, parameterNode) -> dict:
         """Bring the finished run's files into the scene (nothing is added if they are incomplete)."""
@@ -495,7 +496,7 @@ class DeepRegistrationTest(ScriptedLoadableModuleTest):
         fixed, moving, true = make_misregistered_pair(seed=3)
         fixedNode = image_to_volume_node(fixed, slicer.mrmlScene, "fixed T1")
         movingNode = image_to_volume_node(moving, slicer.mrmlScene, "moving T2")
-        nodes = DeepRegistrationLogic().process(fixedNode, movingNode, "mi", "auto")
+        nodes = DeepRegistrationLogic().process(fixedNode, movingNode, "nmi", "auto")
         errors = rigid_errors(nodes["result"].transform, true)
         self.assertLess(errors["t_norm_mm"], 2.0)
         self.assertEqual(movingNode.GetTransformNodeID(), nodes["transform"].GetID())

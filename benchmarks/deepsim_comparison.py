@@ -1,6 +1,6 @@
 """DeepSim vs MSE vs NCC vs NCC_sup (Czolbe et al. 2021, Fig. 2 and 3, and the noise experiment).
 
-Every registration U-Net has the same architecture and training (``training.deepsim.train_registration``:
+Every registration U-Net has the same architecture and training (``training.deepsim_trainer.train_registration``:
 Adam, the same steps, batch and seed); only D of eq. 1 differs, and each metric's λ is tuned over its own
 grid on the validation pairs (mean Dice). DeepSim uses the bundled feature extractor of the dimension
 (``deepsim_features_brain_t1_{2d,3d}``), trained by its documented command on the same training subjects.
@@ -44,11 +44,11 @@ from scipy import stats
 from DeepRegistrationLib.core.image import Grid
 from DeepRegistrationLib.core.jacobian import jacobian_determinant
 from DeepRegistrationLib.core.transforms import DisplacementField
-from DeepRegistrationLib.deformable.deepsim_method import load_registration_net
-from DeepRegistrationLib.deformable.spatial_transformer import warp_voxels
-from DeepRegistrationLib.metrics.deepsim import load_deepsim
+from DeepRegistrationLib.deformable.deepsim_registration import load_registration_net
+from DeepRegistrationLib.core.spatial_transformer import warp_voxels
+from DeepRegistrationLib.metrics.deepsim_similarity import load_deepsim
 from DeepRegistrationLib.models.model_file import read_metadata
-from DeepRegistrationLib.training.deepsim import RegistrationTraining, train_registration
+from DeepRegistrationLib.training.deepsim_trainer import RegistrationTraining, train_registration
 from DeepRegistrationLib.training.deepsim_data import VolumeSet
 from DeepRegistrationLib.training.deepsim_losses import RegistrationLoss, dice_scores
 from DeepRegistrationLib.data.corpus_pairs import (TemplateSubjectSettings, content_slices, icbm_template,

@@ -39,11 +39,14 @@ from DeepRegistrationLib.core.transforms import DisplacementField, compose
 from DeepRegistrationLib.core.warp import warp
 from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.data.synthetic import intensity_jitter, random_rigid, smooth_random_field
-from DeepRegistrationLib.deformable.diffeo_method import DEFAULT_MODEL, load_momentum_net
+from DeepRegistrationLib.deformable.diffeo_registration import load_momentum_net
+from DeepRegistrationLib.methods import SPECS
 from DeepRegistrationLib.deformable.model_input import normalize_intensity, resample_to
 from DeepRegistrationLib.deformable.patchwise import MomentumMarginals, predict_momentum
 from DeepRegistrationLib.metrics.evaluation import dice_per_label
 from DeepRegistrationLib.metrics.similarity import nmi
+
+DEFAULT_MODEL = SPECS["diffeo"].default_model
 
 SPACING = 2.0
 
@@ -167,7 +170,7 @@ def main():
         rigid_true = random_rigid(np.random.default_rng(3000 + k), grid.center_physical(), (1.0, 5.0), 0.05)
         m, m_gm, m_wm = (warp(x, grid, rigid_true.inverse()) for x in (m0, m_gm0, m_wm0))
         t0 = time.perf_counter()
-        rigid_result = register(f, m, "mi")
+        rigid_result = register(f, m, "nmi")
         times[methods[0]].append(time.perf_counter() - t0)
         inference[methods[0]].append(rigid_result.report["seconds_method"])
         rigid = rigid_result.transform

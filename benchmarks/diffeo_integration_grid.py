@@ -31,11 +31,14 @@ from DeepRegistrationLib.core.jacobian import jacobian_determinant
 from DeepRegistrationLib.core.transforms import DisplacementField
 from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.deformable import lddmm
-from DeepRegistrationLib.deformable.diffeo_method import DEFAULT_MODEL, lddmm_parameters, load_momentum_net
+from DeepRegistrationLib.deformable.diffeo_registration import lddmm_parameters, load_momentum_net
+from DeepRegistrationLib.methods import SPECS
 from DeepRegistrationLib.deformable.model_input import normalize_intensity, resample_to
 from DeepRegistrationLib.deformable.patchwise import FINE_SQUARINGS, coarse_grid_holds, exponentials, predict_momentum, voxels_to_lps_mm
-from DeepRegistrationLib.deformable.spatial_transformer import warp_voxels
+from DeepRegistrationLib.core.spatial_transformer import warp_voxels
 from DeepRegistrationLib.metrics.evaluation import dice_per_label, fields_agree, lengths
+
+DEFAULT_MODEL = SPECS["diffeo"].default_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 from diffeo_evaluation import make_subject  # noqa: E402

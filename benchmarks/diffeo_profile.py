@@ -45,13 +45,18 @@ from DeepRegistrationLib.core.warp import inside_mask, warp
 from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.data.synthetic import random_rigid
 from DeepRegistrationLib.deformable import lddmm
-from DeepRegistrationLib.deformable.diffeo_method import DEFAULT_MODEL, DEFAULT_TILE, load_momentum_net
+from DeepRegistrationLib.deformable.diffeo_registration import load_momentum_net
+from DeepRegistrationLib.methods import SPECS
 from DeepRegistrationLib.deformable.model_input import resample_to
 from DeepRegistrationLib.deformable.patchwise import DISCARD, tile_layout
-from DeepRegistrationLib.deformable.spatial_transformer import identity_grid, voxels_to_normalized
-from DeepRegistrationLib.quality_report import (REPORT_POINTS, inverse_consistency_mm, jacobian_map, mapped_sample,
+from DeepRegistrationLib.core.spatial_transformer import identity_grid, voxels_to_normalized
+from DeepRegistrationLib.metrics.quality_report import (REPORT_POINTS, inverse_consistency_mm, jacobian_map, mapped_sample,
                                                  quality_report)
 from DeepRegistrationLib.rigid.mi import NMIObjective
+
+DEFAULT_TILE = SPECS["diffeo"].option("tile").default
+
+DEFAULT_MODEL = SPECS["diffeo"].default_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 from diffeo_evaluation import SPACING, make_subject  # noqa: E402
@@ -126,7 +131,7 @@ def main(argv=None) -> int:
     fixed = make_subject(t1, gm, wm, 1000)[0]
     moving = warp(make_subject(t1, gm, wm, 1001)[0], grid,
                   random_rigid(np.random.default_rng(3000), grid.center_physical(), (1.0, 5.0), 0.05).inverse())
-    rigid = register(fixed, moving, "mi").transform
+    rigid = register(fixed, moving, "nmi").transform
 
     register(fixed, moving, "diffeo", initial_transform=rigid, precision=precision)
     reports = [register(fixed, moving, "diffeo", initial_transform=rigid, precision=precision).report

@@ -27,11 +27,14 @@ import torch
 
 from DeepRegistrationLib.core.device import has_native_bfloat16
 from DeepRegistrationLib.data import sources
-from DeepRegistrationLib.deformable.diffeo_method import DEFAULT_MODEL, lddmm_parameters, load_momentum_net
+from DeepRegistrationLib.deformable.diffeo_registration import lddmm_parameters, load_momentum_net
+from DeepRegistrationLib.methods import SPECS
 from DeepRegistrationLib.deformable.patchwise import integrate, predict_momentum
 from DeepRegistrationLib.deformable.model_input import normalize_intensity, resample_to
-from DeepRegistrationLib.deformable.spatial_transformer import warp_voxels
+from DeepRegistrationLib.core.spatial_transformer import warp_voxels
 from DeepRegistrationLib.metrics.evaluation import dice_per_label, fields_agree
+
+DEFAULT_MODEL = SPECS["diffeo"].default_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 from diffeo_evaluation import make_subject  # noqa: E402

@@ -32,9 +32,9 @@ from DeepRegistrationLib.data.corpus_pairs import metric_case  # noqa: E402
 from DeepRegistrationLib.core.transforms import RigidTransform  # noqa: E402
 from DeepRegistrationLib.data import sources  # noqa: E402
 from DeepRegistrationLib.data.synthetic import random_rigid  # noqa: E402
-from DeepRegistrationLib.rigid.response import build_metrics, response_functions, write_response_csv  # noqa: E402
+from DeepRegistrationLib.rigid.response_functions import build_metrics, response_functions, write_response_csv  # noqa: E402
 from DeepRegistrationLib.training.common import Distributed  # noqa: E402
-from DeepRegistrationLib.training.metric import MetricTrainer, MetricTrainingConfig, PairData  # noqa: E402
+from DeepRegistrationLib.training.metric_trainer import MetricTrainer, MetricTrainingConfig, PairData  # noqa: E402
 from DeepRegistrationLib.viz.response_plot import save_response_plot  # noqa: E402
 
 

@@ -37,8 +37,8 @@ def run_cases(data_dir, model: str, cases: int, patches: int, max_evaluations: i
         fixed, moving = read_image(row["fixed"]), read_image(row["moving"])
         true = RigidTransform(t["angles_rad"], t["translation_mm"], t["center_mm"])
         errors["initial"].append(rigid_errors(RigidTransform(center_mm=true.center_mm), true))
-        for name, method, options in (("NMI (60 bins)", "mi", {"bins": 60}),
-                                      ("CNN", "cnn", {"models": [model], "patches": patches,
+        for name, method, options in (("NMI (60 bins)", "nmi", {"bins": 60}),
+                                      ("CNN", "learned-metric", {"models": [model], "patches": patches,
                                                       "max_evaluations": max_evaluations})):
             t0 = time.perf_counter()
             result = register(fixed, moving, method, "cpu", **options)

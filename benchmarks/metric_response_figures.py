@@ -15,7 +15,7 @@ import torch
 
 from DeepRegistrationLib.core.io import read_image
 from DeepRegistrationLib.core.transforms import RigidTransform
-from DeepRegistrationLib.rigid.response import nmi_and_cnn_panels, peak_offsets, write_response_csv
+from DeepRegistrationLib.rigid.response_functions import nmi_and_cnn_panels, peak_offsets, write_response_csv
 from DeepRegistrationLib.training.common import read_pairs_csv
 from DeepRegistrationLib.viz.response_plot import save_response_plot
 

@@ -24,7 +24,7 @@ from DeepRegistrationLib.core.warp import warp
 from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.metrics.evaluation import rigid_errors
 from DeepRegistrationLib.networks.metric_cnn import MetricCNN, default_architecture
-from DeepRegistrationLib.training.metric_patches import PatchPairSampler, SamplerSettings, prepare_level
+from DeepRegistrationLib.rigid.metric_patches import PatchPairSampler, SamplerSettings, prepare_level
 
 
 def sync(device):
@@ -64,8 +64,8 @@ def registration_times(device, model: str, patches: int, evaluations: int) -> di
     true = RigidTransform(np.radians([3.0, -2.0, 4.0]), [9.0, -6.0, 5.0], t1.grid.center_physical())
     moving = warp(t2, t2.grid, true.inverse())
     out = {}
-    for name, method, options in (("NMI (60 bins)", "mi", {"bins": 60}),
-                                  ("CNN", "cnn", {"models": [model], "patches": patches,
+    for name, method, options in (("NMI (60 bins)", "nmi", {"bins": 60}),
+                                  ("CNN", "learned-metric", {"models": [model], "patches": patches,
                                                   "max_evaluations": evaluations})):
         t0 = time.perf_counter()
         result = register(t1, moving, method, str(device), **options)

@@ -25,7 +25,7 @@ from metric_experiment1 import no_misregistration  # noqa: E402
 from DeepRegistrationLib.data.corpus_pairs import METRIC_TASKS, metric_case  # noqa: E402
 
 from DeepRegistrationLib.data import sources  # noqa: E402
-from DeepRegistrationLib.rigid.response import build_metrics, response_functions  # noqa: E402
+from DeepRegistrationLib.rigid.response_functions import build_metrics, response_functions  # noqa: E402
 
 
 def tz_peaks(spec: str, fixed, moving, pose, patches: int) -> list:

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from DeepRegistrationLib.training.common import distributed
-from DeepRegistrationLib.training.metric import MetricTrainer
+from DeepRegistrationLib.training.metric_trainer import MetricTrainer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_metric_training import tiny_config, tiny_pairs  # noqa: E402

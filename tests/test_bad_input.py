@@ -83,7 +83,7 @@ def test_constant_image(tmp_path, capsys, good_pair):
 def test_empty_image(good_pair):
     empty = Image(np.zeros((0, 5, 5), np.float32), Grid((5, 5, 0), (1, 1, 1), (0, 0, 0)))
     with pytest.raises(InputError, match="moving image is empty"):
-        register(read_image(good_pair[0]), empty, "mi", "cpu")
+        register(read_image(good_pair[0]), empty, "nmi", "cpu")
 
 
 @pytest.mark.parametrize("suffix", [".nrrd", ".nii.gz", ".nii"])
@@ -129,22 +129,22 @@ def test_cuda_without_cuda_is_clear():
 
 def test_unknown_method_option(good_pair):
     with pytest.raises(InputError, match="unknown option"):
-        register(read_image(good_pair[0]), read_image(good_pair[1]), "mi", "cpu", bogus=1)
+        register(read_image(good_pair[0]), read_image(good_pair[1]), "nmi", "cpu", bogus=1)
 
 
 def test_api_leaves_arrays_untouched(good_pair):
     fixed, moving = read_image(good_pair[0]), read_image(good_pair[1])
     f0, m0 = fixed.array.copy(), moving.array.copy()
-    register(fixed, moving, "mi", "cpu", levels="2", max_points=2000)
+    register(fixed, moving, "nmi", "cpu", levels="2", max_points=2000)
     assert np.array_equal(fixed.array, f0) and np.array_equal(moving.array, m0)
 
 
 def test_out_of_memory_is_a_clear_error(good_pair, monkeypatch):
-    from DeepRegistrationLib.rigid import mi_method
+    from DeepRegistrationLib.rigid import nmi_method
 
     def exhausted(*args, **kwargs):
         raise MemoryError()
 
-    monkeypatch.setattr(mi_method, "run", exhausted)
+    monkeypatch.setattr(nmi_method, "run", exhausted)
     with pytest.raises(InputError, match="out of memory on cpu registering a 16 x 14 x 12 volume"):
-        register(read_image(good_pair[0]), read_image(good_pair[1]), "mi", "cpu")
+        register(read_image(good_pair[0]), read_image(good_pair[1]), "nmi", "cpu")

@@ -4,8 +4,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from DeepRegistrationLib.deformable.bspline import axis_weights, bspline_displacement, patch_centres
-from DeepRegistrationLib.deformable.spatial_transformer import warp_voxels
+from DeepRegistrationLib.core.bspline import axis_weights, bspline_displacement, patch_centres
+from DeepRegistrationLib.core.spatial_transformer import warp_voxels
 
 
 def sitk_field_and_coefficients(dim, order, seed=0):

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from DeepRegistrationLib import api
 from DeepRegistrationLib.api import register
 from DeepRegistrationLib.cli import main
 from DeepRegistrationLib.core.errors import InputError
@@ -14,21 +13,14 @@ from DeepRegistrationLib.core.io import read_image, write_image
 from DeepRegistrationLib.core.transforms import CompositeTransform, DisplacementField, RigidTransform, read_transform
 from DeepRegistrationLib.core.warp import warp
 from DeepRegistrationLib.data.synthetic import smooth_random_field
-from DeepRegistrationLib.deformable.deepsim_method import covering_grid, load_registration_net
-from DeepRegistrationLib.metrics.deepsim import load_deepsim, load_feature_extractor
+from DeepRegistrationLib.deformable.deepsim_registration import covering_grid, load_registration_net
+from DeepRegistrationLib.metrics.deepsim_similarity import load_deepsim, load_feature_extractor
 from DeepRegistrationLib.metrics.evaluation import dice_per_label
 from DeepRegistrationLib.models.model_file import read_metadata
 from DeepRegistrationLib.training.common import load_checkpoint, write_pairs_csv
 from DeepRegistrationLib.data.corpus_pairs import TemplateSubjectSettings, icbm_template
 
 torch.set_num_threads(1)
-METHOD_ENTRY = ("DeepRegistrationLib.deformable.deepsim_method", "deformable, DeepSim semantic similarity U-Net")
-
-
-@pytest.fixture(autouse=True)
-def deepsim_listed(monkeypatch):
-    """The method as api.METHODS lists it (harmless where the entry is already there)."""
-    monkeypatch.setitem(api.METHODS, "deepsim", METHOD_ENTRY)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +79,7 @@ def test_cli_register_deepsim_default_model_end_to_end(brain_pair, tmp_path, cap
                "--out-transform", str(tmp_path / "t.h5"), "--out-volume", str(tmp_path / "w.nii.gz"),
                "--report", str(tmp_path / "r.json"), "--device", "cpu", "--quiet"])
     out = capsys.readouterr().out
-    assert rc == 0 and "bundled 3D brain-T1 DeepSim model" in out
+    assert rc == 0 and "used the bundled model 'deepsim_brain_t1_3d'" in out
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["model_dimension"] == 3 and report["model_similarity"] == "deepsim"
     assert report["folding_percent"] < 1.0

@@ -4,8 +4,8 @@ import torch
 
 from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.deformable.model_input import normalize_intensity
-from DeepRegistrationLib.deformable.spatial_transformer import warp_voxels
-from DeepRegistrationLib.metrics.deepsim import DeepSim, cosine_similarity_map, deepsim_from_features
+from DeepRegistrationLib.core.spatial_transformer import warp_voxels
+from DeepRegistrationLib.metrics.deepsim_similarity import DeepSim, cosine_similarity_map, deepsim_from_features
 from DeepRegistrationLib.networks.deepsim_unet import (FeatureExtractorUNet, RegistrationUNet, feature_config,
                                                        registration_config)
 from DeepRegistrationLib.rigid.pyramid import downsample
@@ -86,7 +86,7 @@ def test_gradients_reach_the_registration_network_but_never_the_features(brain_s
 
 
 def test_deepsim_is_a_dissimilarity_for_the_diffeomorphic_trainer():
-    from DeepRegistrationLib.training.diffeo import DiffeoTraining, diffeo_loss
+    from DeepRegistrationLib.training.diffeo_trainer import DiffeoTraining, diffeo_loss
 
     torch.manual_seed(0)
     metric = DeepSim(FeatureExtractorUNet(feature_config(3, 4, (4, 8))))

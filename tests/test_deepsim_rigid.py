@@ -6,7 +6,7 @@ import torch
 from DeepRegistrationLib.core.errors import InputError
 from DeepRegistrationLib.core.transforms import RigidTransform
 from DeepRegistrationLib.core.warp import warp
-from DeepRegistrationLib.metrics.deepsim import DeepSim, load_deepsim
+from DeepRegistrationLib.metrics.deepsim_similarity import DeepSim, load_deepsim
 from DeepRegistrationLib.metrics.evaluation import rigid_errors
 from DeepRegistrationLib.networks.deepsim_unet import FeatureExtractorUNet, feature_config
 from DeepRegistrationLib.rigid.deepsim_objective import deepsim_rigid_objective, register_rigid_deepsim

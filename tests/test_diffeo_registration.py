@@ -17,14 +17,17 @@ from DeepRegistrationLib.core.transforms import DisplacementField, RigidTransfor
 from DeepRegistrationLib.core.warp import warp
 from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.data.synthetic import smooth_random_field
-from DeepRegistrationLib.deformable.diffeo_method import DEFAULT_MODEL, field_on_grid, lddmm_parameters, load_momentum_net
+from DeepRegistrationLib.deformable.diffeo_registration import field_on_grid, lddmm_parameters, load_momentum_net
+from DeepRegistrationLib.methods import SPECS
 from DeepRegistrationLib.deformable.model_input import normalize_intensity, resample_to
 from DeepRegistrationLib.deformable import lddmm
 from DeepRegistrationLib.deformable.patchwise import (FINE_SQUARINGS, integrate, predict_momentum, tile_layout,
                                                      voxels_to_lps_mm)
-from DeepRegistrationLib.deformable.spatial_transformer import warp_voxels
+from DeepRegistrationLib.core.spatial_transformer import warp_voxels
 from DeepRegistrationLib.metrics.evaluation import dice_per_label, fields_agree
-from DeepRegistrationLib.training.diffeo import DiffeoTraining, diffeo_loss, normalized_mse
+from DeepRegistrationLib.training.diffeo_trainer import DiffeoTraining, diffeo_loss, normalized_mse
+
+DEFAULT_MODEL = SPECS["diffeo"].default_model
 
 torch.set_num_threads(1)
 

@@ -18,7 +18,7 @@ from DeepRegistrationLib.deformable.model_input import normalize_intensity, resa
 from DeepRegistrationLib.models.model_file import load_model
 from DeepRegistrationLib.networks.momentum_unet import MomentumUNet, MomentumUNetConfig
 from DeepRegistrationLib.data.synthetic import intensity_jitter
-from DeepRegistrationLib.training.diffeo import (DiffeoTraining, PairSource, diffeo_loss, local_ncc, mse,
+from DeepRegistrationLib.training.diffeo_trainer import (DiffeoTraining, PairSource, diffeo_loss, local_ncc, mse,
                                                 normalized_mse, pair_jitter, random_patches)
 from DeepRegistrationLib.training.common import write_pairs_csv
 

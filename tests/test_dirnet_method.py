@@ -14,7 +14,7 @@ from DeepRegistrationLib.core.transforms import CompositeTransform, Displacement
 from DeepRegistrationLib.core.warp import warp
 from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.data.synthetic import smooth_random_field
-from DeepRegistrationLib.deformable.dirnet_method import load_dirnet, model_grid
+from DeepRegistrationLib.deformable.dirnet_registration import load_dirnet, model_grid
 from DeepRegistrationLib.metrics.similarity import ncc
 from DeepRegistrationLib.models.model_file import read_metadata, save_model
 from DeepRegistrationLib.rigid.pyramid import downsample
@@ -63,7 +63,7 @@ def test_cli_register_dirnet_default_model_end_to_end(brain_pair, tmp_path, caps
                "--out-transform", str(tmp_path / "t.h5"), "--out-volume", str(tmp_path / "w.nii.gz"),
                "--report", str(tmp_path / "r.json"), "--device", "cpu", "--quiet"])
     out = capsys.readouterr().out
-    assert rc == 0 and "bundled 3D brain-T1 DIRNet" in out
+    assert rc == 0 and "used the bundled model 'dirnet_brain_t1_3d'" in out
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["model_dimension"] == 3 and report["folding_percent"] < 1.0
     warped = read_image(tmp_path / "w.nii.gz")

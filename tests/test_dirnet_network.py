@@ -3,9 +3,9 @@ import pytest
 import torch
 from torch import nn
 
-from DeepRegistrationLib.deformable.spatial_transformer import warp_voxels
-from DeepRegistrationLib.networks.dirnet import VARIANTS, DIRNet, DIRNetConfig
-from DeepRegistrationLib.training.dirnet import ncc_loss
+from DeepRegistrationLib.core.spatial_transformer import warp_voxels
+from DeepRegistrationLib.networks.dirnet_regressor import VARIANTS, DIRNet, DIRNetConfig
+from DeepRegistrationLib.training.dirnet_trainer import ncc_loss
 
 
 def count(module, kind):

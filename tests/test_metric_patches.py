@@ -6,7 +6,7 @@ import torch
 from DeepRegistrationLib.core.image import Grid, Image
 from DeepRegistrationLib.core.transforms import RigidTransform
 from DeepRegistrationLib.data import sources
-from DeepRegistrationLib.training.metric_patches import (PatchPairSampler, SamplerSettings, anti_aliased_resample,
+from DeepRegistrationLib.rigid.metric_patches import (PatchPairSampler, SamplerSettings, anti_aliased_resample,
                                                          cube_symmetries, patch_offsets, prepare_level)
 
 
@@ -19,7 +19,7 @@ def ramp_level(axis: int):
     """A volume equal to the physical coordinate along ``axis`` (trilinear sampling reproduces it exactly)."""
     grid = Grid((40, 40, 40), (2.0, 2.0, 2.0), (-39.0, -39.0, -39.0))
     from DeepRegistrationLib.core.warp import physical_grid_points
-    from DeepRegistrationLib.training.metric_patches import LevelVolume
+    from DeepRegistrationLib.rigid.metric_patches import LevelVolume
     pts = physical_grid_points(grid)
     vol = pts[..., axis].clone()
     inner = pts[(pts.abs() < 15).all(-1)]

@@ -12,8 +12,8 @@ from DeepRegistrationLib.core.warp import physical_grid_points, warp
 from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.metrics.evaluation import rigid_errors
 from DeepRegistrationLib.rigid.cnn_metric import centres_in_both_foregrounds, load_metric_set, register_cnn
-from DeepRegistrationLib.rigid.response import build_metrics, peak_offsets, response_functions
-from DeepRegistrationLib.training.metric_patches import anti_aliased_resample, prepare_level
+from DeepRegistrationLib.rigid.response_functions import build_metrics, peak_offsets, response_functions
+from DeepRegistrationLib.rigid.metric_patches import anti_aliased_resample, prepare_level
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def test_cnn_registration_with_the_bundled_set_recovers_a_known_pose(shifted_pai
     torch.set_num_threads(1)
     fixed, moving, true = shifted_pair
     fixed_3mm = anti_aliased_resample(fixed, 3.0)  # another spacing than the data's: resampled to the model's levels
-    result = register(fixed_3mm, moving, "cnn", device, patches=64, max_evaluations=150)
+    result = register(fixed_3mm, moving, "learned-metric", device, patches=64, max_evaluations=150)
     assert "sedghi-t1-t2" in result.report["model_note"]
     err = rigid_errors(result.transform, true)
     before = rigid_errors(RigidTransform(center_mm=true.center_mm), true)
@@ -90,7 +90,7 @@ def test_cnn_registration_uses_the_moving_mask_and_refuses_anatomy_that_does_not
     upper = moving.with_array((cut_below(moving.with_array(np.ones_like(moving.array)), 0.0).array > 0)
                               .astype(np.uint8))
     common = dict(patches=16, max_evaluations=20, models=["sedghi-t1-gm"])
-    counts = [[s["candidate_centres"] for s in register(fixed, moving, "cnn", "cpu", moving_mask=mask,
+    counts = [[s["candidate_centres"] for s in register(fixed, moving, "learned-metric", "cpu", moving_mask=mask,
                                                         **common).report["stages"]] for mask in (None, upper)]
     assert all(0 < masked < 0.75 * whole for whole, masked in zip(*counts)), counts
     far = RigidTransform(center_mm=true.center_mm, translation_mm=[0.0, 0.0, 400.0])
@@ -101,9 +101,9 @@ def test_cnn_registration_uses_the_moving_mask_and_refuses_anatomy_that_does_not
 def test_cnn_method_rejects_unknown_options(shifted_pair):
     fixed, moving, _ = shifted_pair
     with pytest.raises(InputError, match="unknown option"):
-        register(fixed, moving, "cnn", "cpu", bins=60)
+        register(fixed, moving, "learned-metric", "cpu", bins=60)
     with pytest.raises(InputError, match="neither a file nor a bundled model"):
-        register(fixed, moving, "cnn", "cpu", models=["no-such-model"])
+        register(fixed, moving, "learned-metric", "cpu", models=["no-such-model"])
 
 
 def test_nmi_response_peaks_at_the_true_pose(shifted_pair):
@@ -134,7 +134,7 @@ def test_response_of_a_learned_metric_and_ncc_peak_near_the_pose(shifted_pair):
 def test_response_command_writes_csv_and_plot(tmp_path, shifted_pair):
     from DeepRegistrationLib.cli import main
     from DeepRegistrationLib.core.io import write_image
-    from DeepRegistrationLib.rigid.response import read_response_csv
+    from DeepRegistrationLib.rigid.response_functions import read_response_csv
 
     fixed, moving, _ = shifted_pair
     write_image(fixed, tmp_path / "f.nii.gz")

@@ -15,8 +15,8 @@ from DeepRegistrationLib.data.synthetic import intensity_jitter
 from DeepRegistrationLib.models.model_file import read_metadata
 from DeepRegistrationLib.rigid.cnn_metric import CNNMetricObjective, load_metric_set
 from DeepRegistrationLib.training.common import Distributed
-from DeepRegistrationLib.training.metric import MetricTrainer, MetricTrainingConfig, PairData, parse_stages
-from DeepRegistrationLib.training.metric_patches import prepare_level
+from DeepRegistrationLib.training.metric_trainer import MetricTrainer, MetricTrainingConfig, PairData, parse_stages
+from DeepRegistrationLib.rigid.metric_patches import prepare_level
 
 
 def tiny_pairs():

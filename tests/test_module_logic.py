@@ -92,7 +92,7 @@ def test_registration_command_line_of_every_method_parses(modules, brain, tmp_pa
         assert args.method == method
         assert (args.out_inverse is not None) == (method in reg.INVERTIBLE_METHODS)
         assert (args.out_jacobian is not None) == (method in reg.DEFORMABLE_METHODS)
-        assert method == "mi" or logic.availableModels(method), f"no bundled model listed for {method}"
+        assert method == "nmi" or logic.availableModels(method), f"no bundled model listed for {method}"
 
 
 def test_background_deepsim_registration_adds_nodes_and_leaves_inputs(modules, brain):

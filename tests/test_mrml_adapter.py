@@ -17,7 +17,7 @@ from DeepRegistrationLib.metrics.evaluation import rigid_errors  # noqa: E402
 from DeepRegistrationLib.rigid.pyramid import downsample  # noqa: E402
 
 F = np.array([-1.0, -1.0, 1.0])
-RIGID = ("cnn", "deepsim-rigid")
+RIGID = ("learned-metric", "deepsim-rigid")
 
 
 @pytest.fixture
@@ -104,7 +104,7 @@ def test_register_nodes_mi_end_to_end(scene):
     before = {n.GetID(): (slicer.util.arrayFromVolume(n).copy(), mrml.ijk_to_ras_matrix(mrml.grid_from_volume_node(n)))
               for n in (fixed_node, moving_node)}
     out_volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "registered")
-    nodes = mrml.register_nodes(fixed_node, moving_node, "mi", "cpu", output_volume_node=out_volume,
+    nodes = mrml.register_nodes(fixed_node, moving_node, "nmi", "cpu", output_volume_node=out_volume,
                                 options={"levels": "2,1", "max_points": 20000})
     result = nodes["result"]
     assert rigid_errors(result.transform, true)["t_norm_mm"] < 2.0
@@ -135,9 +135,9 @@ def test_failed_or_cancelled_run_adds_no_nodes(scene):
     from DeepRegistrationLib.core.errors import Cancelled
     from DeepRegistrationLib.core.progress import Progress
     with pytest.raises(Cancelled):
-        mrml.register_nodes(fixed_node, moving_node, "mi", "cpu", progress=Progress(should_cancel=lambda: True))
+        mrml.register_nodes(fixed_node, moving_node, "nmi", "cpu", progress=Progress(should_cancel=lambda: True))
     with pytest.raises(InputError, match="unknown device"):
-        mrml.register_nodes(fixed_node, moving_node, "mi", "tpu")
+        mrml.register_nodes(fixed_node, moving_node, "nmi", "tpu")
     assert scene.GetNumberOfNodes() == n_nodes
     assert moving_node.GetTransformNodeID() is None
 
@@ -180,7 +180,7 @@ def test_background_register_then_nodes_from_outputs(scene, tmp_path):
     write_image(moving, tmp_path / "moving.nrrd")
     fixed_node = mrml.image_to_volume_node(fixed, scene, "fixed")
     moving_node = mrml.image_to_volume_node(moving, scene, "moving")
-    job = BackgroundCommand(["register", tmp_path / "fixed.nrrd", tmp_path / "moving.nrrd", "--method", "mi",
+    job = BackgroundCommand(["register", tmp_path / "fixed.nrrd", tmp_path / "moving.nrrd", "--method", "nmi",
                              "--device", "cpu", "--progress-json", "--param", "levels=2,1",
                              "--param", "max_points=20000", "--out-transform", tmp_path / "T.h5",
                              "--out-volume", tmp_path / "W.nrrd", "--report", tmp_path / "R.json"]).start()
@@ -190,7 +190,7 @@ def test_background_register_then_nodes_from_outputs(scene, tmp_path):
     assert fractions and fractions == sorted(fractions) and fractions[-1] == 1.0
     done = [e for e in events if e["event"] == "done"][0]
     out_volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "registered")
-    nodes = mrml.nodes_from_outputs(scene, fixed_node, moving_node, "mi", done["outputs"], None, out_volume)
+    nodes = mrml.nodes_from_outputs(scene, fixed_node, moving_node, "nmi", done["outputs"], None, out_volume)
     transform = mrml.node_to_transform(nodes["transform"])
     assert rigid_errors(RigidTransform.from_matrix4(transform.matrix4()), true)["t_norm_mm"] < 2.0
     assert mrml.volume_node_to_image(nodes["volume"]).grid.same_as(fixed.grid, tol=1e-4)
@@ -224,7 +224,7 @@ def test_patch_preview_node(scene):
 
 
 @pytest.mark.parametrize("method, options", [
-    ("cnn", {"patches": 32, "max_evaluations": 40}),
+    ("learned-metric", {"patches": 32, "max_evaluations": 40}),
     ("diffeo", {}),
     ("dirnet", {}),
     ("deepsim", {}),

@@ -8,7 +8,7 @@ from DeepRegistrationLib.core.image import Image
 from DeepRegistrationLib.core.jacobian import jacobian_determinant
 from DeepRegistrationLib.core.transforms import AffineTransform, DisplacementField, RigidTransform, compose
 from DeepRegistrationLib.core.warp import physical_points_at, sample_voxel_indices
-from DeepRegistrationLib.quality_report import REPORT_POINTS, mapped_sample, quality_report
+from DeepRegistrationLib.metrics.quality_report import REPORT_POINTS, mapped_sample, quality_report
 from DeepRegistrationLib.rigid.mi import NMIObjective
 
 

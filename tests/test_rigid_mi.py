@@ -33,7 +33,7 @@ def oblique_pair():
 
 def test_mi_recovers_known_rigid_on_oblique_anisotropic(oblique_pair):
     fixed, moving, true = oblique_pair
-    result = register(fixed, moving, "mi", "cpu", levels="2,1", max_points=20000)
+    result = register(fixed, moving, "nmi", "cpu", levels="2,1", max_points=20000)
     err = rigid_errors(result.transform, true)
     assert err["t_norm_mm"] < 1.5, err
     assert max(err["theta_x_deg"], err["theta_y_deg"], err["theta_z_deg"]) < 1.0, err
@@ -45,7 +45,7 @@ def test_cli_register_outputs_are_consistent_with_sitk(tmp_path, oblique_pair):
     fixed, moving, true = oblique_pair
     write_image(fixed, tmp_path / "fixed.nii.gz")
     write_image(moving, tmp_path / "moving.nrrd")
-    code = main(["register", str(tmp_path / "fixed.nii.gz"), str(tmp_path / "moving.nrrd"), "--method", "mi",
+    code = main(["register", str(tmp_path / "fixed.nii.gz"), str(tmp_path / "moving.nrrd"), "--method", "nmi",
                  "--out-transform", str(tmp_path / "T.h5"), "--out-volume", str(tmp_path / "W.nrrd"),
                  "--report", str(tmp_path / "R.json"), "--device", "cpu", "--quiet", "--param", "levels=2,1", "--param", "max_points=20000"])
     assert code == 0

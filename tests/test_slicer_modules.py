@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from DeepRegistrationLib.deformable.diffeo_method import DEFAULT_TILE
+from DeepRegistrationLib.methods import SPECS
 from DeepRegistrationLib.rigid.cnn_metric import CNNSettings
 from DeepRegistrationLib.rigid.mi import MISettings
+
+DEFAULT_TILE = SPECS["diffeo"].option("tile").default
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = ["DeepRegistration", "DeepMetricTraining"]
@@ -59,6 +61,7 @@ def test_choice_parameters_match_combo_items(module):
     tree = ast.parse(module_source(module))
     constants = {t.id: ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
                  for t in n.targets if isinstance(t, ast.Name) and isinstance(n.value, (ast.List, ast.Dict))}
+    constants["METHOD_NAMES"] = list(SPECS)  # the method list comes from the library's registry
     for name, stmt in fields.items():
         text = ast.unparse(stmt.annotation)
         m = re.search(r"Choice\((.+)\)\]", text)

@@ -1,8 +1,8 @@
 """One entry point for every registration method, used by the CLI, the Slicer logic and the benchmarks.
 
-``register(fixed, moving, method=...)`` validates the inputs, resolves the device, runs the method
-and returns a :class:`RegistrationResult`; ``write_outputs`` saves it. A method is a module with a
-``run(fixed, moving, context) -> MethodOutput`` function, listed in :data:`METHODS`.
+``register(fixed, moving, method=...)`` validates the inputs, parses the method's options against its
+spec, resolves the device, runs the method and returns a :class:`RegistrationResult`; ``write_outputs``
+saves it. The methods and their specs are in :mod:`.methods`.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import json
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -22,43 +22,13 @@ from .core.device import resolve_device
 from .core.errors import InputError
 from .core.image import Image
 from .core.io import write_image
-from .core.progress import Progress, as_progress
+from .core.progress import as_progress
 from .core.transforms import LinearTransform, RigidTransform, write_transform
 from .core.validation import check_overlap, check_volume
 from .core.warp import warp
-from .quality_report import quality_report
-
-#: method name -> module holding ``run``; the description is shown by ``--help`` and in Slicer.
-METHODS = {
-    "mi": ("DeepRegistrationLib.rigid.mi_method", "rigid, normalized mutual information (Powell)"),
-    "cnn": ("DeepRegistrationLib.rigid.cnn_method", "rigid, learned CNN metric (Sedghi et al. 2018)"),
-    "deepsim-rigid": ("DeepRegistrationLib.rigid.deepsim_method", "rigid, DeepSim semantic similarity (Powell)"),
-    "diffeo": ("DeepRegistrationLib.deformable.diffeo_method", "deformable, diffeomorphic patch-wise (LDDMM)"),
-    "dirnet": ("DeepRegistrationLib.deformable.dirnet_method", "deformable, DIRNet B-spline ConvNet"),
-    "deepsim": ("DeepRegistrationLib.deformable.deepsim_method", "deformable, DeepSim semantic similarity U-Net"),
-}
-RIGID_METHODS = ("mi", "cnn", "deepsim-rigid")
-
-
-@dataclass
-class RegistrationContext:
-    """What a method gets besides the two images."""
-
-    device: object
-    progress: Progress
-    initial_transform: object
-    options: dict = field(default_factory=dict)
-    fixed_mask: Optional[Image] = None
-    moving_mask: Optional[Image] = None
-
-
-@dataclass
-class MethodOutput:
-    """What a method returns: the fixed->moving transform, optionally its inverse, and report entries."""
-
-    transform: object
-    inverse: object = None
-    report: dict = field(default_factory=dict)
+from .method_spec import RegistrationContext
+from .methods import method_spec
+from .metrics.quality_report import quality_report
 
 
 @dataclass
@@ -78,12 +48,6 @@ class RegistrationResult:
         return warp(self.fixed, self.moving.grid, self.inverse)
 
 
-def method_module(method: str):
-    if method not in METHODS:
-        raise InputError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
-    return importlib.import_module(METHODS[method][0])
-
-
 def transform_report(transform) -> dict:
     """Parameters and matrix of a linear transform (LPS, fixed -> moving)."""
     if isinstance(transform, RigidTransform):
@@ -95,10 +59,18 @@ def transform_report(transform) -> dict:
     return {"transform_type": type(transform).__name__}
 
 
-def register(fixed: Image, moving: Image, method: str = "mi", device: str = "auto", progress=None,
-             initial_transform=None, fixed_mask: Image = None, moving_mask: Image = None, **options) -> RegistrationResult:
-    """Register ``moving`` to ``fixed``; the result's transform maps fixed points to moving points."""
-    module = method_module(method)
+def register(fixed: Image, moving: Image, method: str = "nmi", device: str = "auto", progress=None,
+             initial_transform=None, fixed_mask: Image = None, moving_mask: Image = None, models=None,
+             **options) -> RegistrationResult:
+    """Register ``moving`` to ``fixed``; the result's transform maps fixed points to moving points.
+
+    ``models``: model names or files for the methods that take them (the spec's default otherwise, noted in
+    the report); ``options``: the method's options (see ``methods.SPECS[method].options``).
+    """
+    spec = method_spec(method)
+    parsed = spec.parse_options(options)
+    model_names = spec.parse_models(models)
+    spec.check_masks(fixed_mask, moving_mask)
     check_volume(fixed, "fixed image")
     check_volume(moving, "moving image")
     for mask, name in ((fixed_mask, "fixed mask"), (moving_mask, "moving mask")):
@@ -109,11 +81,16 @@ def register(fixed: Image, moving: Image, method: str = "mi", device: str = "aut
     progress = as_progress(progress)
     if initial_transform is None:
         initial_transform = RigidTransform(center_mm=fixed.grid.center_physical())
-    ctx = RegistrationContext(torch_device, progress, initial_transform, dict(options), fixed_mask, moving_mask)
+    note = {}
+    if spec.model_kind and not model_names:
+        model_names = [spec.default_model]
+        note["model_note"] = (f"--method {method}: no --model given; used the bundled model '{spec.default_model}' "
+                              "(see its model card)")
+    ctx = RegistrationContext(torch_device, progress, initial_transform, parsed, model_names, fixed_mask, moving_mask)
 
     t0 = time.perf_counter()
     with _out_of_memory_as_input_error(torch_device, fixed):
-        out = module.run(fixed, moving, ctx)
+        out = importlib.import_module(spec.module).run(fixed, moving, ctx)
         t_method = time.perf_counter() - t0
         progress(0.97, "resampling")
         t1 = time.perf_counter()
@@ -121,17 +98,21 @@ def register(fixed: Image, moving: Image, method: str = "mi", device: str = "aut
         t_warp = time.perf_counter() - t1
 
     quality, jac_img = quality_report(fixed, moving, initial_transform, out.transform, out.inverse, torch_device,
-                                      deformable=method not in RIGID_METHODS)
+                                      deformable=spec.deformable)
     report = {
-        "method": method, "method_description": METHODS[method][1], "device": str(torch_device),
+        "method": method, "method_description": spec.label, "options": _jsonable(parsed), "device": str(torch_device),
         "fixed_grid": fixed.grid.to_dict(), "moving_grid": moving.grid.to_dict(),
-        **quality, **transform_report(out.transform), **out.report,
+        **quality, **transform_report(out.transform), **note, **out.report,
     }
     report["seconds_method"] = t_method
     report["seconds_resample"] = t_warp
     report["seconds_total"] = time.perf_counter() - t0
     progress(1.0, "done")
     return RegistrationResult(out.transform, warped, report, out.inverse, jac_img, fixed, moving)
+
+
+def _jsonable(options: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
 
 
 @contextmanager

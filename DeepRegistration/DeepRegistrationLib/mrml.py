@@ -25,8 +25,8 @@ from .core.errors import InputError
 from .core.image import Grid, Image
 from .core.io import read_image
 from .core.transforms import AffineTransform, DisplacementField, LinearTransform, RigidTransform, read_transform
-from .rigid.response import PARAMETERS, UNITS, build_metrics, response_functions
-from .training.metric_patches import PatchPairSampler, SamplerSettings, prepare_level
+from .rigid.response_functions import PARAMETERS, UNITS, build_metrics, response_functions
+from .rigid.metric_patches import PatchPairSampler, SamplerSettings, prepare_level
 
 LPS_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -233,7 +233,7 @@ def plot_chart_from_columns(scene, name: str, x_name: str, columns: dict, x_valu
 
 # --- registration on nodes ----------------------------------------------------------------------
 
-def register_nodes(fixed_node, moving_node, method: str = "mi", device: str = "auto", progress=None,
+def register_nodes(fixed_node, moving_node, method: str = "nmi", device: str = "auto", progress=None,
                    initial_transform_node=None, fixed_mask_node=None, moving_mask_node=None,
                    output_transform_node=None, output_volume_node=None, options: dict = None,
                    place_moving_under_transform: bool = True) -> dict:

@@ -11,19 +11,23 @@ from ..core.io import write_image
 from ..core.warp import warp
 from ..data import sources
 from ..data.synthetic import random_rigid, smooth_random_field
+from ..methods import SPECS
 from ..metrics.evaluation import rigid_errors
-from ..rigid.response import nmi_and_cnn_panels
+from ..rigid.response_functions import nmi_and_cnn_panels
 from ..viz.deformation_grid import save_deformation_grid_figure
 from ..viz.overlay import save_checkerboard_figure
 from ..viz.response_plot import save_response_plot
 from ._progress import cli_progress
+
+#: The rigid methods the demo runs on its T1/T2 pair (the multimodal ones with a bundled T1/T2 model).
+RIGID_DEMO_METHODS = ("nmi", "learned-metric")
 
 
 def add_command(sub) -> None:
     p = sub.add_parser("demo", help="register sample pairs with the bundled methods and write the results",
                        description="Loads the SPM avg152 T1 (fixed) and T2 (moving) templates, misregisters T2 by "
                                    "a random rigid transform from Sedghi et al.'s distribution and registers it back "
-                                   "with NMI and with the bundled CNN metric (warped volumes, transforms, reports, a "
+                                   "with NMI and with the bundled learned CNN metric (warped volumes, transforms, reports, a "
                                    "before/after checkerboard PNG, response functions of both metrics); then "
                                    "registers the T1 to a synthetically deformed T1 with the bundled diffeomorphic "
                                    "model (Jacobian map and deformation-grid picture).")
@@ -50,29 +54,29 @@ def _print_rigid(name: str, report: dict) -> None:
 def rigid_steps(fixed, moving, true, out: Path, device: str) -> dict:
     """NMI and CNN-metric rigid registration of the T1/T2 pair, the checkerboard and the response functions."""
     written = {}
-    for method, title in (("mi", "rigid NMI registration"), ("cnn", "rigid CNN-metric registration (Sedghi et al.)")):
-        with cli_progress(title) as progress:
+    for method in RIGID_DEMO_METHODS:
+        with cli_progress(SPECS[method].label) as progress:
             result = register(fixed, moving, method, device, progress)
         result.report["errors_vs_truth"] = rigid_errors(result.transform, true)
         written.update({f"{method}_{k}": v for k, v in write_outputs(
             result, out / f"{method}_transform.h5", out / f"{method}_warped.nrrd", out / f"{method}_report.json").items()})
         if result.report.get("model_note"):
             print(result.report["model_note"])
-        _print_rigid("NMI rigid" if method == "mi" else "CNN metric rigid", result.report)
-        if method == "mi":
+        _print_rigid(method, result.report)
+        if method == "nmi":
             written["checkerboard"] = save_checkerboard_figure(
-                fixed, warp(moving, fixed.grid), result.warped, out / "mi_checkerboard.png",
+                fixed, warp(moving, fixed.grid), result.warped, out / "nmi_checkerboard.png",
                 "SPM avg152 T1 (fixed) vs T2 (moving): NMI rigid registration")
     written["response"] = save_response_plot([], out / "response_nmi_vs_cnn.png",
                                              "response functions around the true pose",
-                                             panels=nmi_and_cnn_panels(fixed, moving, true, "sedghi-t1-t2"))
+                                             panels=nmi_and_cnn_panels(fixed, moving, true, SPECS["learned-metric"].default_model))
     return written
 
 
 def diffeo_step(fixed, out: Path, seed: int, device: str) -> tuple:
     """The bundled diffeomorphic model on the T1 and a synthetically deformed copy of it."""
     deformed = warp(fixed, fixed.grid, smooth_random_field(fixed.grid, np.random.default_rng(seed), 4.0))
-    with cli_progress("diffeomorphic registration (T1 vs deformed T1)") as progress:
+    with cli_progress(f"{SPECS['diffeo'].label} (T1 vs deformed T1)") as progress:
         result = register(fixed, deformed, "diffeo", device, progress)
     written = {f"diffeo_{k}": v for k, v in write_outputs(
         result, out / "diffeo_transform.h5", out / "diffeo_warped.nrrd", out / "diffeo_report.json",
@@ -97,7 +101,7 @@ def run(args) -> int:
     written.update(diffeo_written)
     summary = {"true_transform": {"angles_deg": np.degrees(true.angles_rad).tolist(),
                                   "translation_mm": true.translation_mm.tolist()},
-               **{m: json.loads((out / f"{m}_report.json").read_text())["errors_vs_truth"] for m in ("mi", "cnn")},
+               **{m: json.loads((out / f"{m}_report.json").read_text())["errors_vs_truth"] for m in RIGID_DEMO_METHODS},
                "diffeo": diffeo_summary}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"results in {out.resolve()}:")

@@ -1,14 +1,17 @@
 """``deepregistration register FIXED MOVING --method ...``."""
 from __future__ import annotations
 
+import argparse
 import json
+import textwrap
 
-from ..api import METHODS, register, write_outputs
+from ..api import register, write_outputs
 from ..core.device import DEVICE_CHOICES
 from ..core.errors import InputError
 from ..core.io import read_image
 from ..core.transforms import read_transform
 from ..core.progress import emit_json
+from ..methods import SPECS
 from ._progress import cli_progress
 
 
@@ -23,17 +26,18 @@ def parse_params(pairs) -> dict:
 
 
 def add_command(sub) -> None:
-    p = sub.add_parser("register", help="register MOVING to FIXED",
+    p = sub.add_parser("register", help="register MOVING to FIXED", formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Register MOVING to FIXED. The output transform maps fixed points to moving "
-                                   "points (ITK convention; resampling MOVING with it onto FIXED gives --out-volume).")
+                                   "points (ITK convention; resampling MOVING with it onto FIXED gives --out-volume).",
+                       epilog="methods, their options (--param KEY=VALUE, defaults shown) and masks:\n" + "\n".join(
+                           textwrap.fill(spec.help_line(), 100, initial_indent="  ", subsequent_indent="    ")
+                           for spec in SPECS.values()))
     p.add_argument("fixed")
     p.add_argument("moving")
-    p.add_argument("--method", choices=list(METHODS), default="mi",
-                   help="; ".join(f"{k}: {v[1]}" for k, v in METHODS.items()))
+    p.add_argument("--method", default="nmi", metavar="METHOD",
+                   help=f"one of {', '.join(SPECS)} (default nmi; see below)")
     p.add_argument("--model", action="append", help="model name (bundled) or file; repeat for staged models")
-    p.add_argument("--param", action="append", metavar="KEY=VALUE",
-                   help="method option, e.g. bins=60 (mi), patches=128 (cnn), tile=48 or precision=float32 (diffeo); "
-                        "an unknown key's error lists the method's keys")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method option (see below)")
     p.add_argument("--initial-transform", help="ITK transform file to start from (fixed -> moving)")
     p.add_argument("--fixed-mask")
     p.add_argument("--moving-mask")
@@ -54,13 +58,12 @@ def run(args) -> int:
     fixed = read_image(args.fixed, "fixed image")
     moving = read_image(args.moving, "moving image")
     options = parse_params(args.param)
-    if args.model:
-        options["models"] = args.model
     initial = read_transform(args.initial_transform) if args.initial_transform else None
     fixed_mask = read_image(args.fixed_mask, "fixed mask", require_volume=False) if args.fixed_mask else None
     moving_mask = read_image(args.moving_mask, "moving mask", require_volume=False) if args.moving_mask else None
     with cli_progress(f"register ({args.method})", not args.quiet, args.progress_json) as progress:
-        result = register(fixed, moving, args.method, args.device, progress, initial, fixed_mask, moving_mask, **options)
+        result = register(fixed, moving, args.method, args.device, progress, initial, fixed_mask, moving_mask,
+                          args.model, **options)
     if result.report.get("model_note") and not args.progress_json:
         print(result.report["model_note"])
     written = write_outputs(result, args.out_transform, args.out_volume, args.report, args.out_inverse,

@@ -5,7 +5,7 @@ from ..core.errors import InputError
 from ..core.io import read_image
 from ..core.transforms import LinearTransform, RigidTransform, read_transform
 from ..core.device import resolve_device
-from ..rigid.response import build_metrics, peak_offsets, response_functions, write_response_csv
+from ..rigid.response_functions import build_metrics, peak_offsets, response_functions, write_response_csv
 from ..viz.response_plot import save_response_plot
 
 

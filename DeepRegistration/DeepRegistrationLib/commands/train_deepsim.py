@@ -11,7 +11,7 @@ import sys
 
 from ..core.errors import InputError
 from ..networks.deepsim_unet import feature_config, registration_config
-from ..training.deepsim import DEFAULT_LAMBDA, FeatureTraining, RegistrationTraining, train_features, train_registration
+from ..training.deepsim_trainer import DEFAULT_LAMBDA, FeatureTraining, RegistrationTraining, train_features, train_registration
 from ..training.deepsim_data import VolumeSet
 from ..training.deepsim_losses import SIMILARITIES
 from ..data.corpus_pairs import MODES, CorpusPairs, TemplateSubjectSettings, icbm_template, isotropic_grid

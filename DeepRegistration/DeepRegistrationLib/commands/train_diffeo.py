@@ -5,10 +5,10 @@ import shlex
 import sys
 
 from ..core.errors import InputError
-from ..metrics.deepsim import load_deepsim
+from ..metrics.deepsim_similarity import load_deepsim
 from ..networks.momentum_unet import MomentumUNetConfig
 from ..data.corpus_pairs import MODES
-from ..training.diffeo import SIMILARITIES, TEMPLATES, DiffeoTraining, PairSource, train
+from ..training.diffeo_trainer import SIMILARITIES, TEMPLATES, DiffeoTraining, PairSource, train
 
 DEEPSIM = "deepsim"
 

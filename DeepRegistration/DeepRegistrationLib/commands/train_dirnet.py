@@ -6,8 +6,8 @@ import sys
 
 from ..core.errors import InputError
 from ..data.corpus_pairs import MODES
-from ..networks.dirnet import POOLINGS, VARIANTS, DIRNetConfig
-from ..training.dirnet import DIRNetTraining, VolumePairs, train
+from ..networks.dirnet_regressor import POOLINGS, VARIANTS, DIRNetConfig
+from ..training.dirnet_trainer import DIRNetTraining, VolumePairs, train
 
 TEMPLATE_SOURCE = "spm-avg152-t1"
 

@@ -8,7 +8,7 @@ import torch
 from ..core.device import DEVICE_CHOICES
 from ..core.errors import InputError
 from ..training.common import distributed, read_pairs_csv
-from ..training.metric import SELECTIONS, MetricTrainer, MetricTrainingConfig, load_pairs, parse_stages
+from ..training.metric_trainer import SELECTIONS, MetricTrainer, MetricTrainingConfig, load_pairs, parse_stages
 
 PAPER = "(paper's value)"
 

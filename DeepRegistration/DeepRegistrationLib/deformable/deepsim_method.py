@@ -1,88 +1,18 @@
 """``--method deepsim``: one-pass deformable registration with a U-Net trained with DeepSim (Czolbe et al. 2021).
 
-Both images are resampled to the model's spacing on a grid covering the fixed image with its axes (the
-moving image through the initial transform), each side rounded up to a multiple of the U-Net's divisor
-and centred on the fixed image; intensities are normalized as in training. The registration U-Net
-predicts the displacement u once (Φ(x) = x + u(x) maps fixed to moving points); it is turned into LPS
-millimetres and returned on the fixed image's own grid (zero outside the model grid), composed with the
-initial transform when that is not the identity. A 2D model registers every slice along the fixed
-image's third index axis on its own (in-plane displacement only), as the paper's 2D experiments.
-
-The same method runs the paper's baselines: a model trained with MSE, NCC or NCC_sup instead of
-DeepSim has the same architecture; its metadata (and the report) says which similarity trained it.
-Without ``--model`` the bundled 3D brain-T1 DeepSim model is used and the report says so.
+The registration itself is in :mod:`.deepsim_registration`. The same method runs the paper's baselines: a
+model trained with MSE, NCC or NCC_sup instead of DeepSim has the same architecture, and its metadata
+(and the report) says which similarity trained it.
 """
 from __future__ import annotations
 
-import math
+from ..method_spec import MethodOutput, MethodSpec, RegistrationContext
 
-import numpy as np
-import torch
-
-from ..api import MethodOutput, RegistrationContext
-from ..core.image import Grid, Image
-from ..core.transforms import DisplacementField, compose
-from ..models.model_file import load_network, resolve_model_path
-from ..networks.deepsim_unet import RegistrationUNet, UNetConfig
-from .model_input import chosen_model, in_plane, initial_or_none, normalize_intensity, resample_to, voxels_to_mm
-
-MODEL_KIND = "deepsim"
-DEFAULT_MODEL = "deepsim_brain_t1_3d"
-NORMALIZATION = "per image: (I - p1) / (p99 - p1) clipped to [0, 1], percentiles over the model grid"
-#: 2D slices per network call
-SLICE_BATCH = 16
+SPEC = MethodSpec(
+    name="deepsim", label="Deformable, U-Net trained with DeepSim (Czolbe et al. 2021)", transform="deformable",
+    module=__name__, model_kind="deepsim", default_model="deepsim_brain_t1_3d")
 
 
-def covering_grid(reference: Grid, spacing_mm, divisor: int) -> Grid:
-    """A grid of ``spacing_mm`` covering ``reference`` with its axes and centre, sides multiples of ``divisor``.
-
-    With two spacings (a 2D model) the third axis keeps the reference's spacing and size.
-    """
-    k = len(spacing_mm)
-    spacing = np.concatenate([np.asarray(spacing_mm, dtype=np.float64), reference.spacing[k:]])
-    extent = (np.asarray(reference.size) - 1) * reference.spacing
-    size = [int(math.ceil((math.floor(e / s + 1e-6) + 1) / divisor)) * divisor
-            for e, s in zip(extent[:k], spacing[:k])] + list(reference.size[k:])
-    half = reference.direction @ (spacing * (np.asarray(size) - 1) / 2.0)
-    return Grid(tuple(size), spacing, reference.center_physical() - half, reference.direction)
-
-
-def load_registration_net(name_or_path, device="cpu"):
-    """``(network, metadata)`` of a DeepSim registration model file, in eval mode on ``device``."""
-    return load_network(name_or_path, MODEL_KIND, lambda c: RegistrationUNet(UNetConfig(**c)),
-                        "registration U-Net", device)
-
-
-@torch.no_grad()
-def predict_field(net: RegistrationUNet, fixed: np.ndarray, moving: np.ndarray, grid: Grid, device) -> DisplacementField:
-    """Φ − id (LPS mm) on ``grid`` for normalized arrays already on ``grid``."""
-    f = torch.as_tensor(fixed, device=device)
-    m = torch.as_tensor(moving, device=device)
-    if net.config.ndim == 3:
-        u_vox = net.displacement(m[None, None], f[None, None])[0].movedim(0, -1).cpu().numpy()
-    else:
-        parts = [net.displacement(m[z:z + SLICE_BATCH, None], f[z:z + SLICE_BATCH, None]).movedim(1, -1).cpu().numpy()
-                 for z in range(0, f.shape[0], SLICE_BATCH)]
-        u_vox = in_plane(np.concatenate(parts))
-    return DisplacementField(voxels_to_mm(u_vox, grid), grid)
-
-
-def run(fixed: Image, moving: Image, ctx: RegistrationContext) -> MethodOutput:
-    name, report = chosen_model(ctx.options, "deepsim", (), DEFAULT_MODEL, "3D brain-T1 DeepSim model (tiny, "
-                                "trained on the CPU on subjects made from the ICBM 2009a template)")
-    ctx.progress(0.05, "loading model")
-    net, meta = load_registration_net(name, ctx.device)
-    grid = covering_grid(fixed.grid, meta["spacing_mm"], net.config.divisor)
-    ctx.progress(0.15, "resampling to the model spacing")
-    initial = initial_or_none(ctx.initial_transform)
-    f = normalize_intensity(resample_to(fixed, grid).array)
-    m = normalize_intensity(resample_to(moving, grid, initial).array)
-    ctx.progress(0.4, "predicting the deformation")
-    field = predict_field(net, f, m, grid, ctx.device)
-    ctx.progress(0.7, "field on the fixed grid")
-    on_fixed = DisplacementField.from_transform(field, fixed.grid, ctx.device)
-    transform = on_fixed if initial is None else compose(on_fixed, initial)
-    report.update({"model": str(resolve_model_path(name)), "model_dimension": net.config.ndim,
-                   "model_similarity": meta.get("similarity", "unknown"),
-                   "model_lambda": meta.get("lambda"), "model_grid": grid.to_dict()})
-    return MethodOutput(transform, None, report)
+def run(fixed, moving, ctx: RegistrationContext) -> MethodOutput:
+    from .deepsim_registration import register_deepsim
+    return register_deepsim(fixed, moving, ctx)

@@ -1,4 +1,4 @@
-"""What the learned deformable methods share: input preparation, model choice, and their outputs in mm.
+"""What the learned deformable methods share: input preparation and their outputs in mm.
 
 Resampling to the model's grid and intensity scaling are shared by the diffeomorphic, DIRNet and
 DeepSim methods and their training, so a model sees its inputs prepared the same way at training and
@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from ..core.errors import InputError
 from ..core.image import Grid, Image
 from ..core.transforms import LinearTransform
 from ..core.warp import warp
@@ -30,20 +29,6 @@ def resample_to(image: Image, grid: Grid, fixed_to_image=None) -> Image:
                  for g, s in zip(reversed(grid.spacing.tolist()), reversed(image.grid.spacing.tolist()))]
     source = image.with_array(gaussian_filter(image.array.astype(np.float32), sigma_vox)) if any(sigma_vox) else image
     return warp(source, grid, fixed_to_image)
-
-
-def chosen_model(options: dict, method: str, known: tuple, default: str, note: str) -> tuple:
-    """(model name, report) from a method's options: one ``--model`` or the bundled ``default`` (noted)."""
-    unknown = set(options) - set(known) - {"models"}
-    if unknown:
-        hint = f"known: {', '.join(known)}" if known else "the network takes no options; choose it with --model"
-        raise InputError(f"unknown option(s) for --method {method}: {', '.join(sorted(unknown))} ({hint})")
-    models = options.get("models") or []
-    if len(models) > 1:
-        raise InputError(f"--method {method} takes one --model, got {len(models)}")
-    if models:
-        return models[0], {}
-    return default, {"model_note": f"no --model given: using the bundled {note} '{default}'"}
 
 
 def initial_or_none(transform):

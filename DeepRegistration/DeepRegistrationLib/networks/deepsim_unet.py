@@ -4,7 +4,7 @@
   trained it is frozen and its ``features(x)`` are the maps F^l of DeepSim's eq. 2.
 - :class:`RegistrationUNet`: a VoxelMorph-style U-Net taking the moving and the fixed image as two
   channels and predicting a dense displacement u (voxels, x-first channels, as
-  :mod:`deformable.spatial_transformer` expects), so Φ(x) = x + u(x) and I∘Φ = warp_voxels(I, u).
+  :mod:`core.spatial_transformer` expects), so Φ(x) = x + u(x) and I∘Φ = warp_voxels(I, u).
 
 Both share one body: at every level a block of two 3×3 convolutions with LeakyReLU(0.2); 2× max
 pooling down (feature extractor, as the original U-Net) or 2× strided convolutions (registration

@@ -29,7 +29,7 @@ from ..core.transforms import RigidTransform
 from ..core.warp import physical_to_normalized
 from ..models.model_file import build_checked, load_model, save_model
 from ..networks.metric_cnn import MetricCNN
-from ..training.metric_patches import LevelVolume, patch_offsets, prepare_level, rigid_torch
+from ..rigid.metric_patches import LevelVolume, patch_offsets, prepare_level, rigid_torch
 from .powell import PowellSettings, maximize_rigid
 
 KIND = "cnn-metric"

@@ -18,9 +18,9 @@ from ..core.errors import InputError
 from ..core.image import Image
 from ..core.transforms import RigidTransform
 from ..core.warp import warp
-from ..deformable.deepsim_method import covering_grid
+from ..deformable.deepsim_registration import covering_grid
 from ..deformable.model_input import normalize_intensity, resample_to
-from ..metrics.deepsim import DeepSim, deepsim_from_features
+from ..metrics.deepsim_similarity import DeepSim, deepsim_from_features
 from .powell import PowellSettings, maximize_rigid
 
 

@@ -14,8 +14,10 @@ from typing import Callable, Optional
 import numpy as np
 from scipy.optimize import minimize
 
+from ..core.errors import InputError
+from ..core.image import Image
 from ..core.progress import Progress
-from ..core.transforms import RigidTransform
+from ..core.transforms import LinearTransform, RigidTransform
 
 
 @dataclass
@@ -59,3 +61,10 @@ def maximize_rigid(objective: Callable[[RigidTransform], float], initial: RigidT
     if progress is not None:
         progress(1.0, stage)
     return best, info
+
+
+def initial_rigid(initial, fixed: Image) -> RigidTransform:
+    """The starting pose of a rigid method as a rigid transform about the fixed image's centre."""
+    if not isinstance(initial, LinearTransform):
+        raise InputError("rigid methods need a linear initial transform")
+    return RigidTransform.from_matrix4(initial.matrix4(), fixed.grid.center_physical())

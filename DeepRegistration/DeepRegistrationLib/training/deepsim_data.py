@@ -20,7 +20,7 @@ import torch
 from ..core.errors import InputError
 from ..core.io import read_image
 from ..core.warp import warp
-from ..deformable.deepsim_method import covering_grid
+from ..deformable.deepsim_registration import covering_grid
 from ..deformable.model_input import normalize_intensity, resample_to
 from ..data.corpus_pairs import CorpusPairs, content_slices, template_subjects
 from .common import read_pairs_csv

@@ -5,7 +5,7 @@
 with I the moving image, J the fixed one, Φ = id + u predicted by the registration U-Net and I∘Φ from
 the spatial transformer. D is one of:
 
-- ``deepsim``: 1 − DeepSim(I∘Φ, J) (eq. 2, :mod:`metrics.deepsim`, frozen feature extractor);
+- ``deepsim``: 1 − DeepSim(I∘Φ, J) (eq. 2, :mod:`metrics.deepsim_similarity`, frozen feature extractor);
 - ``mse``: mean squared intensity difference;
 - ``ncc``: 1 − mean local squared NCC in 9-voxel windows (VoxelMorph's patch-wise NCC, which the
   paper's NCC baseline refers to [5]);
@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..deformable.spatial_transformer import warp_voxels
+from ..core.spatial_transformer import warp_voxels
 
 SIMILARITIES = ("deepsim", "mse", "ncc", "ncc_sup")
 NCC_WINDOW = 9

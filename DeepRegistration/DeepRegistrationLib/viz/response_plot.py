@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..rigid.response import PARAMETERS, UNITS
+from ..rigid.response_functions import PARAMETERS, UNITS
 
 
 def save_response_plot(rows: list, path, title: str = "", normalize: bool = True, panels: list = None) -> Path:

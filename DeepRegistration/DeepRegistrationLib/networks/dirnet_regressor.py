@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ..deformable.bspline import SPLINE_ORDERS, bspline_displacement
-from ..deformable.spatial_transformer import warp_voxels
+from ..core.bspline import SPLINE_ORDERS, bspline_displacement
+from ..core.spatial_transformer import warp_voxels
 
 POOLINGS = ("avg", "max", "stride")
 #: Table 1 of the paper: variant name -> options that differ from the baseline (BL).

@@ -47,10 +47,10 @@ from ..data import sources
 from ..data.corpus_pairs import CorpusPairs, isotropic_grid
 from ..data.synthetic import intensity_jitter, smooth_random_field
 from ..deformable import lddmm
-from ..deformable.diffeo_method import lddmm_parameters, load_momentum_net
+from ..deformable.diffeo_registration import lddmm_parameters, load_momentum_net
 from ..deformable.patchwise import MODEL_KIND, NORMALIZATION
 from ..deformable.model_input import normalize_intensity, resample_to
-from ..deformable.spatial_transformer import inside_fraction_mask, warp_voxels
+from ..core.spatial_transformer import inside_fraction_mask, warp_voxels
 from ..models.model_file import save_model
 from ..networks.momentum_unet import MomentumUNet, MomentumUNetConfig
 from .common import (StepLoop, atomic_save, distributed, emit_progress, provenance, read_pairs_csv,

@@ -41,7 +41,7 @@ from ..networks.metric_cnn import MetricCNN, default_architecture
 from ..rigid.cnn_metric import CNNSettings, MetricStage, register_cnn, save_metric_set
 from ..rigid.powell import PowellSettings
 from .common import Distributed, atomic_save, load_checkpoint, progress_bar, provenance
-from .metric_patches import (FOREGROUND_DEFAULT, INTENSITY_NORMALIZATION, PatchPairSampler, SamplerSettings,
+from ..rigid.metric_patches import (FOREGROUND_DEFAULT, INTENSITY_NORMALIZATION, PatchPairSampler, SamplerSettings,
                              prepare_level)
 
 #: Sedghi et al.'s experiment-2 stages F(l, σ²): (level, dither variance in mm²).

@@ -10,7 +10,7 @@ and at its voxel spacing (stated in the feature model's metadata).
 :class:`DeepSim` offers the metric three ways: ``similarity`` (eq. 2, in [-1, 1], 1 for identical
 inputs), ``loss`` = 1 − DeepSim (the D of eq. 1), and calling the object, ``deepsim(a, b, mask)``,
 which is that loss with an optional voxel mask: the signature ``similarity(a, b, mask) -> scalar
-dissimilarity`` of the diffeomorphic trainer's ε (``training.diffeo.train(..., similarity=deepsim)``).
+dissimilarity`` of the diffeomorphic trainer's ε (``training.diffeo_trainer.train(..., similarity=deepsim)``).
 With a mask (B, 1, *shape) of weights in [0, 1], each layer's mean over voxels becomes a weighted mean
 with the mask averaged down to that layer's resolution (an extension for masked losses; the paper has
 no mask).

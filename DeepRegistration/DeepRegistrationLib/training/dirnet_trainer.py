@@ -27,13 +27,13 @@ from ..core.errors import InputError
 from ..core.io import read_image
 from ..data import sources
 from ..data.corpus_pairs import CorpusPairs
-from ..deformable.bspline import bspline_displacement
-from ..deformable.dirnet_method import MODEL_KIND, NORMALIZATION, model_grid
+from ..core.bspline import bspline_displacement
+from ..deformable.dirnet_registration import MODEL_KIND, NORMALIZATION, model_grid
 from ..deformable.model_input import normalize_intensity, resample_to
-from ..deformable.spatial_transformer import warp_voxels
+from ..core.spatial_transformer import warp_voxels
 from ..metrics.similarity import ncc
 from ..models.model_file import save_model
-from ..networks.dirnet import DIRNet, DIRNetConfig
+from ..networks.dirnet_regressor import DIRNet, DIRNetConfig
 from .common import StepLoop, atomic_save, distributed, emit_progress, provenance, read_pairs_csv, resume_checkpoint
 
 CHECKPOINT_NAME = "dirnet_last.pt"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..core.grid_sampling import grid_sample
+from .grid_sampling import grid_sample
 
 
 def identity_grid(shape, device=None, dtype=torch.float32) -> torch.Tensor:

@@ -14,11 +14,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .core.image import Grid, Image
-from .core.jacobian import jacobian_determinant, jacobian_statistics
-from .core.transforms import CompositeTransform, DisplacementField, LinearTransform
-from .core.warp import inside_mask
-from .rigid.mi import NMIObjective
+from ..core.image import Grid, Image
+from ..core.jacobian import jacobian_determinant, jacobian_statistics
+from ..core.transforms import CompositeTransform, DisplacementField, LinearTransform
+from ..core.warp import inside_mask
+from ..rigid.mi import NMIObjective
 
 #: Fixed voxels at which NMI and inverse consistency are read (all of them below this count).
 REPORT_POINTS = 2 ** 22

@@ -25,7 +25,7 @@ from ..core.errors import InputError
 from ..core.image import Image
 from ..core.transforms import RigidTransform
 from ..metrics.similarity import nmi
-from ..training.metric_patches import prepare_level
+from ..rigid.metric_patches import prepare_level
 from .cnn_metric import CNNMetricObjective, PatchObjective, load_metric_set
 
 PARAMETERS = ("tx", "ty", "tz", "rx", "ry", "rz")

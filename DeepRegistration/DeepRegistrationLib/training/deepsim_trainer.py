@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from ..core.errors import InputError
-from ..deformable.deepsim_method import MODEL_KIND, NORMALIZATION
-from ..metrics.deepsim import FEATURE_MODEL_KIND, load_deepsim
+from ..deformable.deepsim_registration import MODEL_KIND, NORMALIZATION
+from ..metrics.deepsim_similarity import FEATURE_MODEL_KIND, load_deepsim
 from ..models.model_file import save_model
 from ..networks.deepsim_unet import FeatureExtractorUNet, RegistrationUNet, feature_config, registration_config
 from .common import StepLoop, atomic_save, distributed, emit_progress, provenance, resume_checkpoint
