@@ -139,3 +139,29 @@ def test_trainers_record_corpus_subjects_synthesis_and_code(tmp_path, capsys):
         assert set(record["validation_subjects"]) <= {s.id for s in corpus.subjects("validation")}
         assert not (set(record["train_subjects"]) | set(record["validation_subjects"])) & test_ids
         assert record["synthesis"]["label_mean_range"] == [25.0, 225.0]
+
+
+def test_metric_cases_come_from_their_split_stay_aligned_and_are_misregistered_by_the_task():
+    """The learned metric's corpus cases: sources by split (no subject in two), aligned modalities under the
+    identity truth, the task's misregistration otherwise, and the gradient magnitude as T1-GM's moving image."""
+    from DeepRegistrationLib.data.corpus_pairs import METRIC_SOURCES, corpus_metric_case, metric_sources
+    from DeepRegistrationLib.data.synthetic import gradient_magnitude
+
+    ids = {split: {s[0] for s in METRIC_SOURCES[split]} for split in METRIC_SOURCES}
+    assert all(corpus.subject(i).split == split for split in ids for i in ids[split])
+    assert [s[0] for s in metric_sources("validation", "t1-t2")] == ["robex-atlas"]   # mni305 has no T2 nor tissue
+    source = METRIC_SOURCES["train"][0]
+    fixed, moving, true = corpus_metric_case(source, "t1-gm", np.random.default_rng(0), SynthesisSettings(),
+                                             misregister=False)
+    assert np.allclose(true.matrix4(), np.eye(4))
+    assert fixed.grid.spacing.tolist() == [2.0] * 3 and 0.0 <= fixed.array.min() and fixed.array.max() <= 1.0
+    assert np.allclose(moving.array, gradient_magnitude(fixed).array, atol=1e-4)
+    fixed, moving, true = corpus_metric_case(source, "t1-t2", np.random.default_rng(1), SynthesisSettings())
+    assert 1.0 <= np.abs(true.translation_mm).min() and np.abs(true.translation_mm).max() <= 20.0
+    assert np.abs(true.angles_rad).max() <= 0.2
+    same_fixed, aligned, _ = corpus_metric_case(source, "t1-t2", np.random.default_rng(1), SynthesisSettings(),
+                                                misregister=False)
+    assert np.array_equal(fixed.array, same_fixed.array)
+    back = warp(moving, fixed.grid, true)          # moving(T(x)) = the aligned T2 at x
+    inside = warp(moving.with_array(np.ones_like(moving.array)), fixed.grid, true).array > 0.999
+    assert np.abs(back.array - aligned.array)[inside].mean() < 0.02

@@ -76,6 +76,9 @@ def add_command(sub) -> None:
     p.add_argument("--subject-pool", type=int, default=d.subject_pool,
                    help="draw this many synthetic subjects once and pair them at random (0: new subjects for every "
                         "pair; a pool makes CPU training faster); validation subjects are always new")
+    p.add_argument("--validation-pairs", type=int, default=d.validation_pairs,
+                   help=f"validation volume pairs (--patches-per-volume patches each; default {d.validation_pairs}); "
+                        "the model file keeps the weights of the epoch with the lowest validation loss")
     p.add_argument("--init-model", help="start from the weights of this diffeo model (bundled name or file; same "
                                         "architecture, spacing and LDDMM parameters) to fine-tune it, e.g. on "
                                         "your own pairs; its provenance goes into the new model's metadata")
@@ -88,7 +91,8 @@ def settings_from_args(args) -> DiffeoTraining:
         raise InputError(f"--patch-size {args.patch_size} must be a multiple of 4 (two down-sampling steps)")
     if args.no_augment and (args.synthetic or args.corpus):
         raise InputError("--no-augment would train on identical copies of the template; use it with --pairs")
-    for name in ("epochs", "groups_per_epoch", "batch_size", "volumes_at_once", "patches_per_volume", "channels"):
+    for name in ("epochs", "groups_per_epoch", "batch_size", "volumes_at_once", "patches_per_volume", "channels",
+                 "validation_pairs"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1")
     return DiffeoTraining(
@@ -98,7 +102,8 @@ def settings_from_args(args) -> DiffeoTraining:
         volumes_at_once=args.volumes_at_once, patches_per_volume=args.patches_per_volume, spacing_mm=args.spacing_mm,
         learning_rate=args.lr, epochs=args.epochs, groups_per_epoch=args.groups_per_epoch,
         warmup_steps=args.warmup_steps, warmup_factor=args.warmup_factor, deform_max_mm=args.deform_max_mm,
-        deform_spacing_mm=args.deform_spacing_mm, subject_pool=args.subject_pool, augment=not args.no_augment,
+        deform_spacing_mm=args.deform_spacing_mm, subject_pool=args.subject_pool,
+        validation_pairs=args.validation_pairs, augment=not args.no_augment,
         features=args.features or "", init_model=args.init_model or "", corpus=args.corpus or "", seed=args.seed)
 
 

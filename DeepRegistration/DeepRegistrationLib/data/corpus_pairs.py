@@ -22,9 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.ndimage import gaussian_filter
 
 from ..core.errors import InputError
 from ..core.image import Grid, Image
+from ..core.transforms import RigidTransform
 from ..core.warp import warp
 from ..deformable.model_input import normalize_intensity, resample_to
 from . import corpus, sources, synthesis
@@ -211,3 +213,111 @@ def content_slices(labels: np.ndarray, fraction: float = 0.5) -> np.ndarray:
     """Axial slice indices (first array axis) whose foreground area is at least ``fraction`` of the largest."""
     area = (labels > 0).sum(axis=(1, 2))
     return np.flatnonzero(area >= fraction * area.max())
+
+
+#: the learned metric's corpus sources per split: ``(subject, kind, T1 image, T2 image)``. ``real``: the subject's
+#: real T1 and its real, aligned T2 (None: a T2-like image drawn from its tissue classes, :func:`t2_like`);
+#: ``synthmorph``: a label map of :data:`SYNTHESIS_LABELS` in two independent random contrasts (T1-T2) or one
+#: random contrast and its gradient magnitude (T1-GM), the background dark (:data:`METRIC_BACKGROUND_LABEL`). ``t2`` is used by the T1-T2 task only; a source that cannot
+#: make the task's pair (no T2 and no tissue classes) is left out of it.
+METRIC_SOURCES = {
+    "train": (("icbm152", "real", "avg152_t1", "avg152_t2"), ("ixi549-tpm", "synthmorph", None, None),
+              ("icbm152", "synthmorph", None, None)),
+    "validation": (("robex-atlas", "real", "t1", None), ("mni305", "real", "t1", None)),
+    "test": (("colin27", "real", "spm_t1", None), ("itk-kmeans", "real", "t1", None)),
+}
+#: T2-weighted order of the tissue classes (CSF bright, WM dark): mean ranges of the normalized intensities
+T2_LIKE_MEANS = {1: (0.75, 0.95), 2: (0.45, 0.6), 3: (0.3, 0.42)}
+METRIC_CASE_SPACING_MM = 2.0
+#: the label of the air around the head (TPM class 6) or outside the brain (ICBM tissue 0) in synthmorph cases
+METRIC_BACKGROUND_LABEL = {"ixi549-tpm": 6, "icbm152": 0}
+
+
+def metric_sources(split: str, task: str) -> list:
+    """The :data:`METRIC_SOURCES` of ``split`` that can make ``task``'s pairs."""
+    if task not in METRIC_TASKS:
+        raise InputError(f"unknown metric task {task!r}: choose {', '.join(METRIC_TASKS)}")
+    if split not in METRIC_SOURCES:
+        raise InputError(f"unknown split {split!r}: choose {', '.join(METRIC_SOURCES)}")
+    return [s for s in METRIC_SOURCES[split] if task == "t1-gm" or s[1] == "synthmorph" or s[3] is not None
+            or "tissue" in corpus.subject(s[0]).labels]
+
+
+def t2_like(t1: np.ndarray, tissue: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A T2-weighted-looking image of a subject that has no T2: inside the brain, its tissue classes with
+    T2's order of intensities (:data:`T2_LIKE_MEANS`, 3 % noise); outside, its T1 scaled by U(0.4, 0.8)
+    (skull dark and scalp fat bright in both weightings); a 0.7-voxel blur softens the class borders."""
+    out = normalize_intensity(t1) * np.float32(rng.uniform(0.4, 0.8))
+    for c, (lo, hi) in T2_LIKE_MEANS.items():
+        inside = tissue == c
+        out[inside] = rng.uniform(lo, hi) + 0.03 * rng.standard_normal(int(inside.sum())).astype(np.float32)
+    return gaussian_filter(out, 0.7).astype(np.float32)
+
+
+def corpus_metric_case(source: tuple, task: str, rng: np.random.Generator, settings: SynthesisSettings,
+                       misregister: bool = True) -> tuple:
+    """(fixed, moving, true fixed->moving rigid) of one multimodal case of a :data:`METRIC_SOURCES` entry.
+
+    The subject is resampled to 2 mm and deformed by one random diffeomorphism (both modalities alike, so they
+    stay aligned); each image gets its own SynthMorph appearance (blur, bias field, gamma, resolution, noise,
+    field of view, :func:`synthesis.appearance`); the moving image is the T2 (``t1-t2``) or the gradient magnitude
+    of the fixed image (``t1-gm``, as ``deepregistration gradient-magnitude`` makes it), misregistered by Sedghi
+    et al.'s distribution of the task (:data:`METRIC_TASKS`) unless ``misregister`` is False (identity truth).
+    """
+    subject_id, kind, t1_name, t2_name = source
+    if kind == "synthmorph":
+        name, _ = SYNTHESIS_LABELS[subject_id]
+        labels = corpus.load_labels(subject_id, name)
+        grid = labels.grid.with_spacing([METRIC_CASE_SPACING_MM] * 3)
+        labels = warp(labels, grid, synthesis.random_diffeomorphism(grid, rng, settings), mode="nearest")
+        values = np.unique(labels.array)
+        contrasts = [synthesis.random_contrast(values, rng, settings) for _ in range(2 if task == "t1-t2" else 1)]
+        for contrast in contrasts:   # air stays dark, as in every scan the metric will see
+            contrast[METRIC_BACKGROUND_LABEL[subject_id]] = (rng.uniform(0.0, 25.0), rng.uniform(0.0, 5.0))
+        images = [synthesis.gaussian_mixture(labels.array.astype(np.int16), c, rng) for c in contrasts]
+    else:
+        t1 = corpus.load_image(subject_id, t1_name)
+        grid = t1.grid.with_spacing([METRIC_CASE_SPACING_MM] * 3)
+        field = synthesis.random_diffeomorphism(grid, rng, settings)
+        images = [warp(resample_to(t1, grid), grid, field).array]
+        if task == "t1-t2":
+            if t2_name is not None:
+                images.append(warp(resample_to(corpus.load_image(subject_id, t2_name), grid), grid, field).array)
+            else:
+                tissue = warp(corpus.load_labels(subject_id, "tissue"), grid, field, mode="nearest").array
+                images.append(t2_like(images[0], tissue, rng))
+    fixed = Image(synthesis.appearance(images[0], grid, rng, settings), grid)
+    other = (Image(synthesis.appearance(images[1], grid, rng, settings), grid) if task == "t1-t2"
+             else gradient_magnitude(fixed))
+    (lo, hi), rotation = METRIC_TASKS[task]
+    centre = grid.center_physical()
+    true = random_rigid(rng, centre, (lo, hi), rotation) if misregister else RigidTransform(center_mm=centre)
+    return fixed, warp(other, grid, true.inverse()), true
+
+
+def corpus_metric_cases(split: str, task: str, count: int, seed: int, settings: SynthesisSettings = SynthesisSettings(),
+                        misregister: bool = True) -> list:
+    """``count`` cases ``(name, fixed, moving, true)`` of ``split``, cycling through its sources; case k draws from
+    ``default_rng([seed, split index, k])``, so the splits never share a draw."""
+    sources_ = metric_sources(split, task)
+    cases = []
+    for k in range(count):
+        source = sources_[k % len(sources_)]
+        rng = np.random.default_rng([seed, corpus.SPLITS.index(split), k])
+        fixed, moving, true = corpus_metric_case(source, task, rng, settings, misregister)
+        cases.append((f"{source[0]}/{source[1]}/{split}/{k}", fixed, moving, true))
+    return cases
+
+
+def metric_provenance(task: str, train_count: int, validation_count: int, seed: int,
+                      settings: SynthesisSettings = SynthesisSettings()) -> dict:
+    """The ``corpus`` record of a metric set trained on :func:`corpus_metric_cases`."""
+    record = corpus.training_provenance(sorted({s[0] for s in metric_sources("train", task)}),
+                                        sorted({s[0] for s in metric_sources("validation", task)}),
+                                        settings.to_dict(), "metric cases (corpus_pairs.corpus_metric_case)")
+    record.update(task=task, sources={split: [list(s) for s in metric_sources(split, task)]
+                                      for split in ("train", "validation")},
+                  train_cases=train_count, validation_cases=validation_count, seed=seed,
+                  misregistration={"train": "Sedghi et al.'s distribution of the task", "validation": "none "
+                                   "(aligned: the selection's perturbed starts are measured against the truth)"})
+    return record

@@ -26,6 +26,9 @@ misaligned pairs (0.05-0.13). Validation pairs use seeds no training pair uses.
 With the subject corpus (``from_corpus``, :mod:`..data.corpus_pairs`), training pairs are synthetic subjects of
 the corpus' train split and validation pairs (model selection) synthetic subjects of its validation split; the
 test split is left to the deformable evaluation.
+
+Model selection: the validation loss is measured after every epoch (and, when fine-tuning, of the initial
+weights); the model file keeps the weights with the lowest one (``training.selected``).
 """
 from __future__ import annotations
 
@@ -323,6 +326,10 @@ def train(settings: DiffeoTraining, data: PairSource, out, checkpoint_dir=None, 
         val_fixed, val_moving = random_patches(
             [validation.pair(val_rng, fresh=True) for _ in range(settings.validation_pairs)], settings, val_rng)
         identity_val = validation_loss(zero_momentum, val_fixed, val_moving, settings, sim, dist.device)
+        net.eval()
+        initial_val = validation_loss(net, val_fixed, val_moving, settings, sim, dist.device) if initial else None
+        best = ckpt.get("best") or {"val_loss": initial_val if initial_val is not None else math.inf, "step": 0,
+                                    "model": {k: v.clone() for k, v in net.state_dict().items()}}
         steps_per_epoch = settings.groups_per_epoch * settings.batches_per_group
         total = settings.epochs * steps_per_epoch
         per_rank = settings.batch_size // dist.world_size
@@ -346,12 +353,15 @@ def train(settings: DiffeoTraining, data: PairSource, out, checkpoint_dir=None, 
         def validate():
             net.eval()
             val = validation_loss(net, val_fixed, val_moving, settings, sim, dist.device)
+            if val < best["val_loss"]:   # model selection: the lowest validation loss seen, the start included
+                best.update(val_loss=val, step=(len(history) + 1) * steps_per_epoch,
+                            model={k: v.detach().clone() for k, v in net.state_dict().items()})
             return {"val_loss": val, "identity_val_loss": identity_val}
 
         def save(at_step):
             if dist.is_main:
                 atomic_save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": at_step,
-                             "history": history, "settings": settings.to_dict(),
+                             "history": history, "settings": settings.to_dict(), "best": best,
                              "torch_rng": torch_rng_state(dist.device)}, ckpt_path)
 
         t0 = time.perf_counter()
@@ -365,12 +375,14 @@ def train(settings: DiffeoTraining, data: PairSource, out, checkpoint_dir=None, 
                                 f"{settings.similarity if similarity is None else getattr(sim, '__name__', 'custom')}",
                         "seconds_this_run": round(seconds, 1), "processes": dist.world_size,
                         "final_val_loss": history[-1]["val_loss"] if history else None,
-                        "identity_val_loss": identity_val,
+                        "identity_val_loss": identity_val, "initial_val_loss": initial_val,
+                        "selected": {"step": best["step"], "val_loss": best["val_loss"],
+                                     "rule": "lowest validation loss of the epochs (step 0: the initial weights)"},
                         "initialized_from": initial,
                         "history": history, "settings": settings.to_dict(),
                         "split": data.split, "validation": validation.description,
                         **provenance(data.corpus, validation.corpus)}
-            save_model(out, net.state_dict(), model_metadata(settings, training))
+            save_model(out, best["model"], model_metadata(settings, training))
             emit_progress(progress_json, event="done", epoch=settings.epochs, step=step, fraction=1.0,
                   loss=history[-1]["loss"] if history else float("nan"), message="done", model=str(out))
         dist.barrier()
