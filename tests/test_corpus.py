@@ -139,3 +139,28 @@ def test_trainers_record_corpus_subjects_synthesis_and_code(tmp_path, capsys):
         assert set(record["validation_subjects"]) <= {s.id for s in corpus.subjects("validation")}
         assert not (set(record["train_subjects"]) | set(record["validation_subjects"])) & test_ids
         assert record["synthesis"]["label_mean_range"] == [25.0, 225.0]
+
+
+def test_metric_cases_from_label_maps_and_train_metric_on_the_corpus(tmp_path, capsys):
+    from DeepRegistrationLib.cli import main
+    from DeepRegistrationLib.models.model_file import read_metadata
+
+    cases, ids = corpus_pairs.metric_cases("train", "t1-t2", 2, 0, 6.0)
+    (fixed, moving, true, name), _ = cases
+    assert set(ids) <= {s.id for s in corpus.subjects("train")} and name.split()[0] in ids
+    t = np.abs(true.translation_mm)
+    assert t.min() >= 1.0 and t.max() <= 20.0 and np.abs(true.angles_rad).max() <= 0.2    # Sedghi et al.'s ranges
+    aligned = warp(moving, fixed.grid, true)                      # undo the misregistration: same anatomy
+    inside = (fixed.array > 0.05) & (aligned.array > 0.05)
+    assert abs(np.corrcoef(fixed.array[inside], aligned.array[inside])[0, 1]) < 0.95   # another contrast
+    out = tmp_path / "metric.pt"
+    assert main(["train-metric", "--corpus", "t1-gm", "--corpus-cases", "2,1", "--corpus-spacing-mm", "6",
+                 "--out", str(out), "--epochs", "1", "--device", "cpu", "--progress-json", "--stages", "1:4",
+                 "--base-spacing-mm", "6", "--patch-size", "7", "--channels", "4,4,4", "--pairs-per-epoch", "64",
+                 "--validation-pairs", "32", "--dithers", "2", "--realign-patches", "8", "--realign-evaluations", "5",
+                 "--selection", "accuracy", "--no-final-realign"]) == 0
+    capsys.readouterr()
+    training = read_metadata(out)["training"]
+    assert training["train_pairs"] == [0, 1] and training["validation_pairs"] == [2]
+    assert training["pairs"][2].split()[0] in {s.id for s in corpus.subjects("validation")}
+    assert training["corpus"]["mode"] == "synthmorph t1-gm" and training["code"]

@@ -7,8 +7,11 @@ import torch
 
 from ..core.device import DEVICE_CHOICES
 from ..core.errors import InputError
+from ..data.corpus import training_provenance
+from ..data.corpus_pairs import METRIC_TASKS, metric_cases
+from ..data.synthesis import SynthesisSettings
 from ..training.common import distributed, read_pairs_csv
-from ..training.metric import SELECTIONS, MetricTrainer, MetricTrainingConfig, load_pairs, parse_stages
+from ..training.metric import SELECTIONS, MetricTrainer, MetricTrainingConfig, PairData, load_pairs, parse_stages
 
 PAPER = "(paper's value)"
 
@@ -22,7 +25,16 @@ def add_command(sub) -> None:
                     "are re-registered with that stage's metric (transforms in CHECKPOINT_DIR/realignment.csv). "
                     "The output is one model file holding every stage (use it with register --method cnn --model). "
                     "Runs under torchrun (DistributedDataParallel; gloo on the CPU).")
-    p.add_argument("--pairs", required=True, help="CSV with header fixed,moving[,fixed_mask,moving_mask]")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--pairs", help="CSV with header fixed,moving[,fixed_mask,moving_mask]")
+    src.add_argument("--corpus", choices=list(METRIC_TASKS),
+                     help="misregistered multimodal cases synthesized from the label maps of the subject corpus "
+                          "(two random contrasts of one deformed label map for t1-t2, a contrast and its gradient "
+                          "magnitude for t1-gm): the train split's for training, the validation split's for "
+                          "model selection")
+    p.add_argument("--corpus-cases", default="16,4", help="with --corpus: training,validation cases (default 16,4)")
+    p.add_argument("--corpus-spacing-mm", type=float, default=2.0,
+                   help="with --corpus: spacing the label maps are synthesized at (default 2)")
     p.add_argument("--out", required=True, help="metric-set model file to write (.pt)")
     p.add_argument("--checkpoint-dir", help="atomic checkpoints and realignment records (default: next to --out)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
@@ -97,17 +109,38 @@ def command_line(args) -> str:
     return "deepregistration train-metric " + " ".join(f"--{k.replace('_', '-')}={v}" for k, v in options.items())
 
 
+def corpus_pairs(args, seed: int) -> tuple:
+    """(pairs, (train indices, validation indices), corpus record) of ``--corpus``."""
+    try:
+        n_train, n_val = (int(v) for v in args.corpus_cases.split(","))
+    except ValueError:
+        raise InputError(f"--corpus-cases expects TRAIN,VALIDATION counts, got {args.corpus_cases!r}") from None
+    if n_train < 1 or n_val < 1:
+        raise InputError("--corpus-cases needs at least one training and one validation case")
+    settings = SynthesisSettings()
+    train, train_ids = metric_cases("train", args.corpus, n_train, seed, args.corpus_spacing_mm, settings)
+    val, val_ids = metric_cases("validation", args.corpus, n_val, seed + 1, args.corpus_spacing_mm, settings)
+    pairs = [PairData(fixed, moving, name=name) for fixed, moving, _, name in train + val]
+    record = training_provenance(train_ids, val_ids, settings.to_dict(), f"synthmorph {args.corpus}")
+    return pairs, (list(range(n_train)), list(range(n_train, n_train + n_val))), record
+
+
 def _terminate(signum, frame):
     raise KeyboardInterrupt
 
 
 def run(args) -> int:
     config = config_from_args(args)
-    pairs = load_pairs(read_pairs_csv(args.pairs))
+    split, record = None, None
+    if args.corpus:
+        pairs, split, record = corpus_pairs(args, config.seed)
+    else:
+        pairs = load_pairs(read_pairs_csv(args.pairs))
     signal.signal(signal.SIGTERM, _terminate)
     with distributed(args.device) as d:
         if d.device.type == "cpu" and d.enabled:
             torch.set_num_threads(1)
-        trainer = MetricTrainer(pairs, config, args.out, args.checkpoint_dir, d, args.progress_json)
+        trainer = MetricTrainer(pairs, config, args.out, args.checkpoint_dir, d, args.progress_json, split=split,
+                                corpus_record=record)
         trainer.train(args.resume)
     return 0

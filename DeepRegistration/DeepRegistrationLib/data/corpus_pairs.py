@@ -148,6 +148,47 @@ def metric_case(t1: Image, t2: Image, task: str, seed: int, translation_mm, rota
     return fixed, moving, true
 
 
+def multimodal_case(labels: Image, task: str, rng: np.random.Generator, s: SynthesisSettings) -> tuple:
+    """(fixed, moving, true fixed->moving rigid) synthesized from a label map, for the learned metric.
+
+    One random diffeomorphism of the labels; the fixed image is one random contrast of them (:mod:`.synthesis`);
+    the moving image another independent contrast of the same deformed labels (``t1-t2``: a second
+    modality, exactly aligned) or the gradient magnitude of the fixed image (``t1-gm``), then misregistered
+    with Sedghi et al.'s distribution of the task (:data:`METRIC_TASKS`).
+    """
+    if task not in METRIC_TASKS:
+        raise InputError(f"unknown metric task {task!r}: choose {', '.join(METRIC_TASKS)}")
+    field = synthesis.random_diffeomorphism(labels.grid, rng, s)
+    deformed = warp(labels, labels.grid, field, mode="nearest").array.astype(np.int16)
+
+    def contrast():
+        table = synthesis.random_contrast(np.unique(labels.array), rng, s)
+        return Image(synthesis.appearance(synthesis.gaussian_mixture(deformed, table, rng), labels.grid, rng, s),
+                     labels.grid)
+
+    fixed = contrast()
+    other = contrast() if task == "t1-t2" else gradient_magnitude(fixed)
+    translation_mm, rotation_rad = METRIC_TASKS[task]
+    true = random_rigid(rng, labels.grid.center_physical(), translation_mm, rotation_rad)
+    return fixed, warp(other, other.grid, true.inverse()), true
+
+
+def metric_cases(split: str, task: str, count: int, seed: int, spacing_mm: float,
+                 s: SynthesisSettings = SynthesisSettings()) -> tuple:
+    """``count`` :func:`multimodal_case` cases (seeds [seed, k]) from the label maps of a split's subjects at
+    ``spacing_mm``, the subjects in turn: ([(fixed, moving, true, name)], subject ids)."""
+    sources_ = [(sid, corpus.load_labels(sid, name)) for sid, (name, _) in SYNTHESIS_LABELS.items()
+                if corpus.subject(sid).split == split]
+    if not sources_:
+        raise InputError(f"the {split} split has no label maps to synthesize metric cases from")
+    sources_ = [(sid, warp(lab, lab.grid.with_spacing([spacing_mm] * 3), mode="nearest")) for sid, lab in sources_]
+    cases = []
+    for k in range(count):
+        sid, labels = sources_[k % len(sources_)]
+        cases.append((*multimodal_case(labels, task, np.random.default_rng([seed, k]), s), f"{sid} synthetic {k}"))
+    return cases, sorted({sid for sid, _ in sources_[:count]})
+
+
 def brain_centred_grid(reference: Grid, mask: np.ndarray, size_xyz, spacing_mm: float) -> Grid:
     """A grid of ``size_xyz`` voxels of ``spacing_mm``, with ``reference``'s axes, centred on the bounding box
     of ``mask`` (a z-first array on ``reference``)."""

@@ -176,7 +176,10 @@ class TrainingState:
 
 class MetricTrainer:
     def __init__(self, pairs: list, config: MetricTrainingConfig, out, checkpoint_dir, dist_ctx: Distributed,
-                 reporter_json: bool = False, show_progress: bool = True):
+                 reporter_json: bool = False, show_progress: bool = True, split: tuple = None,
+                 corpus_record: dict = None):
+        """``split`` (train indices, validation indices) replaces the random split of ``pairs``; ``corpus_record``
+        (:func:`..data.corpus.training_provenance`) goes into the model's metadata."""
         if not pairs:
             raise InputError("train-metric needs at least one (fixed, moving) pair")
         if config.selection not in SELECTIONS or config.selection_starts < 1:
@@ -186,7 +189,9 @@ class MetricTrainer:
         self.ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else self.out.parent / (self.out.stem + "_checkpoints")
         self.d = dist_ctx
         self.device = dist_ctx.device
-        self.train_idx, self.val_idx = split_pairs(len(pairs), config.validation_fraction, config.seed)
+        self.train_idx, self.val_idx = split if split else split_pairs(len(pairs), config.validation_fraction,
+                                                                        config.seed)
+        self.corpus_record = corpus_record
         self.centres = [p.fixed.grid.center_physical() for p in pairs]
         steps = self.steps_per_epoch() * config.epochs * len(config.stages)
         self.report = Reporter(steps, reporter_json, dist_ctx.is_main and show_progress)
@@ -327,7 +332,8 @@ class MetricTrainer:
                              "config": self.c.to_dict(), "pairs": [p.name for p in self.pairs],
                              "train_pairs": self.train_idx, "validation_pairs": self.val_idx,
                              "description": self.c.description, "command": self.c.command,
-                             "world_size": self.d.world_size, **provenance()}}
+                             "world_size": self.d.world_size, **provenance(),
+                             **({"corpus": self.corpus_record} if self.corpus_record else {})}}
 
     def train(self, resume: bool = False) -> Path:
         torch.manual_seed(self.c.seed)
