@@ -165,3 +165,27 @@ def test_metric_cases_come_from_their_split_stay_aligned_and_are_misregistered_b
     back = warp(moving, fixed.grid, true)          # moving(T(x)) = the aligned T2 at x
     inside = warp(moving.with_array(np.ones_like(moving.array)), fixed.grid, true).array > 0.999
     assert np.abs(back.array - aligned.array)[inside].mean() < 0.02
+
+
+def test_train_metric_on_the_corpus_records_its_cases_and_selects_on_validation_subjects(tmp_path, capsys):
+    from DeepRegistrationLib.cli import main
+    from DeepRegistrationLib.models.model_file import read_metadata
+
+    out = tmp_path / "metric.pt"
+    assert main(["train-metric", "--corpus", "t1-gm", "--cases", "2", "--validation-cases", "1",
+                 "--corpus-spacing-mm", "6", "--out", str(out), "--epochs", "1", "--device", "cpu", "--progress-json",
+                 "--stages", "1:4", "--base-spacing-mm", "6", "--patch-size", "7", "--channels", "4,4,4",
+                 "--pairs-per-epoch", "64", "--validation-pairs", "32", "--dithers", "2", "--realign-patches", "8",
+                 "--realign-evaluations", "5", "--selection-starts", "1", "--no-final-realign"]) == 0
+    capsys.readouterr()
+    meta = read_metadata(out)
+    training = meta["training"]
+    assert training["train_pairs"] == [0, 1] and training["validation_pairs"] == [2]
+    assert training["pairs"][2].split("/")[0] in {s.id for s in corpus.subjects("validation")}
+    assert {p.split("/")[0] for p in training["pairs"][:2]} <= {s.id for s in corpus.subjects("train")}
+    record = training["corpus"]
+    assert record["task"] == "t1-gm" and record["spacing_mm"] == 6.0 and training["code"]
+    assert meta["stages"][0]["validation_registration_error_mm"] is not None
+    with pytest.raises(SystemExit):
+        main(["train-metric", "--corpus", "t1-gm", "--pairs", "x.csv", "--out", str(out)])
+    assert main(["train-metric", "--corpus", "t1-gm", "--selection", "accuracy", "--out", str(out)]) == 2

@@ -28,7 +28,8 @@ def add_command(sub) -> None:
     src.add_argument("--synthetic", choices=list(TEMPLATES),
                      help="subjects made from this template by random diffeomorphisms: the SPM avg152 T1 (an average "
                           "of 152 brains) or SPM's single-subject T1 (Colin27, sharper); the bundled model was "
-                          "trained on the first, then fine-tuned on the second")
+                          "trained on the first, then fine-tuned on the second (Colin27 is a test subject of the "
+                          "corpus: models trained on it are not evaluated fairly on Colin27)")
     src.add_argument("--corpus", choices=MODES,
                      help="synthetic subjects of the subject corpus: its train split for training, its validation "
                           "split for validation (synthmorph: images synthesized from label maps; images: real "

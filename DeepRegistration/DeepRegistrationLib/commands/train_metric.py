@@ -8,7 +8,7 @@ import torch
 from ..core.device import DEVICE_CHOICES
 from ..core.errors import InputError
 from ..training.common import distributed, read_pairs_csv
-from ..data.corpus_pairs import METRIC_TASKS, corpus_metric_cases, metric_provenance
+from ..data.corpus_pairs import METRIC_CASE_SPACING_MM, METRIC_TASKS, corpus_metric_cases, metric_provenance
 from ..training.metric_trainer import (SELECTIONS, MetricTrainer, MetricTrainingConfig, PairData, load_pairs,
                                        parse_stages)
 
@@ -34,6 +34,8 @@ def add_command(sub) -> None:
     p.add_argument("--cases", type=int, default=12, help="with --corpus: training cases (default %(default)s)")
     p.add_argument("--validation-cases", type=int, default=2,
                    help="with --corpus: validation-split cases for model selection (default %(default)s)")
+    p.add_argument("--corpus-spacing-mm", type=float, default=METRIC_CASE_SPACING_MM,
+                   help="with --corpus: spacing the cases are made at (default %(default)s)")
     p.add_argument("--init-model", default="",
                    help="start stage k from stage k of this metric set (bundled name or file; same stages and "
                         "architecture) to fine-tune it")
@@ -125,10 +127,12 @@ def run(args) -> int:
             raise InputError("--corpus selects by registration error on validation subjects: leave --selection at "
                              "'registration'")
         pairs, validation = ([PairData(fixed, moving, name=name)
-                              for name, fixed, moving, _ in corpus_metric_cases(split, args.corpus, n, args.seed,
-                                                                                misregister=split == "train")]
+                              for name, fixed, moving, _ in corpus_metric_cases(
+                                  split, args.corpus, n, args.seed, misregister=split == "train",
+                                  spacing_mm=args.corpus_spacing_mm)]
                              for split, n in (("train", args.cases), ("validation", args.validation_cases)))
-        record = metric_provenance(args.corpus, args.cases, args.validation_cases, args.seed)
+        record = metric_provenance(args.corpus, args.cases, args.validation_cases, args.seed,
+                                   spacing_mm=args.corpus_spacing_mm)
     else:
         pairs = load_pairs(read_pairs_csv(args.pairs))
     signal.signal(signal.SIGTERM, _terminate)

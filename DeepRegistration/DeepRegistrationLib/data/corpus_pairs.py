@@ -255,10 +255,10 @@ def t2_like(t1: np.ndarray, tissue: np.ndarray, rng: np.random.Generator) -> np.
 
 
 def corpus_metric_case(source: tuple, task: str, rng: np.random.Generator, settings: SynthesisSettings,
-                       misregister: bool = True) -> tuple:
+                       misregister: bool = True, spacing_mm: float = METRIC_CASE_SPACING_MM) -> tuple:
     """(fixed, moving, true fixed->moving rigid) of one multimodal case of a :data:`METRIC_SOURCES` entry.
 
-    The subject is resampled to 2 mm and deformed by one random diffeomorphism (both modalities alike, so they
+    The subject is resampled to ``spacing_mm`` (default 2 mm) and deformed by one random diffeomorphism (both modalities alike, so they
     stay aligned); each image gets its own SynthMorph appearance (blur, bias field, gamma, resolution, noise,
     field of view, :func:`synthesis.appearance`); the moving image is the T2 (``t1-t2``) or the gradient magnitude
     of the fixed image (``t1-gm``, as ``deepregistration gradient-magnitude`` makes it), misregistered by Sedghi
@@ -268,7 +268,7 @@ def corpus_metric_case(source: tuple, task: str, rng: np.random.Generator, setti
     if kind == "synthmorph":
         name, _ = SYNTHESIS_LABELS[subject_id]
         labels = corpus.load_labels(subject_id, name)
-        grid = labels.grid.with_spacing([METRIC_CASE_SPACING_MM] * 3)
+        grid = labels.grid.with_spacing([spacing_mm] * 3)
         labels = warp(labels, grid, synthesis.random_diffeomorphism(grid, rng, settings), mode="nearest")
         values = np.unique(labels.array)
         contrasts = [synthesis.random_contrast(values, rng, settings) for _ in range(2 if task == "t1-t2" else 1)]
@@ -277,7 +277,7 @@ def corpus_metric_case(source: tuple, task: str, rng: np.random.Generator, setti
         images = [synthesis.gaussian_mixture(labels.array.astype(np.int16), c, rng) for c in contrasts]
     else:
         t1 = corpus.load_image(subject_id, t1_name)
-        grid = t1.grid.with_spacing([METRIC_CASE_SPACING_MM] * 3)
+        grid = t1.grid.with_spacing([spacing_mm] * 3)
         field = synthesis.random_diffeomorphism(grid, rng, settings)
         images = [warp(resample_to(t1, grid), grid, field).array]
         if task == "t1-t2":
@@ -296,7 +296,7 @@ def corpus_metric_case(source: tuple, task: str, rng: np.random.Generator, setti
 
 
 def corpus_metric_cases(split: str, task: str, count: int, seed: int, settings: SynthesisSettings = SynthesisSettings(),
-                        misregister: bool = True) -> list:
+                        misregister: bool = True, spacing_mm: float = METRIC_CASE_SPACING_MM) -> list:
     """``count`` cases ``(name, fixed, moving, true)`` of ``split``, cycling through its sources; case k draws from
     ``default_rng([seed, split index, k])``, so the splits never share a draw."""
     sources_ = metric_sources(split, task)
@@ -304,20 +304,21 @@ def corpus_metric_cases(split: str, task: str, count: int, seed: int, settings: 
     for k in range(count):
         source = sources_[k % len(sources_)]
         rng = np.random.default_rng([seed, corpus.SPLITS.index(split), k])
-        fixed, moving, true = corpus_metric_case(source, task, rng, settings, misregister)
+        fixed, moving, true = corpus_metric_case(source, task, rng, settings, misregister, spacing_mm)
         cases.append((f"{source[0]}/{source[1]}/{split}/{k}", fixed, moving, true))
     return cases
 
 
 def metric_provenance(task: str, train_count: int, validation_count: int, seed: int,
-                      settings: SynthesisSettings = SynthesisSettings()) -> dict:
+                      settings: SynthesisSettings = SynthesisSettings(),
+                      spacing_mm: float = METRIC_CASE_SPACING_MM) -> dict:
     """The ``corpus`` record of a metric set trained on :func:`corpus_metric_cases`."""
     record = corpus.training_provenance(sorted({s[0] for s in metric_sources("train", task)}),
                                         sorted({s[0] for s in metric_sources("validation", task)}),
                                         settings.to_dict(), "metric cases (corpus_pairs.corpus_metric_case)")
     record.update(task=task, sources={split: [list(s) for s in metric_sources(split, task)]
                                       for split in ("train", "validation")},
-                  train_cases=train_count, validation_cases=validation_count, seed=seed,
+                  train_cases=train_count, validation_cases=validation_count, seed=seed, spacing_mm=spacing_mm,
                   misregistration={"train": "Sedghi et al.'s distribution of the task", "validation": "none "
                                    "(aligned: the selection's perturbed starts are measured against the truth)"})
     return record
