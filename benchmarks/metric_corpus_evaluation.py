@@ -19,13 +19,41 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from DeepRegistrationLib.api import register
+from DeepRegistrationLib.core.io import read_image, write_image
+from DeepRegistrationLib.core.transforms import RigidTransform
 from DeepRegistrationLib.data.corpus_pairs import METRIC_TASKS, corpus_metric_cases
 from DeepRegistrationLib.metrics.evaluation import rigid_errors
+
+
+def cached_cases(split: str, task: str, count: int, seed: int, cache) -> list:
+    """:func:`corpus_metric_cases`, written to (and read back from) ``cache`` so other models can be measured on
+    exactly the same cases without making them again."""
+    if cache is None:
+        return corpus_metric_cases(split, task, count, seed)
+    folder = Path(cache) / f"{task}_{split}_{seed}"
+    index = folder / "cases.json"
+    if index.exists():
+        records = json.loads(index.read_text())
+        if len(records) >= count:
+            return [(r["name"], read_image(folder / r["fixed"]), read_image(folder / r["moving"]),
+                     RigidTransform(r["angles_rad"], r["translation_mm"], r["center_mm"])) for r in records[:count]]
+    cases = corpus_metric_cases(split, task, count, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    records = []
+    for k, (name, fixed, moving, true) in enumerate(cases):
+        write_image(fixed, folder / f"case{k}_fixed.nii.gz")
+        write_image(moving, folder / f"case{k}_moving.nii.gz")
+        records.append({"name": name, "fixed": f"case{k}_fixed.nii.gz", "moving": f"case{k}_moving.nii.gz",
+                        "angles_rad": true.angles_rad.tolist(), "translation_mm": true.translation_mm.tolist(),
+                        "center_mm": true.center_mm.tolist()})
+    index.write_text(json.dumps(records, indent=1))
+    return cases
 
 
 def foreground_points(fixed) -> np.ndarray:
@@ -49,12 +77,13 @@ def main(argv=None) -> int:
     p.add_argument("--no-nmi", action="store_true", help="leave NMI out")
     p.add_argument("--max-evaluations", type=int, default=300)
     p.add_argument("--json", help="write the per-case results here")
+    p.add_argument("--cache", help="folder to keep the cases in (made once, read by later runs)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     methods = ([] if args.no_nmi else [("nmi", "nmi", {})]) + [
         (m, "learned-metric", {"models": [m], "max_evaluations": args.max_evaluations}) for m in args.model]
     rows = []
-    for name, fixed, moving, true in corpus_metric_cases(args.split, args.task, args.cases, args.seed):
+    for name, fixed, moving, true in cached_cases(args.split, args.task, args.cases, args.seed, args.cache):
         points = foreground_points(fixed)
         row = {"case": name, "subject": name.split("/")[0],
                "initial_tre_mm": tre_mm(type(true)(center_mm=true.center_mm), true, points)}

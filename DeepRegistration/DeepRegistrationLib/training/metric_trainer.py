@@ -436,8 +436,9 @@ class MetricTrainer:
                 "symmetrize": sampler_settings.symmetrize, "validation_accuracy": state.best_accuracy,
                 "model_selection": self.c.selection, "validation_registration_error_mm": state.best_error_mm}
         if k + 1 < len(self.c.stages) or self.c.realign_after_last_stage:
+            count = len(self.train_idx) if self.fixed_validation else len(self.pairs)
             self.report("realign", self.global_step, epoch=state.epoch,
-                        message=f"stage {k + 1}: re-registering {len(self.pairs)} pairs with its metric")
+                        message=f"stage {k + 1}: re-registering {count} pairs with its metric")
             stage = MetricStage(net, spacing, self.c.patch_size, info)
             state.transforms = self.realign(stage, self.transforms_of(state))
             state.realignment.append({"stage": k + 1, "parameters": state.transforms,
