@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from DeepRegistrationLib.networks.momentum_unet import MomentumUNetConfig
-from DeepRegistrationLib.training import diffeo
+from DeepRegistrationLib.training import diffeo_trainer as diffeo
 
 networks, initial_weights = [], []
 
