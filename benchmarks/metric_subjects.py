@@ -1,6 +1,7 @@
-"""Make misregistered multimodal 'subjects' from the SPM avg152 templates (offline data) for the learned metric.
+"""Write misregistered multimodal 'subjects' from the SPM avg152 templates (offline data) for the learned metric.
 
-Each subject i: one smooth random deformation (data.synthetic.smooth_random_field) applied to the
+The cases are made by the library (``DeepRegistrationLib.data.corpus_pairs.metric_case``); this script writes
+them as files. All of them derive from the corpus' train-split subject ``icbm152``. Each subject i: one smooth random deformation (data.synthetic.smooth_random_field) applied to the
 exactly aligned SPM avg152 T1 and T2 (so they stay aligned), then the same intensity jitter draw
 (data.synthetic.intensity_jitter, same seed for both modalities). The moving modality is T2
 (task t1-t2) or the gradient magnitude of the subject's T1 (task t1-gm,
@@ -27,29 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from DeepRegistrationLib.core.io import write_image
-from DeepRegistrationLib.core.warp import warp
 from DeepRegistrationLib.data import sources
-from DeepRegistrationLib.data.synthetic import gradient_magnitude, intensity_jitter, random_rigid, smooth_random_field
+from DeepRegistrationLib.data.corpus_pairs import METRIC_TASKS, metric_case
 from DeepRegistrationLib.training.common import write_pairs_csv
-
-TASKS = {"t1-t2": ((1.0, 20.0), 0.2), "t1-gm": ((1.0, 10.0), 0.1)}
-
-
-def make_subject(t1, t2, task: str, seed: int, translation_mm, rotation_rad, rigid=None, moving_margin_mm=0.0):
-    """(fixed, moving, true fixed->moving transform); ``rigid(rng, centre)`` replaces the random misregistration;
-    the moving image's grid is the template's widened by ``moving_margin_mm``."""
-    rng = np.random.default_rng(seed)
-    field = smooth_random_field(t1.grid, rng, max_displacement_mm=4.0, control_spacing_mm=30.0)
-    jitter_seed = int(rng.integers(1 << 31))
-    fixed = intensity_jitter(warp(t1, t1.grid, field), np.random.default_rng(jitter_seed))
-    if task == "t1-t2":
-        other = intensity_jitter(warp(t2, t2.grid, field), np.random.default_rng(jitter_seed))
-    else:
-        other = gradient_magnitude(fixed)
-    centre = t1.grid.center_physical()
-    true = rigid(rng, centre) if rigid else random_rigid(rng, centre, translation_mm, rotation_rad)
-    moving = warp(other, other.grid.widened(moving_margin_mm), true.inverse())  # moving(T(x)) = other(x)
-    return fixed, moving, true
 
 
 def make_split(out: Path, split: str, count: int, seed0: int, task: str, translation_mm, rotation_rad,
@@ -57,7 +38,7 @@ def make_split(out: Path, split: str, count: int, seed0: int, task: str, transla
     t1, t2 = sources.spm_avg152("T1"), sources.spm_avg152("T2")
     rows, truth = [], []
     for i in range(count):
-        fixed, moving, true = make_subject(t1, t2, task, seed0 + i, translation_mm, rotation_rad,
+        fixed, moving, true = metric_case(t1, t2, task, seed0 + i, translation_mm, rotation_rad,
                                            moving_margin_mm=moving_margin_mm)
         f, m = out / split / f"subject_{i:02d}_fixed.nii.gz", out / split / f"subject_{i:02d}_moving.nii.gz"
         write_image(fixed, f)
@@ -72,7 +53,7 @@ def make_split(out: Path, split: str, count: int, seed0: int, task: str, transla
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--task", choices=list(TASKS), default="t1-t2")
+    p.add_argument("--task", choices=list(METRIC_TASKS), default="t1-t2")
     p.add_argument("--out", required=True)
     p.add_argument("--train", type=int, default=8)
     p.add_argument("--test", type=int, default=8)
@@ -81,7 +62,7 @@ def main(argv=None) -> int:
     p.add_argument("--moving-margin-mm", type=float, default=0.0,
                    help="widen the moving image's grid by this much on every side (default 0: the template grid)")
     args = p.parse_args(argv)
-    (lo, hi), rot = TASKS[args.task]
+    (lo, hi), rot = METRIC_TASKS[args.task]
     if args.max_translation_mm is not None:
         hi = args.max_translation_mm
     out = Path(args.out)

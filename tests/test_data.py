@@ -35,6 +35,7 @@ def test_cache_dir_honours_environment(tmp_path, monkeypatch):
 def test_debian_sources_missing_say_how_to_get_them(monkeypatch, tmp_path):
     monkeypatch.setattr(sources, "MRICRON", tmp_path / "nowhere")
     monkeypatch.setenv("DEEPREGISTRATION_CACHE", str(tmp_path / "c"))
+    monkeypatch.setattr(sources, "_has", lambda program: False)    # no apt-get here to fetch it
     with pytest.raises(InputError, match="apt-get install mricron-data"):
         sources.colin27()
 

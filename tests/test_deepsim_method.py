@@ -18,7 +18,7 @@ from DeepRegistrationLib.metrics.deepsim_similarity import load_deepsim, load_fe
 from DeepRegistrationLib.metrics.evaluation import dice_per_label
 from DeepRegistrationLib.models.model_file import read_metadata
 from DeepRegistrationLib.training.common import load_checkpoint, write_pairs_csv
-from DeepRegistrationLib.training.deepsim_subjects import SubjectSettings, template
+from DeepRegistrationLib.data.corpus_pairs import TemplateSubjectSettings, icbm_template
 
 torch.set_num_threads(1)
 
@@ -27,7 +27,7 @@ torch.set_num_threads(1)
 def brain_pair(tmp_path_factory):
     """ICBM 2009a T1 at 4 mm with its tissue labels, and both under a known smooth deformation (NIfTI)."""
     folder = tmp_path_factory.mktemp("deepsim_pair")
-    image, labels = template(SubjectSettings(size_xyz=(40, 48, 40), spacing_mm=4.0))
+    image, labels = icbm_template(TemplateSubjectSettings(size_xyz=(40, 48, 40), spacing_mm=4.0))
     truth = smooth_random_field(image.grid, np.random.default_rng(5), max_displacement_mm=8.0,
                                 control_spacing_mm=32.0)
     moving = warp(image, image.grid, truth)

@@ -11,7 +11,7 @@ from DeepRegistrationLib.metrics.evaluation import rigid_errors
 from DeepRegistrationLib.networks.deepsim_unet import FeatureExtractorUNet, feature_config
 from DeepRegistrationLib.rigid.deepsim_objective import deepsim_rigid_objective, register_rigid_deepsim
 from DeepRegistrationLib.rigid.powell import PowellSettings
-from DeepRegistrationLib.training.deepsim_subjects import SubjectSettings, template
+from DeepRegistrationLib.data.corpus_pairs import TemplateSubjectSettings, icbm_template
 
 torch.set_num_threads(1)
 
@@ -19,7 +19,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def rigid_case():
     """ICBM 2009a T1 (3 mm) and a copy moved by a known rigid transform (fixed -> moving points)."""
-    fixed, _ = template(SubjectSettings(size_xyz=(56, 64, 56), spacing_mm=3.0))
+    fixed, _ = icbm_template(TemplateSubjectSettings(size_xyz=(56, 64, 56), spacing_mm=3.0))
     truth = RigidTransform([0.05, -0.04, 0.08], [5.0, -4.0, 3.0], fixed.grid.center_physical())
     moving = warp(fixed, fixed.grid, truth.inverse())
     return fixed, moving, truth

@@ -198,6 +198,12 @@ def test_train_diffeo_fine_tunes_from_an_init_model(small_pairs, tmp_path, capsy
     assert all(torch.equal(a[k], b[0][k]) for k in a)
     origin = b[1]["training"]["initialized_from"]
     assert origin["model"] == str(first) and origin["steps"] == 2
+    # selection by validation loss: lr 0 beats nothing, so the initial weights (step 0) are kept
+    selected = b[1]["training"]["selected"]
+    assert selected["step"] == 0 and selected["val_loss"] == b[1]["training"]["initial_val_loss"]
+    trained = load_model(first, "diffeo")[1]["training"]
+    assert trained["initial_val_loss"] is None
+    assert trained["selected"]["val_loss"] == min(h["val_loss"] for h in trained["history"])
     assert origin["created"] == load_model(first, "diffeo")[1]["created"]
     assert origin["data"] == load_model(first, "diffeo")[1]["training"]["data"] == f"pairs of {small_pairs}"
     assert main(common + ["--out", str(tmp_path / "x.pt"), "--init-model", str(first), "--channels", "4"]) == 2

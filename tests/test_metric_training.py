@@ -162,3 +162,28 @@ def test_model_selection_keeps_the_epoch_that_registers_validation_pairs_best(tm
     assert errors[-1] < errors[0]     # measured 7.2, 4.0, 3.3 mm: the criterion follows the training
     with pytest.raises(InputError, match="model selection"):
         MetricTrainer(tiny_pairs(), tiny_config(selection="loss"), out, None, Distributed())
+
+
+def test_validation_pairs_of_other_subjects_select_and_stay_at_the_truth_and_init_model_starts_the_stages(tmp_path):
+    """Explicit validation pairs (train-metric --corpus): never trained on nor re-registered, their transform stays
+    the identity (the truth), the selection error is measured on them; --init-model with lr 0 keeps its weights."""
+    torch.set_num_threads(1)
+    train, validation = tiny_pairs()
+    first = tmp_path / "first.pt"
+    trainer = MetricTrainer([train], tiny_config(epochs=1), first, None, Distributed(), show_progress=False,
+                            validation_pairs=[validation], corpus_record={"task": "test"})
+    trainer.train()
+    assert (trainer.train_idx, trainer.val_idx) == ([0], [1])
+    realigned = trainer.last_transforms
+    assert realigned[1] == [0.0] * 6 and realigned[0] != [0.0] * 6
+    meta = read_metadata(first)
+    assert meta["training"]["corpus"] == {"task": "test"} and meta["training"]["validation_pairs"] == [1]
+    assert meta["stages"][0]["validation_registration_error_mm"] is not None
+    second = tmp_path / "second.pt"
+    MetricTrainer([train], tiny_config(epochs=1, learning_rate=0.0, init_model=str(first)), second, None,
+                  Distributed(), show_progress=False, validation_pairs=[validation]).train()
+    a, b = load_metric_set(first)[0].network.state_dict(), load_metric_set(second)[0].network.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(InputError, match="no stage 1 with level"):
+        MetricTrainer([train], tiny_config(epochs=1, stages=((2.0, 4.0),), init_model=str(first)), tmp_path / "x.pt",
+                      None, Distributed(), show_progress=False, validation_pairs=[validation]).train()

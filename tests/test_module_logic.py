@@ -24,7 +24,7 @@ from DeepRegistrationLib.core.transforms import RigidTransform  # noqa: E402
 from DeepRegistrationLib.core.warp import warp  # noqa: E402
 from DeepRegistrationLib.methods import SPECS  # noqa: E402
 from DeepRegistrationLib.models.model_file import read_metadata  # noqa: E402
-from DeepRegistrationLib.training.deepsim_subjects import SubjectSettings, template  # noqa: E402
+from DeepRegistrationLib.data.corpus_pairs import TemplateSubjectSettings, icbm_template  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 
@@ -39,7 +39,7 @@ def scene(monkeypatch):
 @pytest.fixture(scope="module")
 def brain():
     """ICBM 2009a T1 at 4 mm and its tissue labels, and both rigidly moved."""
-    image, labels = template(SubjectSettings(size_xyz=(40, 48, 40), spacing_mm=4.0))
+    image, labels = icbm_template(TemplateSubjectSettings(size_xyz=(40, 48, 40), spacing_mm=4.0))
     shift = RigidTransform([0.0, 0.0, 0.05], [2.0, 0.0, 0.0], image.grid.center_physical())
     return image, labels, warp(image, image.grid, shift), warp(labels, labels.grid, shift, mode="nearest")
 

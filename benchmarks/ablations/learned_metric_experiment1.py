@@ -27,7 +27,7 @@ import torch
 from scipy.signal import find_peaks
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from metric_subjects import make_subject  # noqa: E402
+from DeepRegistrationLib.data.corpus_pairs import metric_case  # noqa: E402
 from results_json import default_path, write_results  # noqa: E402
 
 from DeepRegistrationLib.core.transforms import RigidTransform  # noqa: E402
@@ -93,14 +93,14 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     fixed_source, moving_source, task, spacing, description = SOURCES[args.source]
     t1, t2 = fixed_source(), moving_source()
-    test_fixed, test_moving, _ = make_subject(t1, t2, task, 9000, None, None, no_misregistration)
+    test_fixed, test_moving, _ = metric_case(t1, t2, task, 9000, None, None, no_misregistration)
     out = Path(args.out)
     panels, table = [], []
     for name, rigid, symmetrize, m, var in [c for c in CASES if c[0][0] in args.cases.upper()]:
         t0 = time.perf_counter()
         pairs = []
         for i in range(args.train):
-            f, mv, _ = make_subject(t1, t2, task, 100 + i, None, None, rigid)
+            f, mv, _ = metric_case(t1, t2, task, 100 + i, None, None, rigid)
             pairs.append(PairData(f, mv, name=f"train subject {100 + i}"))
         config = MetricTrainingConfig(stages=((spacing, var),), patch_size=17, channels=(8, 16, 16), learning_rate=1e-3,
                                       weight_decay=1e-4, epochs=args.epochs, pairs_per_epoch=args.pairs_per_epoch,

@@ -5,7 +5,7 @@ Adam, the same steps, batch and seed); only D of eq. 1 differs, and each metric'
 grid on the validation pairs (mean Dice). DeepSim uses the bundled feature extractor of the dimension
 (``deepsim_features_brain_t1_{2d,3d}``), trained by its documented command on the same training subjects.
 
-Data (``training.deepsim_subjects``): subjects made from the ICBM 2009a T1 template and its GM/WM maps
+Data (``data.corpus_pairs.template_subjects``): subjects made from the ICBM 2009a T1 template and its GM/WM maps
 (labels background/CSF/GM/WM), each under its own random diffeomorphism, gamma and noise. Splits by
 seed: train subjects [seed, 1, k], validation [seed, 2, k], test [seed, 3, k]; test subjects are seen by
 nothing but this evaluation. 2D: axial slices at 2 mm (80 x 96), the test pairs being subjects (k, k+1)
@@ -51,7 +51,8 @@ from DeepRegistrationLib.models.model_file import read_metadata
 from DeepRegistrationLib.training.deepsim_trainer import RegistrationTraining, train_registration
 from DeepRegistrationLib.training.deepsim_data import VolumeSet
 from DeepRegistrationLib.training.deepsim_losses import RegistrationLoss, dice_scores
-from DeepRegistrationLib.training.deepsim_subjects import SubjectSettings, content_slices, subjects, template
+from DeepRegistrationLib.data.corpus_pairs import (TemplateSubjectSettings, content_slices, icbm_template,
+                                                 template_subjects)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from results_json import default_path, write_results  # noqa: E402
@@ -75,9 +76,9 @@ def settings_for(dim: int, metric: str, args) -> RegistrationTraining:
                                 seed=args.seed)
 
 
-def subject_settings(dim: int) -> SubjectSettings:
+def subject_settings(dim: int) -> TemplateSubjectSettings:
     g = GEOMETRY[dim]
-    return SubjectSettings(size_xyz=g["base"], spacing_mm=g["spacing"])
+    return TemplateSubjectSettings(size_xyz=g["base"], spacing_mm=g["spacing"])
 
 
 def train(args, base) -> None:
@@ -97,7 +98,7 @@ def train(args, base) -> None:
 
 def test_pairs(args, base) -> tuple:
     """moving, fixed (N, 1, *shape) and their labels (N, *shape) of the unseen test subjects."""
-    vols = subjects("test", args.test_subjects, subject_settings(args.dim), args.seed, base)
+    vols = template_subjects("test", args.test_subjects, subject_settings(args.dim), args.seed, base)
     moving, fixed, ml, fl = [], [], [], []
     for k in range(args.test_subjects - 1):
         (mi, mlab), (fi, flab) = vols[k + 1], vols[k]
@@ -331,7 +332,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     Path(args.work).mkdir(parents=True, exist_ok=True)
-    base = template(subject_settings(args.dim))
+    base = icbm_template(subject_settings(args.dim))
     if args.train:
         train(args, base)
     if args.evaluate:

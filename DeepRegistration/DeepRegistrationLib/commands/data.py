@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from ..core.io import read_image, write_image
-from ..data import sources
+from ..data import corpus, sources
 from ..data.synthetic import GRADIENT_MAGNITUDE_SIGMA_MM, gradient_magnitude
 
 
 def add_command(sub) -> None:
-    p = sub.add_parser("data", help="fetch the built-in sample data into the cache and list it")
+    p = sub.add_parser("data", help="fetch the subject corpus (offline sample data) into the cache and list it "
+                                    "with its train/validation/test split")
     p.set_defaults(func=run_data)
     g = sub.add_parser("gradient-magnitude", help="make the gradient-magnitude modality of an image",
                        description="|grad(G_sigma * I)| with a recursive Gaussian of sigma in mm: the T1<->GM "
@@ -20,18 +21,17 @@ def add_command(sub) -> None:
 
 
 def run_data(args) -> int:
+    """Fetch every subject of the corpus (images and label maps) and list it with its split."""
     print(f"cache: {sources.cache_dir()}")
-    for name, load in (("SPM avg152 T1/T2/PD", lambda: [sources.spm_avg152(m) for m in ("T1", "T2", "PD")]),
-                       ("SPM single-subject T1 (Colin27)", lambda: [sources.spm_single_subject_t1()]),
-                       ("ICBM152 2009a T1/GM/WM", lambda: [sources.icbm152(k) for k in ("t1", "gm", "wm")])):
-        images = load()
-        print(f"  {name}: {len(images)} volumes, size {images[0].grid.size}, spacing {images[0].grid.spacing.tolist()} mm")
-    for name, load in (("ITK KmeansTest T1 + segmentation", sources.itk_brain_t1), ("Colin27 + AAL", sources.colin27)):
+    for s in corpus.SUBJECTS:
         try:
-            load()
-            print(f"  {name}: available")
-        except Exception as err:  # noqa: BLE001 - optional sources: say why they are missing
-            print(f"  {name}: not available ({err})")
+            images = [corpus.load_image(s.id, name) for name in s.images]
+            labels = [corpus.load_labels(s.id, name) for name in s.labels]
+            grids = ", ".join(f"{n} {i.grid.size} at {[round(float(x), 2) for x in i.grid.spacing]} mm"
+                              for n, i in zip(list(s.images) + list(s.labels), images + labels))
+            print(f"  {s.split:10s} {s.id}: {grids}")
+        except Exception as err:  # noqa: BLE001 - a source that cannot be fetched here: say why
+            print(f"  {s.split:10s} {s.id}: not available ({err})")
     return 0
 
 

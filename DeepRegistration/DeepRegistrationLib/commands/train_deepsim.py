@@ -14,7 +14,7 @@ from ..networks.deepsim_unet import feature_config, registration_config
 from ..training.deepsim_trainer import DEFAULT_LAMBDA, FeatureTraining, RegistrationTraining, train_features, train_registration
 from ..training.deepsim_data import VolumeSet
 from ..training.deepsim_losses import SIMILARITIES
-from ..training.deepsim_subjects import SubjectSettings, template
+from ..data.corpus_pairs import MODES, CorpusPairs, TemplateSubjectSettings, icbm_template, isotropic_grid
 
 TEMPLATE_SOURCE = "icbm152"
 #: model geometry per dimension when none is given: (size x-first, spacing mm)
@@ -36,6 +36,10 @@ def _add_common(p, epochs: int, steps: int) -> None:
                                      "to the model spacing (every fifth row is kept apart for validation)")
     src.add_argument("--synthetic", choices=[TEMPLATE_SOURCE],
                      help="subjects made from the ICBM 2009a template and its GM/WM maps (the bundled models)")
+    src.add_argument("--corpus", choices=MODES,
+                     help="synthetic subjects of the subject corpus with tissue labels: the train split for training, "
+                          "the validation split for validation and λ selection (synthmorph: images synthesized "
+                          "from label maps; images: real images deformed; mixed: both)")
     p.add_argument("--out", required=True, help="model file to write (.pt)")
     p.add_argument("--checkpoint-dir", help="atomic checkpoints (default: next to --out)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --checkpoint-dir")
@@ -50,8 +54,8 @@ def _add_common(p, epochs: int, steps: int) -> None:
     p.add_argument("--spacing-mm", help="model voxel spacing in mm, x-first (default 4 mm in 3D, 2 mm in 2D)")
     p.add_argument("--batch-size", type=int, default=4, help="images or pairs per mini-batch (default 4)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--train-subjects", type=int, default=16, help="with --synthetic: training subjects (default 16)")
-    p.add_argument("--val-subjects", type=int, default=4, help="with --synthetic: validation subjects (default 4)")
+    p.add_argument("--train-subjects", type=int, default=16, help="with --synthetic or --corpus: training subjects (default 16)")
+    p.add_argument("--val-subjects", type=int, default=4, help="with --synthetic or --corpus: validation subjects (default 4)")
 
 
 def add_command(sub) -> None:
@@ -96,12 +100,18 @@ def _data(args, size, spacing, divisor: int) -> tuple:
     if args.pairs:
         return VolumeSet.from_csv(args.pairs, args.dim, size, spacing, divisor)
     if len(set(spacing)) != 1:
-        raise InputError("--synthetic subjects are made on an isotropic grid: give one spacing for every axis")
+        raise InputError("--synthetic and --corpus subjects are made on an isotropic grid: give one spacing for "
+                         "every axis")
     if args.train_subjects < 2 or args.val_subjects < 2:
         raise InputError("--train-subjects and --val-subjects must be at least 2 (pairs of distinct subjects)")
+    if args.corpus:
+        grid_of = isotropic_grid(spacing[0])
+        sources = [CorpusPairs(split, args.corpus, grid_of, need_tissue=True) for split in ("train", "validation")]
+        return tuple(VolumeSet.from_corpus(source, count, args.dim, size, args.seed)
+                     for source, count in zip(sources, (args.train_subjects, args.val_subjects)))
     base_size = size if args.dim == 3 else tuple(size) + (int(round(SLAB_HEIGHT_MM / spacing[0])),)
-    subject = SubjectSettings(size_xyz=base_size, spacing_mm=spacing[0])
-    base = template(subject)
+    subject = TemplateSubjectSettings(size_xyz=base_size, spacing_mm=spacing[0])
+    base = icbm_template(subject)
     return (VolumeSet.from_subjects("train", args.train_subjects, subject, args.dim, size, args.seed, base),
             VolumeSet.from_subjects("val", args.val_subjects, subject, args.dim, size, args.seed, base))
 

@@ -7,6 +7,7 @@ import sys
 from ..core.errors import InputError
 from ..metrics.deepsim_similarity import load_deepsim
 from ..networks.momentum_unet import MomentumUNetConfig
+from ..data.corpus_pairs import MODES
 from ..training.diffeo_trainer import SIMILARITIES, TEMPLATES, DiffeoTraining, PairSource, train
 
 DEEPSIM = "deepsim"
@@ -27,7 +28,12 @@ def add_command(sub) -> None:
     src.add_argument("--synthetic", choices=list(TEMPLATES),
                      help="subjects made from this template by random diffeomorphisms: the SPM avg152 T1 (an average "
                           "of 152 brains) or SPM's single-subject T1 (Colin27, sharper); the bundled model was "
-                          "trained on the first, then fine-tuned on the second")
+                          "trained on the first, then fine-tuned on the second (Colin27 is a test subject of the "
+                          "corpus: models trained on it are not evaluated fairly on Colin27)")
+    src.add_argument("--corpus", choices=MODES,
+                     help="synthetic subjects of the subject corpus: its train split for training, its validation "
+                          "split for validation (synthmorph: images synthesized from label maps; images: real "
+                          "images deformed; mixed: both)")
     p.add_argument("--out", required=True, help="model file to write (.pt)")
     p.add_argument("--checkpoint-dir", help="atomic checkpoints (default: next to --out)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --checkpoint-dir")
@@ -71,6 +77,9 @@ def add_command(sub) -> None:
     p.add_argument("--subject-pool", type=int, default=d.subject_pool,
                    help="draw this many synthetic subjects once and pair them at random (0: new subjects for every "
                         "pair; a pool makes CPU training faster); validation subjects are always new")
+    p.add_argument("--validation-pairs", type=int, default=d.validation_pairs,
+                   help=f"validation volume pairs (--patches-per-volume patches each; default {d.validation_pairs}); "
+                        "the model file keeps the weights of the epoch with the lowest validation loss")
     p.add_argument("--init-model", help="start from the weights of this diffeo model (bundled name or file; same "
                                         "architecture, spacing and LDDMM parameters) to fine-tune it, e.g. on "
                                         "your own pairs; its provenance goes into the new model's metadata")
@@ -81,9 +90,10 @@ def add_command(sub) -> None:
 def settings_from_args(args) -> DiffeoTraining:
     if args.patch_size % 4:
         raise InputError(f"--patch-size {args.patch_size} must be a multiple of 4 (two down-sampling steps)")
-    if args.no_augment and args.synthetic:
+    if args.no_augment and (args.synthetic or args.corpus):
         raise InputError("--no-augment would train on identical copies of the template; use it with --pairs")
-    for name in ("epochs", "groups_per_epoch", "batch_size", "volumes_at_once", "patches_per_volume", "channels"):
+    for name in ("epochs", "groups_per_epoch", "batch_size", "volumes_at_once", "patches_per_volume", "channels",
+                 "validation_pairs"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1")
     return DiffeoTraining(
@@ -93,8 +103,9 @@ def settings_from_args(args) -> DiffeoTraining:
         volumes_at_once=args.volumes_at_once, patches_per_volume=args.patches_per_volume, spacing_mm=args.spacing_mm,
         learning_rate=args.lr, epochs=args.epochs, groups_per_epoch=args.groups_per_epoch,
         warmup_steps=args.warmup_steps, warmup_factor=args.warmup_factor, deform_max_mm=args.deform_max_mm,
-        deform_spacing_mm=args.deform_spacing_mm, subject_pool=args.subject_pool, augment=not args.no_augment,
-        features=args.features or "", init_model=args.init_model or "", seed=args.seed)
+        deform_spacing_mm=args.deform_spacing_mm, subject_pool=args.subject_pool,
+        validation_pairs=args.validation_pairs, augment=not args.no_augment,
+        features=args.features or "", init_model=args.init_model or "", corpus=args.corpus or "", seed=args.seed)
 
 
 def deepsim_similarity(settings: DiffeoTraining):
@@ -115,14 +126,17 @@ def deepsim_similarity(settings: DiffeoTraining):
 
 def run(args) -> int:
     settings = settings_from_args(args)
-    if args.synthetic:
+    validation = None
+    if args.corpus:
+        data, validation = (PairSource.from_corpus(settings, args.corpus, split) for split in ("train", "validation"))
+    elif args.synthetic:
         data = PairSource.from_template(settings, args.synthetic)
     else:
         data = PairSource.from_csv(args.pairs, settings)
     command = "deepregistration " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     similarity = deepsim_similarity(settings) if settings.similarity == DEEPSIM else None
     out = train(settings, data, args.out, args.checkpoint_dir, args.resume, args.device, args.progress_json, command,
-                similarity)
+                similarity, validation)
     if not args.progress_json:
         print(f"diffeomorphic momentum model written to {out}")
     return 0

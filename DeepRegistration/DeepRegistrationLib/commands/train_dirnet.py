@@ -5,6 +5,7 @@ import shlex
 import sys
 
 from ..core.errors import InputError
+from ..data.corpus_pairs import MODES
 from ..networks.dirnet_regressor import POOLINGS, VARIANTS, DIRNetConfig
 from ..training.dirnet_trainer import DIRNetTraining, VolumePairs, train
 
@@ -37,6 +38,12 @@ def add_command(sub) -> None:
     src.add_argument("--pairs", help="CSV with header fixed,moving (images resampled to the model grid)")
     src.add_argument("--synthetic", choices=[TEMPLATE_SOURCE],
                      help="draw pairs from the SPM avg152 T1 template under random deformations (bundled models)")
+    src.add_argument("--corpus", choices=MODES,
+                     help="synthetic subject pairs of the subject corpus: a pool of --corpus-pairs pairs of its train "
+                          "split for training and of its validation split for validation (synthmorph: images "
+                          "synthesized from label maps; images: real images deformed; mixed: both)")
+    p.add_argument("--corpus-pairs", type=int, default=d.corpus_pairs,
+                   help="with --corpus: synthetic pairs drawn once per split (default %(default)s)")
     p.add_argument("--out", required=True, help="model file to write (.pt)")
     p.add_argument("--checkpoint-dir", help="atomic checkpoints (default: next to --out)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --checkpoint-dir")
@@ -85,19 +92,30 @@ def settings_from_args(args) -> DIRNetTraining:
         config.control_shape(tuple(reversed(size)))
     except ValueError as err:
         raise InputError(str(err)) from None
+    if args.corpus_pairs < 1:
+        raise InputError("--corpus-pairs must be at least 1")
     if args.no_augment and args.synthetic:
         raise InputError("--no-augment would train on identical pairs of the template; use it with --pairs")
     return DIRNetTraining(config=config, size_xyz=size, spacing_mm=spacing, batch_size=args.batch_size,
                          learning_rate=args.lr, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
                          checkpoint_every=args.checkpoint_every, deform_max_mm=args.deform_max_mm,
-                         deform_spacing_mm=args.deform_spacing_mm, augment=not args.no_augment, seed=args.seed)
+                         deform_spacing_mm=args.deform_spacing_mm, augment=not args.no_augment,
+                         corpus=args.corpus or "", corpus_pairs=args.corpus_pairs, seed=args.seed)
 
 
 def run(args) -> int:
     settings = settings_from_args(args)
-    data = VolumePairs.from_template(settings) if args.synthetic else VolumePairs.from_csv(args.pairs, settings)
+    validation = None
+    if args.corpus:
+        data, validation = (VolumePairs.from_corpus(settings, split, settings.corpus_pairs)
+                            for split in ("train", "validation"))
+    elif args.synthetic:
+        data = VolumePairs.from_template(settings)
+    else:
+        data = VolumePairs.from_csv(args.pairs, settings)
     command = "deepregistration " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    out = train(settings, data, args.out, args.checkpoint_dir, args.resume, args.device, args.progress_json, command)
+    out = train(settings, data, args.out, args.checkpoint_dir, args.resume, args.device, args.progress_json, command,
+                validation)
     if not args.progress_json:
         print(f"DIRNet model written to {out}")
     return 0

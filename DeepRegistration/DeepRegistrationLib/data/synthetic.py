@@ -31,19 +31,23 @@ def smooth_random_field(grid: Grid, rng: np.random.Generator, max_displacement_m
     """A smooth random deformation: random control-point displacements, cubic B-spline interpolation,
     then (with ``integrate``) treated as a stationary velocity and integrated by scaling and squaring
     so the result is diffeomorphic. ``max_displacement_mm`` bounds the control-point values."""
+    velocity = bspline_field(grid, control_spacing_mm,
+                             lambda n: rng.uniform(-max_displacement_mm, max_displacement_mm, n))
+    return scaling_and_squaring(velocity) if integrate else velocity
+
+
+def bspline_field(grid: Grid, control_spacing_mm: float, draw) -> DisplacementField:
+    """The cubic B-spline vector field (mm) on ``grid`` whose control-point values are ``draw(n)`` (n values),
+    control points every ``control_spacing_mm`` over the grid's extent."""
     extent = (np.asarray(grid.size) - 1) * grid.spacing
     mesh = [max(1, int(np.ceil(e / control_spacing_mm))) for e in extent]
     ref = Image(np.zeros(grid.shape, np.float32), grid).to_sitk()
     bspline = sitk.BSplineTransformInitializer(ref, mesh, order=3)
-    params = rng.uniform(-max_displacement_mm, max_displacement_mm, len(bspline.GetParameters()))
-    bspline.SetParameters(tuple(params))
+    bspline.SetParameters(tuple(float(v) for v in draw(len(bspline.GetParameters()))))
     tdf = sitk.TransformToDisplacementFieldFilter()
     tdf.SetReferenceImage(ref)
     tdf.SetOutputPixelType(sitk.sitkVectorFloat64)
-    velocity = Image.from_sitk(tdf.Execute(bspline)).array.astype(np.float32)
-    if not integrate:
-        return DisplacementField(velocity, grid)
-    return scaling_and_squaring(DisplacementField(velocity, grid))
+    return DisplacementField(Image.from_sitk(tdf.Execute(bspline)).array.astype(np.float32), grid)
 
 
 def scaling_and_squaring(velocity: DisplacementField, steps: int = 6) -> DisplacementField:

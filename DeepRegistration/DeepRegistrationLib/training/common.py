@@ -15,6 +15,7 @@ import torch.distributed as dist
 from ..core.device import resolve_device
 from ..core.errors import Cancelled, InputError
 from ..core.progress import emit_json
+from ..data.corpus import code_version
 
 PAIR_COLUMNS = ("fixed", "moving")
 OPTIONAL_COLUMNS = ("fixed_mask", "moving_mask", "fixed_labels", "moving_labels")
@@ -59,6 +60,16 @@ def write_pairs_csv(path, rows: list) -> None:
         w.writeheader()
         for r in rows:
             w.writerow({k: str(r[k]) for k in keys if k in r})
+
+
+def provenance(train_source=None, validation_source=None) -> dict:
+    """What every model file's ``training`` block records of its origin: the code version and, when it
+    was trained on the subject corpus (:class:`..data.corpus_pairs.CorpusPairs`), its subjects and synthesis."""
+    record = {"code": code_version()}
+    if train_source is not None:
+        record["corpus"] = train_source.provenance(validation_source if validation_source is not None
+                                                   else train_source)
+    return record
 
 
 def atomic_save(obj: dict, path) -> None:

@@ -6,8 +6,9 @@ training size (``size_xyz``): 3D crops of the volumes, or 2D crops of axial slic
 axis) that show enough content; a pair's two crops are taken at the same place. Validation batches are
 drawn once with a fixed seed.
 
-Sources: ``from_subjects`` (ICBM 2009a subjects of one split, see :mod:`.deepsim_subjects`; every
-ordered pair of distinct subjects) or ``from_csv`` (the training contract's pairs CSV: each fixed image
+Sources: ``from_corpus`` (synthetic subjects of one split of the subject corpus, :mod:`..data.corpus_pairs`,
+with their tissue classes; every ordered pair of distinct subjects), ``from_subjects`` (ICBM 2009a template
+subjects of one seed stream, :func:`..data.corpus_pairs.template_subjects`) or ``from_csv`` (the training contract's pairs CSV: each fixed image
 on a grid of the model spacing covering it, the moving image resampled onto the same grid, label maps
 with nearest-neighbour; every fifth row is kept apart for validation when there are at least two).
 """
@@ -21,8 +22,8 @@ from ..core.io import read_image
 from ..core.warp import warp
 from ..deformable.deepsim_registration import covering_grid
 from ..deformable.model_input import normalize_intensity, resample_to
+from ..data.corpus_pairs import CorpusPairs, content_slices, template_subjects
 from .common import read_pairs_csv
-from .deepsim_subjects import content_slices, subjects
 
 
 class VolumeSet:
@@ -32,6 +33,7 @@ class VolumeSet:
         if not volumes:
             raise InputError("no volumes to train on")
         self.volumes, self.pairs, self.ndim, self.description = volumes, pairs, ndim, description
+        self.source = None
         self.crop_shape = tuple(reversed([int(s) for s in size_xyz]))
         self.slices = [content_slices(lab if lab is not None else (img > 0.1).astype(np.int64))
                        for img, lab in volumes] if ndim == 2 else None
@@ -41,9 +43,23 @@ class VolumeSet:
         return all(lab is not None for _, lab in self.volumes)
 
     @classmethod
+    def from_corpus(cls, source: CorpusPairs, count: int, ndim: int, size_xyz, seed: int = 0) -> "VolumeSet":
+        """``count`` synthetic subjects (pairs of :meth:`CorpusPairs.subject_pair`, seeds [seed, k]) of a
+        corpus split, with tissue labels; pairs are formed between distinct subjects."""
+        vols = []
+        for k in range((count + 1) // 2):
+            for s in source.subject_pair(np.random.default_rng([seed, k])):
+                vols.append((normalize_intensity(s.image.array), s.labels.array.astype(np.int64)))
+        vols = vols[:count]
+        pairs = [(i, j) for i in range(len(vols)) for j in range(len(vols)) if i != j]
+        volume_set = cls(vols, pairs, ndim, size_xyz, f"{len(vols)} subjects of the {source.description}")
+        volume_set.source = source
+        return volume_set
+
+    @classmethod
     def from_subjects(cls, split: str, count: int, subject_settings, ndim: int, size_xyz, seed: int = 0,
                       base=None) -> "VolumeSet":
-        vols = subjects(split, count, subject_settings, seed, base)
+        vols = template_subjects(split, count, subject_settings, seed, base)
         pairs = [(i, j) for i in range(count) for j in range(count) if i != j]
         return cls(vols, pairs, ndim, size_xyz, f"{count} {split} subjects of ICBM 2009a (seeds [{seed}, "
                    f"{split}, 0..{count - 1}])")

@@ -30,10 +30,10 @@ from ..deformable.deepsim_registration import MODEL_KIND, NORMALIZATION
 from ..metrics.deepsim_similarity import FEATURE_MODEL_KIND, load_deepsim
 from ..models.model_file import save_model
 from ..networks.deepsim_unet import FeatureExtractorUNet, RegistrationUNet, feature_config, registration_config
-from .common import StepLoop, atomic_save, distributed, emit_progress, resume_checkpoint
+from .common import StepLoop, atomic_save, distributed, emit_progress, provenance, resume_checkpoint
 from .deepsim_data import VolumeSet
 from .deepsim_losses import SIMILARITIES, RegistrationLoss, dice_scores
-from .deepsim_subjects import TISSUE_CLASSES
+from ..data.corpus import TISSUE_CLASSES
 
 FEATURES_CHECKPOINT = "deepsim_features_last.pt"
 REGISTRATION_CHECKPOINT = "deepsim_last.pt"
@@ -191,7 +191,8 @@ def train_features(settings: FeatureTraining, data: VolumeSet, validation: Volum
                         "loss": "cross-entropy (segmentation)", "augmentation": f"Gaussian noise σ ~ U[0, {settings.noise_std}]",
                         "seconds_this_run": round(time.perf_counter() - t0, 1), "processes": dist.world_size,
                         "final_val_dice": history[-1]["val_metric"] if history else None,
-                        "history": history, "settings": settings.to_dict()}
+                        "history": history, "settings": settings.to_dict(),
+                        **provenance(data.source, validation.source)}
             save_model(out, net.state_dict(), feature_metadata(settings, training))
             emit_progress(progress_json, event="done", epoch=settings.epochs, step=step, fraction=1.0,
                           loss=history[-1]["loss"] if history else float("nan"), message="done", model=str(out))
@@ -313,7 +314,8 @@ def train_registration(settings: RegistrationTraining, data: VolumeSet, validati
                         "optimizer": f"Adam, lr {settings.learning_rate}",
                         "loss": f"eq. 1: D = {settings.similarity}, R = diffusion, λ = {results[best]['lambda']}",
                         "seconds_this_run": round(time.perf_counter() - t0, 1), "processes": dist.world_size,
-                        "history": results[best]["history"], "settings": settings.to_dict()}
+                        "history": results[best]["history"], "settings": settings.to_dict(),
+                        **provenance(data.source, validation.source)}
             save_model(out, best_state, registration_metadata(settings, results[best]["lambda"], search, training))
             emit_progress(progress_json, event="done", epoch=settings.epochs, step=step, fraction=1.0,
                           loss=results[best]["val_loss"], message=f"λ = {results[best]['lambda']} kept", model=str(out))

@@ -22,8 +22,14 @@ own random diffeomorphism (data.synthetic.smooth_random_field), and the pair one
 drawn per pair, changed by at most ±5 % per image, plus each image's own noise (``pair_jitter``). A
 gamma drawn independently per image (0.8-1.25) made intensity, not anatomy, the main difference the
 unimodal loss saw: at perfect alignment such pairs scored a normalized MSE of up to 0.14, more than
-misaligned pairs (0.05-0.13). Validation pairs use seeds no training pair uses; testing (benchmarks) uses the
-ICBM 2009a template, a different population average, so train and test subjects are apart.
+misaligned pairs (0.05-0.13). Validation pairs use seeds no training pair uses.
+
+With the subject corpus (``from_corpus``, :mod:`..data.corpus_pairs`), training pairs are synthetic subjects of
+the corpus' train split and validation pairs (model selection) synthetic subjects of its validation split; the
+test split is left to the deformable evaluation.
+
+Model selection: the validation loss is measured after every epoch (and, when fine-tuning, of the initial
+weights); the model file keeps the weights with the lowest one (``training.selected``).
 """
 from __future__ import annotations
 
@@ -41,6 +47,7 @@ from ..core.image import Image
 from ..core.io import read_image
 from ..core.warp import warp
 from ..data import sources
+from ..data.corpus_pairs import CorpusPairs, isotropic_grid
 from ..data.synthetic import intensity_jitter, smooth_random_field
 from ..deformable import lddmm
 from ..deformable.diffeo_registration import lddmm_parameters, load_momentum_net
@@ -50,8 +57,8 @@ from ..core.spatial_transformer import inside_fraction_mask, warp_voxels
 from ..metrics.similarity import local_ncc, mse, normalized_mse
 from ..models.model_file import save_model
 from ..networks.momentum_unet import MomentumUNet, MomentumUNetConfig
-from .common import (StepLoop, atomic_save, distributed, emit_progress, read_pairs_csv, restore_torch_rng_state,
-                     resume_checkpoint, torch_rng_state)
+from .common import (StepLoop, atomic_save, distributed, emit_progress, provenance, read_pairs_csv,
+                     restore_torch_rng_state, resume_checkpoint, torch_rng_state)
 
 CHECKPOINT_NAME = "diffeo_last.pt"
 PAIR_GAMMA = (0.8, 1.25)
@@ -89,6 +96,7 @@ class DiffeoTraining:
     augment: bool = True
     features: str = ""
     init_model: str = ""
+    corpus: str = ""
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -134,6 +142,16 @@ class PairSource:
         self.pairs, self.settings, self.description, self.synthesize = pairs, settings, description, synthesize
         self.split = split
         self.pool = []
+        self.corpus = None
+
+    @classmethod
+    def from_corpus(cls, settings: DiffeoTraining, mode: str, split: str) -> "PairSource":
+        """Synthetic subject pairs of one split of the subject corpus at the model spacing (subjects smaller
+        than the training patch left out)."""
+        corpus = CorpusPairs(split, mode, isotropic_grid(settings.spacing_mm), min_size_vox=settings.patch_size)
+        source = cls([], settings, corpus.description, True, f"corpus {split} split")
+        source.corpus = corpus
+        return source
 
     @classmethod
     def from_template(cls, settings: DiffeoTraining, template: str = "spm-avg152-t1") -> "PairSource":
@@ -179,6 +197,8 @@ class PairSource:
 
     def pair(self, rng: np.random.Generator, fresh: bool = False) -> tuple:
         """A (fixed, moving) pair of arrays; ``fresh`` draws new subjects even when a pool is used (validation)."""
+        if self.corpus is not None:
+            return self.corpus.pair(rng)
         fixed, moving = self.pairs[int(rng.integers(len(self.pairs)))]
         if not self.synthesize:
             return fixed.array, moving.array
@@ -238,8 +258,11 @@ def resolve_similarity(similarity) -> Callable:
 
 
 def train(settings: DiffeoTraining, data: PairSource, out, checkpoint_dir=None, resume: bool = False,
-          device: str = "auto", progress_json: bool = False, command: str = "", similarity=None) -> Path:
-    """Train and write the model file ``out``. ``similarity`` overrides ``settings.similarity`` with a callable."""
+          device: str = "auto", progress_json: bool = False, command: str = "", similarity=None,
+          validation: PairSource = None) -> Path:
+    """Train and write the model file ``out``. ``similarity`` overrides ``settings.similarity`` with a callable;
+    validation pairs come from ``validation`` (default: new pairs of ``data``)."""
+    validation = validation if validation is not None else data
     sim = resolve_similarity(similarity if similarity is not None else settings.similarity)
     out = Path(out)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else out.parent / f"{out.stem}_checkpoints"
@@ -260,9 +283,13 @@ def train(settings: DiffeoTraining, data: PairSource, out, checkpoint_dir=None, 
                 restore_torch_rng_state(ckpt["torch_rng"], dist.device)
         model = dist.wrap(net)
         val_rng = np.random.default_rng([settings.seed, 10 ** 6])
-        val_fixed, val_moving = random_patches([data.pair(val_rng, fresh=True) for _ in range(settings.validation_pairs)],
-                                               settings, val_rng)
+        val_fixed, val_moving = random_patches(
+            [validation.pair(val_rng, fresh=True) for _ in range(settings.validation_pairs)], settings, val_rng)
         identity_val = validation_loss(zero_momentum, val_fixed, val_moving, settings, sim, dist.device)
+        net.eval()
+        initial_val = validation_loss(net, val_fixed, val_moving, settings, sim, dist.device) if initial else None
+        best = ckpt.get("best") or {"val_loss": initial_val if initial_val is not None else math.inf, "step": 0,
+                                    "model": {k: v.clone() for k, v in net.state_dict().items()}}
         steps_per_epoch = settings.groups_per_epoch * settings.batches_per_group
         total = settings.epochs * steps_per_epoch
         per_rank = settings.batch_size // dist.world_size
@@ -286,12 +313,15 @@ def train(settings: DiffeoTraining, data: PairSource, out, checkpoint_dir=None, 
         def validate():
             net.eval()
             val = validation_loss(net, val_fixed, val_moving, settings, sim, dist.device)
+            if val < best["val_loss"]:   # model selection: the lowest validation loss seen, the start included
+                best.update(val_loss=val, step=(len(history) + 1) * steps_per_epoch,
+                            model={k: v.detach().clone() for k, v in net.state_dict().items()})
             return {"val_loss": val, "identity_val_loss": identity_val}
 
         def save(at_step):
             if dist.is_main:
                 atomic_save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": at_step,
-                             "history": history, "settings": settings.to_dict(),
+                             "history": history, "settings": settings.to_dict(), "best": best,
                              "torch_rng": torch_rng_state(dist.device)}, ckpt_path)
 
         t0 = time.perf_counter()
@@ -305,11 +335,14 @@ def train(settings: DiffeoTraining, data: PairSource, out, checkpoint_dir=None, 
                                 f"{settings.similarity if similarity is None else getattr(sim, '__name__', 'custom')}",
                         "seconds_this_run": round(seconds, 1), "processes": dist.world_size,
                         "final_val_loss": history[-1]["val_loss"] if history else None,
-                        "identity_val_loss": identity_val,
+                        "identity_val_loss": identity_val, "initial_val_loss": initial_val,
+                        "selected": {"step": best["step"], "val_loss": best["val_loss"],
+                                     "rule": "lowest validation loss of the epochs (step 0: the initial weights)"},
                         "initialized_from": initial,
                         "history": history, "settings": settings.to_dict(),
-                        "split": data.split}
-            save_model(out, net.state_dict(), model_metadata(settings, training))
+                        "split": data.split, "validation": validation.description,
+                        **provenance(data.corpus, validation.corpus)}
+            save_model(out, best["model"], model_metadata(settings, training))
             emit_progress(progress_json, event="done", epoch=settings.epochs, step=step, fraction=1.0,
                   loss=history[-1]["loss"] if history else float("nan"), message="done", model=str(out))
         dist.barrier()

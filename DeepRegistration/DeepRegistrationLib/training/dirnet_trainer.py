@@ -5,8 +5,9 @@ image (mean over the pairs of a mini-batch of 32), optimized with Adam. Pairs co
 (images resampled to the model grid; 2D models take random slices along the third axis) or, for the
 bundled models, from the SPM avg152 T1 template: each image of a pair is the template under its own
 random smooth deformation (cubic B-spline, ``deform_spacing_mm``, |c| <= ``deform_max_mm``) with a
-random gamma and noise, so every pair is a new "subject" pair. Test data are kept apart (the
-benchmark tests on the ICBM 2009a template, a different population average).
+random gamma and noise, so every pair is a new "subject" pair. With the subject corpus (``from_corpus``,
+:mod:`..data.corpus_pairs`), a pool of synthetic subject pairs of the train split is drawn once (seeded) on
+the model grid, then augmented as above; validation pairs come from a pool of the validation split.
 
 Checkpoints are written atomically every ``checkpoint_every`` steps and on SIGTERM/Ctrl-C, and a run
 resumes from the latest one. Under ``torchrun`` each rank draws its own pairs (batch / world size) and
@@ -25,6 +26,7 @@ import torch
 from ..core.errors import InputError
 from ..core.io import read_image
 from ..data import sources
+from ..data.corpus_pairs import CorpusPairs
 from ..core.bspline import bspline_displacement
 from ..deformable.dirnet_registration import MODEL_KIND, NORMALIZATION, model_grid
 from ..deformable.model_input import normalize_intensity, resample_to
@@ -32,7 +34,7 @@ from ..core.spatial_transformer import warp_voxels
 from ..metrics.similarity import ncc
 from ..models.model_file import save_model
 from ..networks.dirnet_regressor import DIRNet, DIRNetConfig
-from .common import StepLoop, atomic_save, distributed, emit_progress, read_pairs_csv, resume_checkpoint
+from .common import StepLoop, atomic_save, distributed, emit_progress, provenance, read_pairs_csv, resume_checkpoint
 
 CHECKPOINT_NAME = "dirnet_last.pt"
 
@@ -53,6 +55,8 @@ class DIRNetTraining:
     deform_max_mm: float = 4.0
     deform_spacing_mm: float = 24.0
     augment: bool = True
+    corpus: str = ""
+    corpus_pairs: int = 16
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -96,6 +100,7 @@ class VolumePairs:
 
     def __init__(self, pairs: list, settings: DIRNetTraining, description: str):
         self.pairs, self.settings, self.description = pairs, settings, description
+        self.corpus = None
         self.ndim = settings.config.ndim
         self.slices = []
         for f, _ in pairs:
@@ -109,6 +114,17 @@ class VolumePairs:
         grid = model_grid(t1.grid, settings.size_xyz, settings.spacing_mm)
         a = normalize_intensity(resample_to(t1, grid).array)
         return cls([(a, a)], settings, "SPM avg152 T1 (2 mm) under random deformations, gamma and noise")
+
+    @classmethod
+    def from_corpus(cls, settings: DIRNetTraining, split: str, count: int) -> "VolumePairs":
+        """``count`` synthetic subject pairs (seeds [seed, k]) of one split of the subject corpus, on model grids
+        centred on their sources."""
+        corpus = CorpusPairs(split, settings.corpus, lambda g: model_grid(g, settings.size_xyz, settings.spacing_mm))
+        pairs = [corpus.pair(np.random.default_rng([settings.seed, k])) for k in range(count)]
+        data = cls([(normalize_intensity(f), normalize_intensity(m)) for f, m in pairs], settings,
+                   f"{count} pairs of the {corpus.description}")
+        data.corpus = corpus
+        return data
 
     @classmethod
     def from_csv(cls, path, settings: DIRNetTraining) -> "VolumePairs":
@@ -147,8 +163,10 @@ def model_metadata(settings: DIRNetTraining, training: dict) -> dict:
 
 
 def train(settings: DIRNetTraining, data: VolumePairs, out, checkpoint_dir=None, resume: bool = False,
-          device: str = "auto", progress_json: bool = False, command: str = "") -> Path:
-    """Train and write the model file ``out``; returns its path."""
+          device: str = "auto", progress_json: bool = False, command: str = "", validation: VolumePairs = None) -> Path:
+    """Train and write the model file ``out``; returns its path. Validation pairs come from ``validation``
+    (default: ``data``, drawn with a seed of their own)."""
+    validation = validation if validation is not None else data
     out = Path(out)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else out.parent / f"{out.stem}_checkpoints"
     ckpt_path = checkpoint_dir / CHECKPOINT_NAME
@@ -165,7 +183,8 @@ def train(settings: DIRNetTraining, data: VolumePairs, out, checkpoint_dir=None,
             optimizer.load_state_dict(ckpt["optimizer"])
         model = dist.wrap(net)
         generator = torch.Generator().manual_seed(settings.seed * 1000 + dist.rank + 7919 * step)
-        val_fixed, val_moving = data.sample(settings.validation_pairs, torch.Generator().manual_seed(10 ** 6 + settings.seed))
+        val_fixed, val_moving = validation.sample(settings.validation_pairs,
+                                                  torch.Generator().manual_seed(10 ** 6 + settings.seed))
         total = settings.epochs * settings.steps_per_epoch
         per_rank = settings.batch_size // dist.world_size
 
@@ -196,8 +215,10 @@ def train(settings: DIRNetTraining, data: VolumePairs, out, checkpoint_dir=None,
                         "seconds_this_run": round(seconds, 1), "processes": dist.world_size,
                         "final_val_loss": history[-1]["val_loss"] if history else None,
                         "history": history, "settings": settings.to_dict(),
-                        "split": "trained on the SPM avg152 T1 template only; ICBM 2009a kept for testing"
-                        if "SPM avg152" in data.description else "the pairs of the CSV"}
+                        "split": data.description if data.corpus is not None
+                        else "trained on the SPM avg152 T1 template only; ICBM 2009a kept for testing"
+                        if "SPM avg152" in data.description else "the pairs of the CSV",
+                        "validation": validation.description, **provenance(data.corpus, validation.corpus)}
             save_model(out, net.state_dict(), model_metadata(settings, training))
             emit_progress(progress_json, event="done", epoch=settings.epochs, step=step, fraction=1.0,
                   loss=history[-1]["loss"] if history else float("nan"), message="done", model=str(out))

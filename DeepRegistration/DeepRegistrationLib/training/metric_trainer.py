@@ -38,9 +38,9 @@ from ..core.io import read_image
 from ..core.transforms import RigidTransform
 from ..metrics.evaluation import rigid_errors
 from ..networks.metric_cnn import MetricCNN, default_architecture
-from ..rigid.cnn_metric import CNNSettings, MetricStage, register_cnn, save_metric_set
+from ..rigid.cnn_metric import CNNSettings, MetricStage, load_metric_set, register_cnn, save_metric_set
 from ..rigid.powell import PowellSettings
-from .common import Distributed, atomic_save, load_checkpoint, progress_bar
+from .common import Distributed, atomic_save, load_checkpoint, progress_bar, provenance
 from ..rigid.metric_patches import INTENSITY_NORMALIZATION, PatchPairSampler, SamplerSettings, prepare_level
 from ..rigid.sampling_region import FOREGROUND_DEFAULT
 
@@ -92,6 +92,7 @@ class MetricTrainingConfig:
     selection: str = "registration"              # §3 model selection: "registration" or "accuracy" (see above)
     selection_starts: int = 2                    # ours: perturbed starts per validation pair (registration)
     seed: int = 0
+    init_model: str = ""                         # a metric set whose stage k starts stage k (fine-tuning)
     description: str = ""
     command: str = ""                            # the command line that ran the training (provenance)
 
@@ -176,7 +177,10 @@ class TrainingState:
 
 class MetricTrainer:
     def __init__(self, pairs: list, config: MetricTrainingConfig, out, checkpoint_dir, dist_ctx: Distributed,
-                 reporter_json: bool = False, show_progress: bool = True):
+                 reporter_json: bool = False, show_progress: bool = True, validation_pairs: list = None,
+                 corpus_record: dict = None):
+        """``validation_pairs``: exactly aligned pairs of other subjects for model selection (their transforms stay
+        the identity, the truth, and are never re-registered); without them a fraction of ``pairs`` validates."""
         if not pairs:
             raise InputError("train-metric needs at least one (fixed, moving) pair")
         if config.selection not in SELECTIONS or config.selection_starts < 1:
@@ -187,7 +191,12 @@ class MetricTrainer:
         self.d = dist_ctx
         self.device = dist_ctx.device
         self.train_idx, self.val_idx = split_pairs(len(pairs), config.validation_fraction, config.seed)
-        self.centres = [p.fixed.grid.center_physical() for p in pairs]
+        self.fixed_validation = bool(validation_pairs)
+        if self.fixed_validation:
+            self.pairs = list(pairs) + list(validation_pairs)
+            self.train_idx, self.val_idx = list(range(len(pairs))), list(range(len(pairs), len(self.pairs)))
+        self.corpus_record = corpus_record
+        self.centres = [p.fixed.grid.center_physical() for p in self.pairs]
         steps = self.steps_per_epoch() * config.epochs * len(config.stages)
         self.report = Reporter(steps, reporter_json, dist_ctx.is_main and show_progress)
         self.global_step = 0
@@ -291,8 +300,10 @@ class MetricTrainer:
         """Re-register every pair with this stage's metric (eq. 2), starting from its current transform."""
         settings = CNNSettings(self.c.realign_patches, self.c.seed,
                                PowellSettings(max_evaluations=self.c.realign_evaluations))
-        mine = {}
+        mine = {i: transforms[i].parameters.tolist() for i in self.val_idx} if self.fixed_validation else {}
         for i in range(self.d.rank, len(self.pairs), self.d.world_size):
+            if i in mine:
+                continue
             p = self.pairs[i]
             t, _ = register_cnn(p.fixed, p.moving, [stage], transforms[i], self.device, settings, None, p.fixed_mask,
                                  p.moving_mask)
@@ -327,7 +338,8 @@ class MetricTrainer:
                              "config": self.c.to_dict(), "pairs": [p.name for p in self.pairs],
                              "train_pairs": self.train_idx, "validation_pairs": self.val_idx,
                              "description": self.c.description, "command": self.c.command,
-                             "world_size": self.d.world_size}}
+                             "world_size": self.d.world_size, **provenance(),
+                             **({"corpus": self.corpus_record} if self.corpus_record else {})}}
 
     def train(self, resume: bool = False) -> Path:
         torch.manual_seed(self.c.seed)
@@ -362,6 +374,8 @@ class MetricTrainer:
             net.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
+        elif self.c.init_model:
+            self.initial_weights(net, k, level, variance)
         train_levels = [levels[i] for i in self.train_idx]
         train_transforms = [transforms[i] for i in self.train_idx]
         name = f"F{k + 1}(l={level:g}, σ²={variance:g})"
@@ -400,6 +414,17 @@ class MetricTrainer:
             self.checkpoint(net, optimizer, scheduler, state)
         self.finish_stage(state, net, optimizer, scheduler, level, variance, spacing, sampler.s)
 
+    def initial_weights(self, net, k: int, level: float, variance: float) -> None:
+        """Stage k of ``init_model`` into ``net``; refused unless that stage has this one's level, dithering and
+        architecture."""
+        stages = load_metric_set(self.c.init_model)
+        info = stages[k].info if k < len(stages) else None
+        if info is None or (info["level"], info["dither_variance_mm2"]) != (level, variance) \
+                or info["architecture"] != json.loads(json.dumps(self.architecture())):
+            raise InputError(f"--init-model {self.c.init_model}: it has no stage {k + 1} with level {level:g}, "
+                             f"dither variance {variance:g} and this architecture")
+        net.load_state_dict(stages[k].network.state_dict())
+
     def finish_stage(self, state, net, optimizer, scheduler, level, variance, spacing, sampler_settings) -> None:
         k = state.stage
         net.load_state_dict(state.best_state)
@@ -411,8 +436,9 @@ class MetricTrainer:
                 "symmetrize": sampler_settings.symmetrize, "validation_accuracy": state.best_accuracy,
                 "model_selection": self.c.selection, "validation_registration_error_mm": state.best_error_mm}
         if k + 1 < len(self.c.stages) or self.c.realign_after_last_stage:
+            count = len(self.train_idx) if self.fixed_validation else len(self.pairs)
             self.report("realign", self.global_step, epoch=state.epoch,
-                        message=f"stage {k + 1}: re-registering {len(self.pairs)} pairs with its metric")
+                        message=f"stage {k + 1}: re-registering {count} pairs with its metric")
             stage = MetricStage(net, spacing, self.c.patch_size, info)
             state.transforms = self.realign(stage, self.transforms_of(state))
             state.realignment.append({"stage": k + 1, "parameters": state.transforms,
