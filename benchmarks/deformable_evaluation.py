@@ -338,7 +338,11 @@ def merge(paths, out: Path) -> None:
     """One results file from runs that each evaluated some of the pairs (run side by side to share a busy CPU)."""
     parts = [read_part(p) for p in paths]
     parts.sort(key=lambda p: "test_subjects" not in p)
-    merged = {**parts[0], "rows": [r for p in parts for r in p["rows"]], "merged_from": [
+    rows = {}
+    for part in parts:
+        for r in part["rows"]:
+            rows.setdefault((r["pair"], r["method"]), r)      # a pair's row once, even where two runs made it
+    merged = {**parts[0], "rows": list(rows.values()), "merged_from": [
         {k: p[k] for k in ("command", "load_average_at_start", "load_average_at_end", "bspline_tuning")} for p in parts]}
     merged["speedup_vs_demons"] = speedups_vs_demons(merged["rows"])
     for key in ("command", "load_average_at_start", "load_average_at_end", "bspline_tuning"):
