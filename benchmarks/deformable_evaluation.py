@@ -19,7 +19,8 @@ Methods, all timed in this run on the same CPU threads: ``diffeo``, ``dirnet``, 
 ``api.register`` (``--param METHOD:KEY=VALUE`` passes options, e.g. ``diffeo:iterations=0``; a method that
 gives an inverse gives both directions in one call, the others are run again with the images swapped),
 SimpleITK diffeomorphic demons, a SimpleITK B-spline (correlation, L-BFGS-B, 3 levels; control spacing
-chosen on a validation-split pair, never on test data), and ANTs SyN (antspyx, CC metric; optional).
+chosen on a validation-split pair at ``--tune-spacing-mm``, never on test data), and ANTs SyN (antspyx,
+CC metric; optional).
 One row per subject pair and method; the speed-up per direction is demons' time for one direction over
 the method's. Results: ``benchmarks/results/deformable_evaluation.json``.
 
@@ -306,20 +307,71 @@ def choose_bspline_spacing(candidates, spacing: float, seed: int, max_mm: float)
             "validation_pair": pair["name"]}
 
 
+def speedups_vs_demons(rows: list) -> dict:
+    """Per method and pair: demons' seconds over the method's, for one direction and for both."""
+    out = {}
+    for r in rows:
+        if r["method"] in ("none", "demons") or "seconds_one_direction" not in r:
+            continue
+        d = next((d for d in rows if d["pair"] == r["pair"] and d["method"] == "demons"
+                  and "seconds_one_direction" in d), None)
+        if d:
+            both = d.get("seconds_both_directions", np.nan) / r.get("seconds_both_directions", np.nan)
+            out.setdefault(r["method"], []).append({"pair": r["pair"], "both_directions": both,
+                                                    "one_direction": d["seconds_one_direction"]
+                                                    / r["seconds_one_direction"]})
+    return out
+
+
+def read_part(path) -> dict:
+    """A results file, or the log of a run stopped early (its printed rows; marked as such)."""
+    path = Path(path)
+    if path.suffix == ".json":
+        return json.loads(path.read_text())
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.startswith('{"pair"')]
+    tuning = [line for line in path.read_text().splitlines() if line.startswith("B-spline control spacing")]
+    return {"rows": rows, "command": f"rows read from the log {path.name} of a run stopped before it finished",
+            "load_average_at_start": None, "load_average_at_end": None, "bspline_tuning": tuning[0] if tuning else None}
+
+
+def merge(paths, out: Path) -> None:
+    """One results file from runs that each evaluated some of the pairs (run side by side to share a busy CPU)."""
+    parts = [read_part(p) for p in paths]
+    parts.sort(key=lambda p: "test_subjects" not in p)
+    rows = {}
+    for part in parts:
+        for r in part["rows"]:
+            rows.setdefault((r["pair"], r["method"]), r)      # a pair's row once, even where two runs made it
+    merged = {**parts[0], "rows": list(rows.values()), "merged_from": [
+        {k: p[k] for k in ("command", "load_average_at_start", "load_average_at_end", "bspline_tuning")} for p in parts]}
+    merged["speedup_vs_demons"] = speedups_vs_demons(merged["rows"])
+    for key in ("command", "load_average_at_start", "load_average_at_end", "bspline_tuning"):
+        merged.pop(key)
+    out.write_text(json.dumps(merged, indent=1, default=float))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--spacing-mm", type=float, default=2.0)
     p.add_argument("--same-subject-pairs", type=int, default=1, help="known-deformation pairs per test subject")
+    p.add_argument("--subjects", help="test subjects for the same-subject pairs (comma-separated; default all, "
+                                      "'none' for no same-subject pair)")
     p.add_argument("--no-inter-subject", action="store_true", help="skip the ITK → Colin27 pair")
     p.add_argument("--deform-max-mm", type=float, default=6.0, help="velocity coefficient bound b (mm)")
     p.add_argument("--methods", default=",".join(list(LEARNED) + list(BASELINES)))
     p.add_argument("--param", action="append", metavar="METHOD:KEY=VALUE", help="an option of a learned method")
     p.add_argument("--bspline-candidates", default="20,40", help="control spacings (mm) tried on validation")
+    p.add_argument("--tune-spacing-mm", type=float, default=4.0,
+                   help="image spacing of the validation pair the B-spline control spacing is chosen on")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="merge results files (or logs) of partial runs into --out")
     args = p.parse_args(argv)
-    methods = [m.strip() for m in args.methods.split(",")]
+    if args.merge:
+        merge(args.merge, Path(args.out))
+        return 0
+    methods = [m.strip() for m in args.methods.split(",") if m.strip() not in ("", "none")]
     params = parse_params(args.param)
     torch.set_num_threads(args.threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
@@ -327,11 +379,14 @@ def main(argv=None) -> int:
 
     tuning = None
     if "bspline" in methods:
-        tuning = choose_bspline_spacing([float(c) for c in args.bspline_candidates.split(",")], args.spacing_mm,
+        tuning = choose_bspline_spacing([float(c) for c in args.bspline_candidates.split(",")], args.tune_spacing_mm,
                                         10 ** 6 + args.seed, args.deform_max_mm)
         print(f"B-spline control spacing chosen on validation: {tuning}", flush=True)
     pairs = []
+    chosen = None if args.subjects is None else set(args.subjects.split(","))
     for s in corpus.subjects("test"):
+        if chosen is not None and s.id not in chosen:
+            continue
         for k in range(args.same_subject_pairs):
             pairs.append(lambda s=s, k=k: same_subject_pair(s.id, args.spacing_mm, 1000 * args.seed + k,
                                                             args.deform_max_mm))
@@ -369,17 +424,6 @@ def main(argv=None) -> int:
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k not in ("options",)}, default=float), flush=True)
 
-    speedups = {}
-    for r in rows:
-        if r["method"] in ("none", "demons") or "seconds_one_direction" not in r:
-            continue
-        demons_row = next((d for d in rows if d["pair"] == r["pair"] and d["method"] == "demons"
-                           and "seconds_one_direction" in d), None)
-        if demons_row:
-            speedups.setdefault(r["method"], []).append(
-                {"pair": r["pair"], "one_direction": demons_row["seconds_one_direction"] / r["seconds_one_direction"],
-                 "both_directions": demons_row.get("seconds_both_directions", np.nan)
-                 / r.get("seconds_both_directions", np.nan)})
     result = {
         "command": "python benchmarks/deformable_evaluation.py " + " ".join(argv if argv is not None else
                                                                              __import__("sys").argv[1:]),
@@ -389,7 +433,7 @@ def main(argv=None) -> int:
         "models": {m: {"model": LEARNED[m], "trained_on_test_subjects": trained_on_test_subjects(LEARNED[m])}
                    for m in methods if m in LEARNED},
         "bspline_tuning": tuning, "spacing_mm": args.spacing_mm, "deform_max_mm": args.deform_max_mm,
-        "rows": rows, "speedup_vs_demons": speedups,
+        "rows": rows, "speedup_vs_demons": speedups_vs_demons(rows),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -109,8 +109,10 @@ def test_corpus_pairs_draw_from_their_split_only_and_record_provenance():
     assert set(val.subject_ids) <= {s.id for s in corpus.subjects("validation")} and val.subject_ids
     fixed, moving = train.subject_pair(np.random.default_rng(0))
     assert fixed.image.grid.same_as(moving.image.grid) and not np.array_equal(fixed.image.array, moving.image.array)
+    val.subject_pair(np.random.default_rng(1))
     record = train.provenance(val)
-    assert record["train_subjects"] == train.subject_ids and record["validation_subjects"] == val.subject_ids
+    assert len(record["train_subjects"]) == 1 and set(record["train_subjects"]) <= set(train.subject_ids)
+    assert len(record["validation_subjects"]) == 1 and record["available_validation_subjects"] == val.subject_ids
     assert record["synthesis"]["gamma_std"] == 0.25 and record["code"]
     assert not set(record["train_subjects"]) & {s.id for s in corpus.subjects("test")}
 
@@ -136,6 +138,7 @@ def test_trainers_record_corpus_subjects_synthesis_and_code(tmp_path, capsys):
         record = training["corpus"]
         assert record["mode"] == mode and record["code"] == training["code"] and record["code"]
         assert set(record["train_subjects"]) <= {s.id for s in corpus.subjects("train")} and record["train_subjects"]
+        assert record["validation_subjects"]
         assert set(record["validation_subjects"]) <= {s.id for s in corpus.subjects("validation")}
         assert not (set(record["train_subjects"]) | set(record["validation_subjects"])) & test_ids
         assert record["synthesis"]["label_mean_range"] == [25.0, 225.0]

@@ -62,6 +62,7 @@ class CorpusPairs:
             raise InputError(f"unknown corpus mode {mode!r}: choose {', '.join(MODES)}")
         self.split, self.mode, self.settings = split, mode, synthesis_settings
         self.label_sources, self.image_sources, self.skipped = [], [], []
+        self.drawn = set()
         for s in corpus.subjects(split):
             if mode in ("synthmorph", "mixed") and s.id in SYNTHESIS_LABELS:
                 name, to_tissue = SYNTHESIS_LABELS[s.id]
@@ -80,7 +81,7 @@ class CorpusPairs:
                         self.skipped.append(f"{s.id}/{name}")
                         continue
                     labels = None if tissue is None else warp(tissue, grid, mode="nearest")
-                    self.image_sources.append((f"{s.id}/{name}", warp(image, grid), labels))
+                    self.image_sources.append((f"{s.id}/{name}", resample_to(image, grid), labels))
         if not self.label_sources and not self.image_sources:
             raise InputError(f"the {split} split has no {mode} sources of at least {min_size_vox} voxels per axis")
 
@@ -99,13 +100,15 @@ class CorpusPairs:
         from_labels = not self.image_sources or (bool(self.label_sources) and rng.integers(2) == 0)
         gamma = synthesis.random_gamma(rng, self.settings)
         if from_labels:
-            _, labels, to_tissue = self.label_sources[int(rng.integers(len(self.label_sources)))]
+            key, labels, to_tissue = self.label_sources[int(rng.integers(len(self.label_sources)))]
+            self.drawn.add(key)
             contrast = synthesis.random_contrast(np.unique(labels.array), rng, self.settings)
             pair = [synthesis.from_labels(labels, rng, self.settings, contrast, gamma) for _ in range(2)]
             for p in pair:
                 p.labels = p.labels.with_array(to_tissue[p.labels.array].astype(np.int16))
             return tuple(pair)
-        _, image, labels = self.image_sources[int(rng.integers(len(self.image_sources)))]
+        key, image, labels = self.image_sources[int(rng.integers(len(self.image_sources)))]
+        self.drawn.add(key.split("/")[0])
         return tuple(synthesis.from_image(image, rng, self.settings, labels, gamma) for _ in range(2))
 
     def pair(self, rng: np.random.Generator) -> tuple:
@@ -114,10 +117,12 @@ class CorpusPairs:
         return fixed.image.array, moving.image.array
 
     def provenance(self, validation: "CorpusPairs") -> dict:
-        """The model file's ``corpus`` record for training on this split and selecting on ``validation``."""
-        record = corpus.training_provenance(self.subject_ids, validation.subject_ids, self.settings.to_dict(),
+        """The model file's ``corpus`` record for training on this split and selecting on ``validation``: the
+        subjects drawn so far (all available ones under ``available_*``)."""
+        record = corpus.training_provenance(sorted(self.drawn), sorted(validation.drawn), self.settings.to_dict(),
                                             self.mode)
-        record["left_out"] = sorted(set(self.skipped) | set(validation.skipped))
+        record.update(available_train_subjects=self.subject_ids, available_validation_subjects=validation.subject_ids,
+                      left_out=sorted(set(self.skipped) | set(validation.skipped)))
         return record
 
 
