@@ -24,7 +24,7 @@ CC metric; optional).
 One row per subject pair and method; the speed-up per direction is demons' time for one direction over
 the method's. Results: ``benchmarks/results/deformable_evaluation.json``.
 
-    OMP_NUM_THREADS=1 python benchmarks/deformable_evaluation.py --same-subject-pairs 1 --threads 1
+    OMP_NUM_THREADS=1 python benchmarks/accuracy/deformable_evaluation.py --same-subject-pairs 1 --threads 1
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ from DeepRegistrationLib.models.model_file import read_metadata
 LEARNED = {"diffeo": "diffeo_brain_t1", "dirnet": "dirnet_brain_t1_3d", "deepsim": "deepsim_brain_t1_3d"}
 BASELINES = ("demons", "bspline", "ants-syn")
 TISSUE = {1: "CSF", 2: "GM", 3: "WM"}
-RESULTS = Path(__file__).parent / "results" / "deformable_evaluation.json"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "deformable_evaluation.json"
 
 
 # ---------------------------------------------------------------- data
@@ -425,7 +425,7 @@ def main(argv=None) -> int:
             print(json.dumps({k: v for k, v in row.items() if k not in ("options",)}, default=float), flush=True)
 
     result = {
-        "command": "python benchmarks/deformable_evaluation.py " + " ".join(argv if argv is not None else
+        "command": "python benchmarks/accuracy/deformable_evaluation.py " + " ".join(argv if argv is not None else
                                                                              __import__("sys").argv[1:]),
         "code": code_version(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {args.threads} thread(s)",
         "load_average_at_start": [round(x, 2) for x in load], "load_average_at_end": [round(x, 2) for x in os.getloadavg()],

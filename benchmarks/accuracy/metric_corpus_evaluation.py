@@ -10,7 +10,7 @@ identity with ``api.register``. Errors: ‖Δt‖ about the true centre (Sedghi 
 between the estimated and true mapping of the fixed image's foreground voxels (every 4th voxel per axis). One
 value per case; the per-subject means are printed too (several cases come from one subject).
 
-    python benchmarks/metric_corpus_evaluation.py --task t1-t2 --split validation --cases 4 \
+    python benchmarks/accuracy/metric_corpus_evaluation.py --task t1-t2 --split validation --cases 4 \
         --model sedghi-t1-t2 --model /tmp/new.pt --json /tmp/val.json
 """
 from __future__ import annotations
