@@ -171,11 +171,13 @@ def test_flags_follow_the_stated_rules_and_flagged_pairs_come_first():
 
 
 def test_running_out_of_memory_is_recorded_as_the_pairs_error(cohort, tmp_path, monkeypatch):
-    import DeepRegistrationLib.api as api
+    import importlib
+
+    from DeepRegistrationLib.methods import SPECS
 
     def exhausted(fixed, moving, ctx):
         raise MemoryError
-    module = api.method_module(RIGID)
+    module = importlib.import_module(SPECS[RIGID].module)
     monkeypatch.setattr(module, "run", exhausted)
     pair = Pair("big", {"fixed": str(cohort / "fixed.nii.gz"), "moving": str(cohort / "subject_00.nii.gz")}, RIGID)
     status = run_pair(pair, store.pair_hash(pair), tmp_path)

@@ -110,10 +110,9 @@ def test_pipeline_routes_options_models_and_masks_and_refuses_ambiguity():
     with pytest.raises(InputError, match="diffeo is deformable, so it must be the last stage"):
         pipeline_specs("diffeo+nmi")
     some = object()
-    with pytest.raises(InputError, match="--method dirnet cannot use a moving mask"):
-        plan("dirnet", {}, None, None, some)
     masked = plan("nmi+diffeo", {}, None, some, some)
-    assert masked[0].masks == ("fixed", "moving") and masked[1].masks == ()
+    assert masked[0].masks == ("fixed", "moving") and masked[1].masks == ("fixed", "moving")
+    assert plan("nmi+diffeo", {}, None, some)[1].masks == ("fixed",)
 
 
 def test_pipeline_reports_every_stage_and_the_final_composite(pair, tmp_path):

@@ -39,7 +39,7 @@ def _warm() -> bool:
     import importlib
 
     for name in ("DeepRegistrationLib.api", "DeepRegistrationLib.batch.job", "matplotlib.figure",
-                 "DeepRegistrationLib.rigid.mi_method"):
+                 "DeepRegistrationLib.rigid.nmi_method"):
         importlib.import_module(name)
     return True
 

@@ -117,7 +117,7 @@ def optimize_field(u_net: torch.Tensor, fixed: torch.Tensor, moving: torch.Tenso
     All tensors are network batches on the model grid; ``spacing_zyx`` its voxel size (the spatial axes)."""
     ndim = u_net.dim() - 2
     shape = u_net.shape[2:]
-    shapes = io.level_shapes(shape, options["levels"])
+    shapes = io.level_shapes(shape, options["io_levels"])
     fixed_levels, moving_levels = io.image_pyramid(fixed, shapes), io.image_pyramid(moving, shapes)
     u_net_mm = u_net * mm_per_voxel(spacing_zyx, ndim, u_net)
     correction, stages = None, []
@@ -176,7 +176,7 @@ def register_deepsim(fixed: Image, moving: Image, ctx: RegistrationContext) -> M
                                        list(reversed(grid.spacing.tolist())), lam, similarity, options,
                                        ctx.progress.sub(0.3, 0.85), *weights)
         report["instance_optimization"], io_warnings = io.report(
-            described, stages, levels=options["levels"], learning_rate=options["learning_rate"], reg_weight=lam,
+            described, stages, levels=options["io_levels"], learning_rate=options["learning_rate"], reg_weight=lam,
             parameters="displacement field of the model grid (u = u_net + correction)")
         warnings += io_warnings
     elif ctx.fixed_mask is not None or ctx.moving_mask is not None:

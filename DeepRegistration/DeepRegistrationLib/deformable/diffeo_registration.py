@@ -87,7 +87,7 @@ def optimize_velocity(v_net: torch.Tensor, fixed: torch.Tensor, moving: torch.Te
     ``v_net`` (1, 3, *shape) mm, x-first; ``fixed``/``moving`` (1, 1, *shape) normalized to [0, 1];
     ``*_weights`` (1, 1, *shape) mask weights or None, all on the model grid."""
     finest = [max(2, round((n - 1) * s / max(options["resolution"], s)) + 1) for n, s in zip(v_net.shape[2:], spacing_zyx)]
-    shapes = io.level_shapes(finest, options["levels"])
+    shapes = io.level_shapes(finest, options["io_levels"])
     similarity = io.similarity_function(options["similarity"])
     fixed_levels, moving_levels = io.image_pyramid(fixed, shapes), io.image_pyramid(moving, shapes)
     alpha, gamma, steps = params["alpha"], params["gamma"], params["steps"]
@@ -178,7 +178,7 @@ def register_diffeo(fixed: Image, moving: Image, ctx: RegistrationContext) -> Me
                    "discard": discard, "network_precision": precision, "lddmm": params, **timings})
     if options["iterations"] > 0:
         report["instance_optimization"], io_warnings = io.report(
-            options["similarity"], stages, levels=options["levels"], learning_rate=options["learning_rate"],
+            options["similarity"], stages, levels=options["io_levels"], learning_rate=options["learning_rate"],
             reg_weight=options["reg_weight"], parameters="LDDMM velocity v = v_net + K^-1 dm per level")
         warnings += io_warnings
     report["warnings"] = warnings

@@ -105,7 +105,7 @@ def optimize_control_points(net: DIRNet, control: torch.Tensor, fixed: Image, mo
     options, ndim, stages = ctx.options, net.config.ndim, []
     similarity = io.similarity_function(options["similarity"])
     control = control.clone().requires_grad_(True)
-    levels = options["levels"]
+    levels = options["io_levels"]
     for k in range(levels):
         factor = 2 ** k
         level_grid = refined_grid(grid, ndim, factor)
@@ -153,7 +153,7 @@ def register_dirnet(fixed: Image, moving: Image, ctx: RegistrationContext) -> Me
             control, factor, stages = optimize_control_points(net, control, fixed, moving, grid, initial, ctx)
         field_grid = refined_grid(grid, net.config.ndim, factor)
         report["instance_optimization"], io_warnings = io.report(
-            ctx.options["similarity"], stages, levels=ctx.options["levels"],
+            ctx.options["similarity"], stages, levels=ctx.options["io_levels"],
             learning_rate=ctx.options["learning_rate"], parameters="B-spline control points of the model grid")
         warnings += io_warnings
     elif ctx.fixed_mask is not None or ctx.moving_mask is not None:
