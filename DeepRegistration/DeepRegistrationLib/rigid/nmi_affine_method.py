@@ -8,18 +8,12 @@ initial transform (any linear one), so it is usually run after a rigid stage: ``
 from __future__ import annotations
 
 from ..method_spec import MethodOutput, MethodSpec, Option, RegistrationContext
+from .nmi_method import NMI_OPTIONS
 
 SPEC = MethodSpec(
     name="nmi-affine", label="Affine, normalized mutual information (Powell, 12 parameters)", transform="affine",
     module=__name__, inverse=True, masks=frozenset({"fixed", "moving"}),
-    options=(
-        Option("bins", "int", 60, "histogram bins", minimum=8, maximum=256),
-        Option("levels", "floats", (4.0, 2.0, 1.0), "pyramid levels, coarse to fine: factors by which "
-               "each image's spacing is multiplied", minimum=0.1),
-        Option("max_points", "int", 60000, "fixed points sampled at the finest level (at most)", minimum=1000),
-        Option("seed", "int", 0, "seed of the point sample"),
-        Option("max_evaluations", "int", 1200, "Powell's metric evaluations per level", minimum=1),
-    ))
+    options=NMI_OPTIONS + (Option("max_evaluations", "int", 1200, "Powell's metric evaluations per level", minimum=1),))
 
 
 def run(fixed, moving, ctx: RegistrationContext) -> MethodOutput:

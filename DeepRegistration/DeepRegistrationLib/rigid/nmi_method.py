@@ -8,17 +8,19 @@ from __future__ import annotations
 from ..method_spec import MethodOutput, MethodSpec, Option, RegistrationContext
 from .init_option import CONFIDENCE_OPTION, INIT_OPTION
 
+#: The options of the NMI objective and its pyramid (``nmi-affine`` has them too).
+NMI_OPTIONS = (
+    Option("bins", "int", 60, "histogram bins", minimum=8, maximum=256),
+    Option("levels", "floats", (4.0, 2.0, 1.0), "pyramid levels, coarse to fine: factors by which "
+           "each image's spacing is multiplied", minimum=0.1),
+    Option("max_points", "int", 60000, "fixed points sampled at the finest level (at most)", minimum=1000),
+    Option("seed", "int", 0, "seed of the point sample"),
+)
+
 SPEC = MethodSpec(
     name="nmi", label="Rigid, normalized mutual information (Powell)", transform="rigid",
     module=__name__, inverse=True, masks=frozenset({"fixed", "moving"}),
-    options=(
-        Option("bins", "int", 60, "histogram bins", minimum=8, maximum=256),
-        Option("levels", "floats", (4.0, 2.0, 1.0), "pyramid levels, coarse to fine: factors by which "
-               "each image's spacing is multiplied", minimum=0.1),
-        Option("max_points", "int", 60000, "fixed points sampled at the finest level (at most)", minimum=1000),
-        Option("seed", "int", 0, "seed of the point sample"),
-        INIT_OPTION, CONFIDENCE_OPTION,
-    ))
+    options=NMI_OPTIONS + (INIT_OPTION, CONFIDENCE_OPTION))
 
 
 def run(fixed, moving, ctx: RegistrationContext) -> MethodOutput:
