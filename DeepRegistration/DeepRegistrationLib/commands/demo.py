@@ -93,6 +93,9 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print("loading the sample data (SPM avg152 T1/T2; fetched into the cache on first use)...")
+    print("note: the SPM avg152 templates are training data of the bundled models (the learned metric set and the "
+          "diffeo model were trained on subjects made from them): the demo shows the methods working, not their "
+          "accuracy on unseen anatomy (see docs/corpus.md for the test-split evaluation)")
     fixed, moving, true = make_misregistered_pair(args.seed)
     write_image(fixed, out / "fixed_T1.nrrd")
     write_image(moving, out / "moving_T2.nrrd")
