@@ -56,7 +56,7 @@ def test_options_are_typed_checked_and_unknown_keys_refused():
         spec.parse_options({"bins": 32.5})
     with pytest.raises(InputError, match="precision must be one of auto, float32, bfloat16"):
         SPECS["diffeo"].parse_options({"precision": "float16"})
-    with pytest.raises(InputError, match="unknown option.*tile.*known: iterations, levels"):
+    with pytest.raises(InputError, match="unknown option.*tile.*known: iterations, io_levels"):
         SPECS["dirnet"].parse_options({"tile": 48})
     with pytest.raises(InputError, match="takes no options"):
         SPECS["nmi"].__class__(name="x", label="x", transform="rigid", module="x").parse_options({"tile": 48})
