@@ -1,9 +1,9 @@
 """Rigid robustness: large misalignment (issue 35 item 5) and the confidence of every result (item 6).
 
-Subjects (:func:`subjects`): real single heads the bundled models did not see as test subjects, fixed = T1:
-the ITK KmeansTest T1 and Colin27 (resampled to 2 mm), each against itself with an intensity change
-(gamma + noise: unimodal) and against its gradient magnitude (multimodal), and SPM avg152 T1 ↔ T2
-(multimodal). The corpus's test split will replace this list.
+Subjects (:func:`subjects`): the corpus's subjects of one split (``--split``; ``data/corpus.py``), each head
+at 2 mm (or coarser) against itself with an intensity change (gamma + noise: unimodal) and against its
+gradient magnitude (multimodal). Validation (MNI305, ROBEX's real head, dipy's T2 head) calibrates the
+confidence's thresholds (``--calibrate``); test (Colin27, ITK's KmeansTest head) gives the reported figures.
 
 Cases: per subject pair, ``--cases`` random rigid misalignments with a rotation of U[60°, 90°] about a
 uniformly random axis (about the fixed image's centre) and an offset of U[30, 60] mm in a uniformly
@@ -16,18 +16,24 @@ starts of the confidence set), SimpleITK Mattes MI with ``CenteredTransformIniti
 the first ``--ants-cases`` cases ANTs (antspyx ``affine_initializer``, then ``Rigid``).
 
 Confidence: over every ``nmi`` result (both inits), the share of failures (TRE > 5 mm) flagged, the share
-of good results (TRE ≤ 5 mm) flagged, and Spearman's rank correlation of ``uncertainty_mm`` with TRE.
+of good results (TRE ≤ 5 mm) flagged, and Spearman's rank correlation of ``uncertainty_mm`` with TRE. The
+flags are judged from the stored features with the thresholds in ``rigid/confidence.py`` at summary time, so
+a results file and the thresholds it was judged with always agree.
 
-    python benchmarks/accuracy/rigid_evaluation.py --cases 4 --out benchmarks/results/rigid_evaluation.json
+    python benchmarks/accuracy/rigid_evaluation.py --split validation --cases 3 --ants-cases 0 \
+        --json validation.json
+    python benchmarks/accuracy/rigid_evaluation.py --calibrate validation.json
+    python benchmarks/accuracy/rigid_evaluation.py --split test --cases 4
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
+import sys
 import tempfile
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,28 +45,33 @@ from DeepRegistrationLib.api import register
 from DeepRegistrationLib.core.image import Grid, Image
 from DeepRegistrationLib.core.io import write_image
 from DeepRegistrationLib.core.transforms import RigidTransform, from_sitk
-from DeepRegistrationLib.data import sources
+from DeepRegistrationLib.data import corpus
 from DeepRegistrationLib.data.synthetic import gradient_magnitude, intensity_jitter
+from DeepRegistrationLib.rigid.confidence import ConfidenceSettings, judge
 from DeepRegistrationLib.rigid.initialization import foreground
 from DeepRegistrationLib.rigid.pyramid import downsample
 from DeepRegistrationLib.rigid.sitk_baseline import register_sitk_mattes
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from results_json import add_json_argument, write_results  # noqa: E402
 
 FAILURE_MM = 5.0
 RECOVERED_MM = {"unimodal": 2.0, "multimodal": 4.0}
 
 
-def subjects() -> dict:
-    """name -> (fixed T1, aligned moving, 'unimodal' | 'multimodal'): the test subjects of this benchmark."""
+def subjects(split: str) -> dict:
+    """name -> (fixed T1, aligned moving, 'unimodal' | 'multimodal') for the heads of one corpus split."""
     rng = np.random.default_rng(35)
-    itk = sources.itk_brain_t1(with_segmentation=False)
-    colin = downsample(sources.colin27(with_aal=False), 2)
-    return {
-        "ITK T1 ↔ T1 (gamma, noise)": (itk, intensity_jitter(itk, rng), "unimodal"),
-        "ITK T1 ↔ GM": (itk, gradient_magnitude(itk), "multimodal"),
-        "Colin27 2 mm T1 ↔ T1 (gamma, noise)": (colin, intensity_jitter(colin, rng), "unimodal"),
-        "Colin27 2 mm T1 ↔ GM": (colin, gradient_magnitude(colin), "multimodal"),
-        "SPM avg152 T1 ↔ T2": (sources.spm_avg152("T1"), sources.spm_avg152("T2"), "multimodal"),
-    }
+    out = {}
+    for subject in corpus.subjects(split):
+        if not subject.images:
+            continue
+        head = corpus.load_image(subject.id)
+        if min(head.grid.spacing) < 2.0:
+            head = downsample(head, 2)
+        out[f"{subject.id} ↔ itself (gamma, noise)"] = (head, intensity_jitter(head, rng), "unimodal")
+        out[f"{subject.id} ↔ its gradient magnitude"] = (head, gradient_magnitude(head), "multimodal")
+    return out
 
 
 def axis_angle(axis: np.ndarray, angle: float) -> np.ndarray:
@@ -125,66 +136,78 @@ def ours(fixed, moving, init: str, true, points) -> dict:
     seconds = time.perf_counter() - t0
     conf = result.report["confidence"]
     return {"tre_mm": tre(result.transform, true, points), "seconds": seconds,
-            "seconds_confidence": conf["seconds"],
             "seconds_initialization": result.report.get("initialization", {}).get("seconds", 0.0),
-            "uncertainty_mm": conf["uncertainty_mm"], "uncertainty_deg": conf["uncertainty_deg"],
-            "flagged": conf["flagged"], "reasons": conf["reasons"]}
+            "confidence": conf}
 
 
-def confidence_summary(results: list) -> dict:
-    fails = [r for r in results if r["tre_mm"] > FAILURE_MM]
-    good = [r for r in results if r["tre_mm"] <= FAILURE_MM]
-    rho, p = spearmanr([r["uncertainty_mm"] for r in results], [r["tre_mm"] for r in results])
+def confidence_summary(results: list, settings: ConfidenceSettings = None) -> dict:
+    """Flags judged now (``settings``, default: the code's thresholds) from each result's stored features."""
+    flagged = [bool(judge(r["confidence"], settings)) for r in results]
+    fails = [f for r, f in zip(results, flagged) if r["tre_mm"] > FAILURE_MM]
+    good = [f for r, f in zip(results, flagged) if r["tre_mm"] <= FAILURE_MM]
+    rho, p = spearmanr([r["confidence"]["uncertainty_mm"] for r in results], [r["tre_mm"] for r in results])
     return {"results": len(results), "failures": len(fails), "good": len(good),
-            "failures_flagged_percent": 100.0 * np.mean([r["flagged"] for r in fails]) if fails else None,
-            "good_flagged_percent": 100.0 * np.mean([r["flagged"] for r in good]) if good else None,
-            "spearman_uncertainty_vs_tre": float(rho), "spearman_p": float(p)}
+            "failures_flagged_percent": 100.0 * np.mean(fails) if fails else None,
+            "good_flagged_percent": 100.0 * np.mean(good) if good else None,
+            "spearman_uncertainty_vs_tre": float(rho), "spearman_p": float(p),
+            "thresholds": asdict(settings or ConfidenceSettings())}
+
+
+def calibrate(results: list, margin: float = 1.1) -> ConfidenceSettings:
+    """Thresholds from validation results: each local criterion just above its largest value on a good result
+    (TRE ≤ 5 mm) times ``margin``, so that no good validation result is flagged by the local criteria; the
+    coarse check's distance and margin stay as they are."""
+    good = [r["confidence"] for r in results if r["tre_mm"] <= FAILURE_MM]
+    top = {k: margin * max(c[k] for c in good) for k in ("uncertainty_mm", "misfit", "rise_sigma")}
+    return replace(ConfidenceSettings(), max_uncertainty_mm=round(top["uncertainty_mm"], 2),
+                   max_misfit=round(top["misfit"], 2), max_rise=round(top["rise_sigma"], 2))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--split", choices=("validation", "test"), default="test")
     parser.add_argument("--cases", type=int, default=4, help="cases per subject pair")
     parser.add_argument("--seed", type=int, default=35)
     parser.add_argument("--ants-cases", type=int, default=1, help="cases (the first ones) also run with ANTs")
     parser.add_argument("--ants-search-degrees", type=float, default=20.0)
     parser.add_argument("--pairs", help="comma-separated indices into subjects() (default: all); cases depend "
-                                            "only on --seed and the pair's index, so runs over parts can be merged")
-    parser.add_argument("--first-case", type=int, default=0, help="start at this case of each pair (for runs in parts)")
-    parser.add_argument("--merge", nargs="+", help="merge these results files (of runs over parts) into --out")
-    parser.add_argument("--out", default="benchmarks/results/rigid_evaluation.json")
+                                        "only on --seed and the pair's index, so runs over parts can be merged")
+    parser.add_argument("--merge", nargs="+", help="merge these results files (of runs over parts) into --json")
+    parser.add_argument("--calibrate", help="print the confidence thresholds calibrated on this validation file")
+    add_json_argument(parser, "rigid_evaluation")
     args = parser.parse_args()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.calibrate:
+        record = json.loads(Path(args.calibrate).read_text())
+        if record["split"] != "validation":
+            parser.error("calibrate on the validation split only")
+        results = [c[k] for c in record["results"]["cases"] for k in ("nmi_search", "nmi_none")]
+        settings = calibrate(results)
+        print(json.dumps({"thresholds": asdict(settings),
+                          "validation": confidence_summary(results, settings)}, indent=1))
+        return
     if args.merge:
         parts = [json.loads(Path(p).read_text()) for p in args.merge]
-        unique = {(c["pair_index"], c["case"]): c for p in parts for c in p["cases"]}
-        record = {**parts[0], "command": [p["command"] for p in parts], "cases": [unique[k] for k in sorted(unique)]}
-        record["summary"] = summarize(record["cases"])
-        out.write_text(json.dumps(record, indent=1))
-        print(table(record["cases"]))
-        print(json.dumps(record["summary"], indent=1))
+        unique = {(c["pair_index"], c["case"]): c for p in parts for c in p["results"]["cases"]}
+        cases = [unique[k] for k in sorted(unique)]
+        write_results(args.json, "rigid_evaluation", parts[0]["data"], {"cases": cases, "summary": summarize(cases)},
+                      split=parts[0]["split"], parts=[p["command"] for p in parts])
+        print(table(cases))
         return
     torch.set_num_threads(1)
-    record = {"command": f"python benchmarks/accuracy/rigid_evaluation.py --cases {args.cases} --seed {args.seed} "
-                         f"--ants-cases {args.ants_cases} --pairs {args.pairs} --first-case {args.first_case} --out {args.out}",
-              "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "torch_threads": 1,
-              "note": "shared machine: other agents' jobs ran alongside; load averages per case are recorded",
-              "cases": []}
-    n_ants = 0
     chosen = None if args.pairs is None else {int(i) for i in args.pairs.split(",")}
-    for index, (name, (fixed, aligned, kind)) in enumerate(subjects().items()):
+    pairs = subjects(args.split)
+    data = f"corpus {args.split} split: " + "; ".join(pairs)
+    cases, n_ants = [], 0
+    for index, (name, (fixed, aligned, kind)) in enumerate(pairs.items()):
         if chosen is not None and index not in chosen:
             continue
         rng = np.random.default_rng([args.seed, index])
         points = foreground_points(fixed)
         for c in range(args.cases):
             true, angle, offset = large_misalignment(rng, fixed.grid.center_physical())
-            if c < args.first_case:
-                continue
             moving = displaced(aligned, true)
-            case = {"pair": name, "pair_index": index, "kind": kind, "case": c, "rotation_deg": angle, "offset_mm": offset,
-                    "load_before": os.getloadavg()[0],
-                    "sitk_threads": sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()}
+            case = {"pair": name, "pair_index": index, "kind": kind, "case": c, "rotation_deg": angle,
+                    "offset_mm": offset, "load_before": os.getloadavg()[0]}
             case["nmi_search"] = ours(fixed, moving, "search", true, points)
             case["nmi_none"] = ours(fixed, moving, "none", true, points)
             t0 = time.perf_counter()
@@ -196,12 +219,14 @@ def main():
                                 "seconds": time.perf_counter() - t0, "search_degrees": args.ants_search_degrees}
                 n_ants += 1
             case["load_after"] = os.getloadavg()[0]
-            record["cases"].append(case)
-            print(json.dumps({k: (v if not isinstance(v, dict) else {kk: vv for kk, vv in v.items() if kk != "reasons"})
-                              for k, v in case.items()}), flush=True)
-            record["summary"] = summarize(record["cases"])
-            out.write_text(json.dumps(record, indent=1))
-    print(json.dumps(record["summary"], indent=1))
+            cases.append(case)
+            print(json.dumps({k: case[k] for k in ("pair", "case", "rotation_deg", "offset_mm")}
+                             | {k: round(case[k]["tre_mm"], 2) for k in ("nmi_search", "nmi_none", "sitk_moments")}),
+                  flush=True)
+            write_results(args.json, "rigid_evaluation", data, {"cases": cases, "summary": summarize(cases)},
+                          split=args.split, sitk_threads=sitk.ProcessObject.GetGlobalDefaultNumberOfThreads())
+    print(table(cases))
+    print(json.dumps(summarize(cases), indent=1))
 
 
 def table(cases: list) -> str:
@@ -211,10 +236,14 @@ def table(cases: list) -> str:
     for c in cases:
         a, b, k = c["nmi_search"], c["nmi_none"], c["sitk_moments"]
         rows.append(f"| {c['pair']} | {c['rotation_deg']:.0f} | {c['offset_mm']:.0f} | {a['tre_mm']:.2f}, "
-                    f"{a['seconds']:.0f}, {a['uncertainty_mm']:.2f}, {'yes' if a['flagged'] else 'no'} | "
-                    f"{b['tre_mm']:.2f}, {b['uncertainty_mm']:.2f}, {'yes' if b['flagged'] else 'no'} | "
+                    f"{a['seconds']:.0f}, {a['confidence']['uncertainty_mm']:.2f}, {_yes(a)} | "
+                    f"{b['tre_mm']:.2f}, {b['confidence']['uncertainty_mm']:.2f}, {_yes(b)} | "
                     f"{k['tre_mm']:.2f}, {k['seconds']:.0f} |")
     return "\n".join(rows)
+
+
+def _yes(result: dict) -> str:
+    return "yes" if judge(result["confidence"]) else "no"
 
 
 def summarize(cases: list) -> dict:

@@ -16,15 +16,17 @@ The reported uncertainties are the RMS displacement it implies over the fixed fo
 ``uncertainty_mm`` = (mean_x tr(J(x) Σ J(x)ᵀ))^½ with J(x) = ∂T(x)/∂θ, and the RMS rotation angle,
 ``uncertainty_deg``.
 
-A result is flagged (``flagged``, ``reasons``) when
+A result is flagged (``flagged``, ``reasons``, :func:`judge`) when
 
-* −H is not positive definite: the result is not a local maximum (flat or saddle direction);
-* the fitted quadratic peaks more than h away: the metric still rises (stopped at a search bound, or before
-  convergence);
+* the fitted quadratic rises, within h of the result, by more than ``max_rise`` σ: the result is not a local
+  maximum (a saddle, stopped at a search bound or before convergence). A rise within the noise is no evidence;
 * σ_fit is large against the curvature's drop over the stencil: a noisy or multi-modal response;
 * the implied uncertainty exceeds ``max_uncertainty_mm``;
 * a coarse rotation search (:mod:`.initialization`) finds a pose far from the result whose coarse NMI, after
   refinement, exceeds the result's refined there: the result is a wrong local optimum.
+
+The thresholds are calibrated on the corpus's validation subjects (``benchmarks/accuracy/rigid_evaluation.py
+--split validation``, then ``--calibrate``); the figures reported come from its test subjects.
 """
 from __future__ import annotations
 
@@ -49,10 +51,12 @@ class ConfidenceSettings:
     rotation_radius_mm: float = 80.0
     #: extra sample seeds for σ_sampling (objectives that sample)
     noise_seeds: int = 2
-    #: flag when the implied RMS displacement exceeds this
+    #: flag when the implied RMS displacement exceeds this (mm)
     max_uncertainty_mm: float = 2.0
     #: flag when σ_fit exceeds this fraction of the quadratic's mean drop over the stencil's axial poses
     max_misfit: float = 0.5
+    #: flag when the fitted metric rises by more than this many σ within h of the result
+    max_rise: float = 2.0
     #: a distant pose: RMS displacement over the fixed foreground beyond this (mm)
     distant_mm: float = 10.0
     #: ... flags when its refined coarse NMI exceeds the result's by more than this
@@ -128,33 +132,58 @@ def assess(objective: Callable[[RigidTransform], float], optimum: RigidTransform
     sigma = float(np.hypot(sigma_fit, sigma_sampling))
 
     curvature, directions = np.linalg.eigh(-hess)
-    reasons = []
     floor = max(sigma, 1e-12) / (10 * s.step_mm) ** 2
-    if curvature[0] <= 0:
-        reasons.append("not a local maximum: the metric is flat or falls in no direction along "
-                       + _direction_name(directions[:, 0]))
     clipped = np.maximum(curvature, floor)
     inverse = directions @ np.diag(1 / clipped) @ directions.T
     covariance = sigma * inverse
-    peak = inverse @ g
-    if np.linalg.norm(peak) > s.step_mm and curvature[0] > 0:
-        reasons.append(f"the metric still rises away from the result (fitted peak {np.linalg.norm(peak):.1f} mm "
-                       "away: stopped at a search bound or before convergence)")
+    rise, rise_direction = _largest_rise(g, hess, s.step_mm)
     drop = 0.5 * s.step_mm ** 2 * float(np.mean(np.abs(curvature)))
-    misfit = sigma_fit / max(drop, 1e-12)
-    if misfit > s.max_misfit:
-        reasons.append(f"noisy or multi-modal response (misfit {misfit:.2f} of the curvature's drop)")
-
     jac = pose_jacobian(optimum, points_mm, scale)
     per_point = np.einsum("nik,kl,nil->n", jac, covariance, jac)
-    uncertainty_mm = float(np.sqrt(max(per_point.mean(), 0.0)))
-    uncertainty_deg = float(np.degrees(np.sqrt(max(np.trace(covariance[:3, :3]), 0.0)) / s.rotation_radius_mm))
-    if uncertainty_mm > s.max_uncertainty_mm:
-        reasons.append(f"uncertainty {uncertainty_mm:.1f} mm exceeds {s.max_uncertainty_mm:g} mm")
-    return {"uncertainty_mm": uncertainty_mm, "uncertainty_deg": uncertainty_deg, "flagged": bool(reasons),
-            "reasons": reasons, "metric_at_optimum": f0, "noise_fit": sigma_fit, "noise_sampling": sigma_sampling,
-            "curvature_eigenvalues": curvature.tolist(), "misfit": misfit, "step_mm": s.step_mm,
-            "evaluations": len(deltas) + 13 * (s.noise_seeds if reseeded is not None else 0)}
+    features = {"uncertainty_mm": float(np.sqrt(max(per_point.mean(), 0.0))),
+                "uncertainty_deg": float(np.degrees(np.sqrt(max(np.trace(covariance[:3, :3]), 0.0))
+                                                    / s.rotation_radius_mm)),
+                "metric_at_optimum": f0, "noise_fit": sigma_fit, "noise_sampling": sigma_sampling,
+                "curvature_eigenvalues": curvature.tolist(), "misfit": sigma_fit / max(drop, 1e-12),
+                "rise_sigma": rise / max(sigma, 1e-12), "rise_direction": _direction_name(rise_direction),
+                "step_mm": s.step_mm,
+                "evaluations": len(deltas) + 13 * (s.noise_seeds if reseeded is not None else 0)}
+    features["reasons"] = judge(features, s)
+    features["flagged"] = bool(features["reasons"])
+    return features
+
+
+def _largest_rise(g: np.ndarray, hess: np.ndarray, h: float) -> tuple:
+    """The largest rise of the fitted quadratic gᵀδ + ½ δᵀHδ over ‖δ‖ = h, along ±(g and H's eigenvectors)."""
+    candidates = [v for v in np.linalg.eigh(hess)[1].T] + ([g / np.linalg.norm(g)] if np.linalg.norm(g) > 0 else [])
+    best = (0.0, candidates[0])
+    for v in candidates:
+        for d in (h * v, -h * v):
+            value = float(g @ d + 0.5 * d @ hess @ d)
+            if value > best[0]:
+                best = (value, d / h)
+    return best
+
+
+def judge(features: dict, settings: ConfidenceSettings = None) -> list:
+    """The reasons to flag a result, from :func:`assess`'s features (re-run with other thresholds to calibrate)."""
+    s = settings or ConfidenceSettings()
+    reasons = []
+    if features["rise_sigma"] > s.max_rise:
+        reasons.append(f"not a local maximum: the metric rises by {features['rise_sigma']:.1f}σ within "
+                       f"{features['step_mm']:g} mm along {features['rise_direction']} (stopped at a search bound "
+                       "or before convergence)")
+    if features["misfit"] > s.max_misfit:
+        reasons.append(f"noisy or multi-modal response (misfit {features['misfit']:.2f} of the curvature's drop)")
+    if features["uncertainty_mm"] > s.max_uncertainty_mm:
+        reasons.append(f"uncertainty {features['uncertainty_mm']:.1f} mm exceeds {s.max_uncertainty_mm:g} mm")
+    check = features.get("coarse_check")
+    if check and check["search_distance_mm"] > s.distant_mm \
+            and check["coarse_nmi_search"] - check["coarse_nmi_result"] > s.coarse_margin:
+        reasons.append(f"a pose {check['search_distance_mm']:.0f} mm away scores higher at the coarse level "
+                       f"(NMI {check['coarse_nmi_search']:.4f} > {check['coarse_nmi_result']:.4f}): "
+                       "likely a wrong local optimum")
+    return reasons
 
 
 def _direction_name(v: np.ndarray) -> str:
@@ -164,11 +193,11 @@ def _direction_name(v: np.ndarray) -> str:
 
 
 def coarse_check(fixed: Image, moving: Image, result: RigidTransform, device="cpu", fixed_mask: Image = None,
-                 moving_mask: Image = None, settings: ConfidenceSettings = None, searched: dict = None) -> dict:
-    """Whether a coarse rotation search finds a distant pose scoring higher than the result, refined alike.
+                 moving_mask: Image = None, searched: dict = None) -> dict:
+    """The best pose of a coarse rotation search against the result, both refined alike at the coarse level
+    (:func:`judge` flags a distant pose that scores higher).
 
     ``searched``: the report of the initialization's search, when one ran (its candidates are reused)."""
-    s = settings or ConfidenceSettings()
     ss = SearchSettings()
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -180,10 +209,8 @@ def coarse_check(fixed: Image, moving: Image, result: RigidTransform, device="cp
         local, local_info = maximize_rigid(score, result, ss.powell())
         best_value = max(score(best), top["coarse_nmi_after"])
     distance = rms_distance(best, local, foreground_sample(score.fixed))
-    out = {"coarse_nmi_result": local_info["metric_after"], "coarse_nmi_search": best_value,
-           "search_distance_mm": distance, "seconds": time.perf_counter() - t0}
-    out["flag"] = bool(distance > s.distant_mm and best_value - local_info["metric_after"] > s.coarse_margin)
-    return out
+    return {"coarse_nmi_result": local_info["metric_after"], "coarse_nmi_search": best_value,
+            "search_distance_mm": distance, "seconds": time.perf_counter() - t0}
 
 
 def confidence(objective: Callable, optimum: RigidTransform, fixed: Image, moving: Image, device="cpu",
@@ -197,13 +224,9 @@ def confidence(objective: Callable, optimum: RigidTransform, fixed: Image, movin
     with torch.no_grad():
         out = assess(objective, optimum, points, s, reseeded)
     if global_check:
-        check = coarse_check(fixed, moving, optimum, device, fixed_mask, moving_mask, s, searched)
-        out["coarse_check"] = check
-        if check["flag"]:
-            out["reasons"].append(f"a pose {check['search_distance_mm']:.0f} mm away scores higher at the coarse "
-                                  f"level (NMI {check['coarse_nmi_search']:.4f} > {check['coarse_nmi_result']:.4f}): "
-                                  "likely a wrong local optimum")
-            out["flagged"] = True
+        out["coarse_check"] = coarse_check(fixed, moving, optimum, device, fixed_mask, moving_mask, searched)
+        out["reasons"] = judge(out, s)
+        out["flagged"] = bool(out["reasons"])
     out["seconds"] = time.perf_counter() - t0
     return out
 
