@@ -31,7 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,18 +43,19 @@ import torch
 from DeepRegistrationLib.api import register
 from DeepRegistrationLib.core.image import Image
 from DeepRegistrationLib.core.jacobian import jacobian_determinant, jacobian_statistics
-from DeepRegistrationLib.core.transforms import AffineTransform, DisplacementField, compose, from_sitk
+from DeepRegistrationLib.core.transforms import AffineTransform, DisplacementField, from_sitk
 from DeepRegistrationLib.core.warp import warp
 from DeepRegistrationLib.data import corpus
-from DeepRegistrationLib.data.corpus import code_version
 from DeepRegistrationLib.data.synthetic import scaling_and_squaring, smooth_random_field
 from DeepRegistrationLib.metrics.evaluation import dice_per_label
 from DeepRegistrationLib.models.model_file import read_metadata
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from results_json import default_path, write_results  # noqa: E402
+
 LEARNED = {"diffeo": "diffeo_brain_t1", "dirnet": "dirnet_brain_t1_3d", "deepsim": "deepsim_brain_t1_3d"}
 BASELINES = ("demons", "bspline", "ants-syn")
 TISSUE = {1: "CSF", 2: "GM", 3: "WM"}
-RESULTS = Path(__file__).resolve().parents[1] / "results" / "deformable_evaluation.json"
 
 
 # ---------------------------------------------------------------- data
@@ -323,31 +324,20 @@ def speedups_vs_demons(rows: list) -> dict:
     return out
 
 
-def read_part(path) -> dict:
-    """A results file, or the log of a run stopped early (its printed rows; marked as such)."""
-    path = Path(path)
-    if path.suffix == ".json":
-        return json.loads(path.read_text())
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.startswith('{"pair"')]
-    tuning = [line for line in path.read_text().splitlines() if line.startswith("B-spline control spacing")]
-    return {"rows": rows, "command": f"rows read from the log {path.name} of a run stopped before it finished",
-            "load_average_at_start": None, "load_average_at_end": None, "bspline_tuning": tuning[0] if tuning else None}
-
-
 def merge(paths, out: Path) -> None:
-    """One results file from runs that each evaluated some of the pairs (run side by side to share a busy CPU)."""
-    parts = [read_part(p) for p in paths]
-    parts.sort(key=lambda p: "test_subjects" not in p)
+    """One results file from runs that each evaluated some of the pairs (run side by side on the CPU's cores)."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
     rows = {}
     for part in parts:
-        for r in part["rows"]:
+        for r in part["results"]["rows"]:
             rows.setdefault((r["pair"], r["method"]), r)      # a pair's row once, even where two runs made it
-    merged = {**parts[0], "rows": list(rows.values()), "merged_from": [
-        {k: p[k] for k in ("command", "load_average_at_start", "load_average_at_end", "bspline_tuning")} for p in parts]}
-    merged["speedup_vs_demons"] = speedups_vs_demons(merged["rows"])
-    for key in ("command", "load_average_at_start", "load_average_at_end", "bspline_tuning"):
-        merged.pop(key)
-    out.write_text(json.dumps(merged, indent=1, default=float))
+    rows = list(rows.values())
+    extra = {k: parts[0][k] for k in ("test_subjects", "models", "bspline_tuning", "spacing_mm", "deform_max_mm",
+                                      "threads")}
+    write_results(out, "deformable_evaluation", parts[0]["data"],
+                  {"rows": rows, "speedup_vs_demons": speedups_vs_demons(rows)},
+                  parts=[{"command": p["command"], "commit": p["commit"], "machine": p["machine"]} for p in parts],
+                  **extra)
 
 
 def main(argv=None) -> int:
@@ -365,8 +355,8 @@ def main(argv=None) -> int:
                    help="image spacing of the validation pair the B-spline control spacing is chosen on")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(RESULTS))
-    p.add_argument("--merge", nargs="+", metavar="JSON", help="merge results files (or logs) of partial runs into --out")
+    p.add_argument("--out", default=str(default_path("deformable_evaluation")))
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="merge the results files of partial runs into --out")
     args = p.parse_args(argv)
     if args.merge:
         merge(args.merge, Path(args.out))
@@ -375,7 +365,6 @@ def main(argv=None) -> int:
     params = parse_params(args.param)
     torch.set_num_threads(args.threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
-    load = os.getloadavg()
 
     tuning = None
     if "bspline" in methods:
@@ -424,21 +413,15 @@ def main(argv=None) -> int:
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k not in ("options",)}, default=float), flush=True)
 
-    result = {
-        "command": "python benchmarks/accuracy/deformable_evaluation.py " + " ".join(argv if argv is not None else
-                                                                             __import__("sys").argv[1:]),
-        "code": code_version(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {args.threads} thread(s)",
-        "load_average_at_start": [round(x, 2) for x in load], "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-        "test_subjects": [s.to_dict() for s in corpus.subjects("test")],
-        "models": {m: {"model": LEARNED[m], "trained_on_test_subjects": trained_on_test_subjects(LEARNED[m])}
-                   for m in methods if m in LEARNED},
-        "bspline_tuning": tuning, "spacing_mm": args.spacing_mm, "deform_max_mm": args.deform_max_mm,
-        "rows": rows, "speedup_vs_demons": speedups_vs_demons(rows),
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1, default=float))
-    print(f"results written to {out}")
+    write_results(args.out, "deformable_evaluation",
+                  f"corpus test split at {args.spacing_mm:g} mm: " + "; ".join(r["pair"] for r in rows
+                                                                              if r["method"] == "none"),
+                  {"rows": rows, "speedup_vs_demons": speedups_vs_demons(rows)},
+                  test_subjects=[s.to_dict() for s in corpus.subjects("test")],
+                  models={m: {"model": LEARNED[m], "trained_on_test_subjects": trained_on_test_subjects(LEARNED[m])}
+                          for m in methods if m in LEARNED},
+                  bspline_tuning=tuning, spacing_mm=args.spacing_mm, deform_max_mm=args.deform_max_mm,
+                  threads=args.threads)
     return 0
 
 
