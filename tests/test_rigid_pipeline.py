@@ -89,6 +89,12 @@ def test_nmi_affine_recovers_a_known_affine_with_scales_and_shears():
     start = np.linalg.norm(brain - true.transform_points(brain), axis=1)
     assert start.mean() > 6.0 and error.mean() < 0.5, (start.mean(), error.mean())
     np.testing.assert_allclose(result.report["affine_parameters"], found.parameters(c))
+    conf = result.report["confidence"]      # the 12-parameter curvature at the optimum
+    assert not conf["flagged"], conf["reasons"]
+    assert conf["uncertainty_deg"] is None and 0.0 < conf["uncertainty_mm"] < 2.0
+    assert len(conf["curvature_eigenvalues"]) == 12 and min(conf["curvature_eigenvalues"]) > 0
+    stopped = register(t1, moving, "nmi-affine", "cpu", levels="2", max_points=10000, max_evaluations=30)
+    assert stopped.report["confidence"]["flagged"], stopped.report["confidence"]
 
 
 def test_pipeline_routes_options_models_and_masks_and_refuses_ambiguity():

@@ -86,6 +86,8 @@ def run(args) -> int:
         return 0
     for stage in r.get("stages", []) if "+" in args.method else []:
         print(f"  stage {stage['method']}: {stage['transform_type']} in {stage['seconds']:.1f} s")
+        if "confidence" in stage["report"]:
+            print(f"    {confidence_line(stage['report']['confidence'])}")
     print(f"{args.method}: NMI(64) {r['nmi64_before']:.4f} -> {r['nmi64_after']:.4f} in {r['seconds_total']:.1f} s "
           f"on {r['device']}")
     if "confidence" in r:

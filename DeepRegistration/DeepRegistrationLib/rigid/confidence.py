@@ -1,9 +1,10 @@
-"""A confidence for a rigid result: the metric's curvature at the optimum, the pose uncertainty it implies, and
-flags for a likely failure.
+"""A confidence for a rigid or affine result: the metric's curvature at the optimum, the pose uncertainty it
+implies, and flags for a likely failure.
 
-At the optimum θ* (the 6 Euler parameters in Powell's scaling, :mod:`.powell`: rotations as arc lengths at
-``rotation_radius_mm``, translations in mm, so every coordinate is in mm), the objective the method maximized
-is evaluated on a central finite-difference stencil of step h (θ*, θ* ± h eᵢ, θ* ± h eᵢ ± h eⱼ: 73 poses) and
+At the optimum θ* (the 6 Euler parameters, or the 12 affine ones, in Powell's scaling, :mod:`.powell`:
+rotations and matrix entries as arc lengths at ``rotation_radius_mm``, translations in mm, so every coordinate
+is in mm), the objective the method maximized is evaluated on a central finite-difference stencil of step h
+(θ*, θ* ± h eᵢ, θ* ± h eᵢ ± h eⱼ: 73 poses, 289 for the affine) and
 a quadratic f(θ*+δ) ≈ f₀ + gᵀδ + ½ δᵀHδ is fitted by least squares. Its noise level σ combines
 
 * σ_fit, the residual of that fit (what is not quadratic at the scale h: interpolation ripple, a second mode),
@@ -13,8 +14,8 @@ a quadratic f(θ*+δ) ≈ f₀ + gᵀδ + ½ δᵀHδ is fitted by least squares
 The poses whose metric lies within the noise of the optimum, ½ δᵀ(−H)δ ≤ σ, form an ellipsoid with
 covariance Σ = σ (−H)⁻¹ (an indifference region, as a likelihood's would be for a log-likelihood).
 The reported uncertainties are the RMS displacement it implies over the fixed foreground,
-``uncertainty_mm`` = (mean_x tr(J(x) Σ J(x)ᵀ))^½ with J(x) = ∂T(x)/∂θ, and the RMS rotation angle,
-``uncertainty_deg``.
+``uncertainty_mm`` = (mean_x tr(J(x) Σ J(x)ᵀ))^½ with J(x) = ∂T(x)/∂θ, and for a rigid result the RMS
+rotation angle, ``uncertainty_deg``.
 
 A result is flagged (``flagged``, ``reasons``, :func:`judge`) when
 
@@ -22,8 +23,9 @@ A result is flagged (``flagged``, ``reasons``, :func:`judge`) when
   maximum (a saddle, stopped at a search bound or before convergence). A rise within the noise is no evidence;
 * σ_fit is large against the curvature's drop over the stencil: a noisy or multi-modal response;
 * the implied uncertainty exceeds ``max_uncertainty_mm``;
-* a coarse rotation search (:mod:`.initialization`) finds a pose far from the result whose coarse NMI, after
-  refinement, exceeds the result's refined there: the result is a wrong local optimum.
+* (rigid results) a coarse rotation search (:mod:`.initialization`) finds a pose far from the result whose coarse
+  NMI, after refinement, exceeds the result's refined there: the result is a wrong local optimum. An affine
+  stage starts from a rigid one, whose confidence holds this check.
 
 The thresholds are calibrated on the corpus's validation subjects (``benchmarks/accuracy/rigid_evaluation.py
 --split validation``, then ``--calibrate``); the figures reported come from its test subjects.
@@ -39,7 +41,7 @@ import numpy as np
 import torch
 
 from ..core.image import Image
-from ..core.transforms import RigidTransform
+from ..core.transforms import AffineTransform, LinearTransform, RigidTransform
 from .initialization import CoarseNMI, SearchSettings, foreground_sample, search
 from .powell import maximize_rigid
 
@@ -87,42 +89,67 @@ def fit_quadratic(deltas: np.ndarray, values: np.ndarray) -> tuple:
     return float(coef[0]), coef[1:1 + n], h, float(np.sqrt(residual @ residual / dof))
 
 
-def pose_jacobian(pose: RigidTransform, points: np.ndarray, scale: np.ndarray, eps: float = 1e-3) -> np.ndarray:
-    """∂T(x)/∂θ for scaled parameters θ (Powell units), (N, 3, 6), by central differences."""
-    out = np.empty((len(points), 3, 6))
-    for k in range(6):
-        d = np.zeros(6)
-        d[k] = eps / scale[k]
-        plus = RigidTransform.from_parameters(pose.parameters + d, pose.center_mm).transform_points(points)
-        minus = RigidTransform.from_parameters(pose.parameters - d, pose.center_mm).transform_points(points)
-        out[:, :, k] = (plus - minus) / (2 * eps)
-    return out
+@dataclass
+class Parameterization:
+    """A linear transform as a point x of Powell's scaled parameters (see :mod:`.powell`)."""
+
+    x0: np.ndarray
+    transform: Callable[[np.ndarray], LinearTransform]
+    names: tuple
+
+    @classmethod
+    def of(cls, optimum: LinearTransform, settings: "ConfidenceSettings",
+           center_mm: np.ndarray = None) -> "Parameterization":
+        r = settings.rotation_radius_mm
+        if isinstance(optimum, RigidTransform):
+            scale = np.array([r] * 3 + [1.0] * 3)
+            return cls(optimum.parameters * scale,
+                       lambda x: RigidTransform.from_parameters(x / scale, optimum.center_mm),
+                       ("rx", "ry", "rz", "tx", "ty", "tz"))
+        if not isinstance(optimum, AffineTransform):
+            raise TypeError(f"no confidence for a {type(optimum).__name__}")
+        scale = np.array([r] * 9 + [1.0] * 3)
+        return cls(optimum.parameters(center_mm) * scale, lambda x: AffineTransform.from_parameters(x / scale,
+                                                                                                  center_mm),
+                   tuple(f"a{i}{j}" for i in range(1, 4) for j in range(1, 4)) + ("tx", "ty", "tz"))
+
+    def jacobian(self, points: np.ndarray, eps: float = 1e-3) -> np.ndarray:
+        """∂T(x)/∂θ at x0 for the scaled parameters θ, (N, 3, n), by central differences."""
+        out = np.empty((len(points), 3, len(self.x0)))
+        for k in range(len(self.x0)):
+            d = np.zeros(len(self.x0))
+            d[k] = eps
+            out[:, :, k] = (self.transform(self.x0 + d).transform_points(points)
+                            - self.transform(self.x0 - d).transform_points(points)) / (2 * eps)
+        return out
 
 
 def rms_distance(a: RigidTransform, b: RigidTransform, points: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.sum((a.transform_points(points) - b.transform_points(points)) ** 2, -1))))
 
 
-def assess(objective: Callable[[RigidTransform], float], optimum: RigidTransform, points_mm: np.ndarray,
-           settings: ConfidenceSettings = None, reseeded: Optional[Callable[[int], Callable]] = None) -> dict:
+def assess(objective: Callable[[LinearTransform], float], optimum: LinearTransform, points_mm: np.ndarray,
+           settings: ConfidenceSettings = None, reseeded: Optional[Callable[[int], Callable]] = None,
+           center_mm: np.ndarray = None) -> dict:
     """Curvature, uncertainty and local flags of ``objective`` (maximized) at ``optimum`` (see the module doc).
 
-    ``points_mm``: fixed foreground points; ``reseeded(seed)``: the objective rebuilt with another sample seed.
+    ``points_mm``: fixed foreground points; ``reseeded(seed)``: the objective rebuilt with another sample seed;
+    ``center_mm``: the centre of an affine optimum's parameters.
     """
     s = settings or ConfidenceSettings()
-    scale = np.array([s.rotation_radius_mm] * 3 + [1.0] * 3)
-    x0 = optimum.parameters * scale
+    pose = Parameterization.of(optimum, s, center_mm)
+    n = len(pose.x0)
 
     def at(obj, delta):
-        return float(obj(RigidTransform.from_parameters((x0 + delta) / scale, optimum.center_mm)))
+        return float(obj(pose.transform(pose.x0 + delta)))
 
-    deltas = stencil(6, s.step_mm)
+    deltas = stencil(n, s.step_mm)
     values = np.array([at(objective, d) for d in deltas])
     f0, g, hess, sigma_fit = fit_quadratic(deltas, values)
     sigma_sampling = 0.0
     if reseeded is not None and s.noise_seeds > 0:
-        axial = deltas[:13]
-        base = values[1:13] - values[0]
+        axial = deltas[:2 * n + 1]
+        base = values[1:2 * n + 1] - values[0]
         spread = []
         for seed in range(1, s.noise_seeds + 1):
             other = reseeded(seed)
@@ -138,16 +165,17 @@ def assess(objective: Callable[[RigidTransform], float], optimum: RigidTransform
     covariance = sigma * inverse
     rise, rise_direction = _largest_rise(g, hess, s.step_mm)
     drop = 0.5 * s.step_mm ** 2 * float(np.mean(np.abs(curvature)))
-    jac = pose_jacobian(optimum, points_mm, scale)
+    jac = pose.jacobian(points_mm)
     per_point = np.einsum("nik,kl,nil->n", jac, covariance, jac)
+    rigid = isinstance(optimum, RigidTransform)
     features = {"uncertainty_mm": float(np.sqrt(max(per_point.mean(), 0.0))),
                 "uncertainty_deg": float(np.degrees(np.sqrt(max(np.trace(covariance[:3, :3]), 0.0))
-                                                    / s.rotation_radius_mm)),
+                                                    / s.rotation_radius_mm)) if rigid else None,
                 "metric_at_optimum": f0, "noise_fit": sigma_fit, "noise_sampling": sigma_sampling,
                 "curvature_eigenvalues": curvature.tolist(), "misfit": sigma_fit / max(drop, 1e-12),
-                "rise_sigma": rise / max(sigma, 1e-12), "rise_direction": _direction_name(rise_direction),
+                "rise_sigma": rise / max(sigma, 1e-12), "rise_direction": _direction_name(rise_direction, pose.names),
                 "step_mm": s.step_mm,
-                "evaluations": len(deltas) + 13 * (s.noise_seeds if reseeded is not None else 0)}
+                "evaluations": len(deltas) + (2 * n + 1) * (s.noise_seeds if reseeded is not None else 0)}
     features["reasons"] = judge(features, s)
     features["flagged"] = bool(features["reasons"])
     return features
@@ -186,8 +214,7 @@ def judge(features: dict, settings: ConfidenceSettings = None) -> list:
     return reasons
 
 
-def _direction_name(v: np.ndarray) -> str:
-    names = ("rx", "ry", "rz", "tx", "ty", "tz")
+def _direction_name(v: np.ndarray, names: tuple) -> str:
     k = int(np.argmax(np.abs(v)))
     return f"{names[k]} ({abs(v[k]):.0%} of the direction)"
 
@@ -213,17 +240,17 @@ def coarse_check(fixed: Image, moving: Image, result: RigidTransform, device="cp
             "search_distance_mm": distance, "seconds": time.perf_counter() - t0}
 
 
-def confidence(objective: Callable, optimum: RigidTransform, fixed: Image, moving: Image, device="cpu",
+def confidence(objective: Callable, optimum: LinearTransform, fixed: Image, moving: Image, device="cpu",
                fixed_mask: Image = None, moving_mask: Image = None, reseeded: Callable = None,
                settings: ConfidenceSettings = None, global_check: bool = True, searched: dict = None) -> dict:
-    """The ``confidence`` report entry of a rigid result: :func:`assess` plus, with ``global_check``,
-    :func:`coarse_check`."""
+    """The ``confidence`` report entry of a rigid or affine result (affine parameters about the fixed image's
+    centre): :func:`assess` plus, for a rigid one with ``global_check``, :func:`coarse_check`."""
     t0 = time.perf_counter()
     s = settings or ConfidenceSettings()
     points = foreground_sample(fixed, n=2000)
     with torch.no_grad():
-        out = assess(objective, optimum, points, s, reseeded)
-    if global_check:
+        out = assess(objective, optimum, points, s, reseeded, fixed.grid.center_physical())
+    if global_check and isinstance(optimum, RigidTransform):
         out["coarse_check"] = coarse_check(fixed, moving, optimum, device, fixed_mask, moving_mask, searched)
         out["reasons"] = judge(out, s)
         out["flagged"] = bool(out["reasons"])
@@ -233,14 +260,16 @@ def confidence(objective: Callable, optimum: RigidTransform, fixed: Image, movin
 
 def summary(conf: dict) -> str:
     """One console line."""
-    line = f"confidence: ±{conf['uncertainty_mm']:.2f} mm, ±{conf['uncertainty_deg']:.2f}°"
+    line = f"confidence: ±{conf['uncertainty_mm']:.2f} mm" + (
+        f", ±{conf['uncertainty_deg']:.2f}°" if conf["uncertainty_deg"] is not None else "")
     if conf["flagged"]:
         return line + " — FLAGGED, likely failure: " + "; ".join(conf["reasons"])
     return line + " (not flagged)"
 
 
-def nmi_confidence(fixed: Image, moving: Image, transform: RigidTransform, settings, ctx, searched=None) -> dict:
-    """:func:`confidence` of an ``nmi`` result: the objective of its finest level (``rigid/mi.py``), rebuilt."""
+def nmi_confidence(fixed: Image, moving: Image, transform: LinearTransform, settings, ctx, searched=None) -> dict:
+    """:func:`confidence` of an ``nmi`` or ``nmi-affine`` result: the objective of its finest level
+    (``rigid/mi.py``), rebuilt."""
     from dataclasses import replace
     from .mi import level_objective
     from .pyramid import downsample
