@@ -19,7 +19,7 @@ from ..core.transforms import LinearTransform
 from ..metrics.sampled_nmi import SampledNMI
 from .powell import PowellSettings, maximize_affine, maximize_rigid
 from .pyramid import downsample
-from .sampling_region import foreground, region_indices
+from .sampling_region import region_indices, whole_image
 
 
 @dataclass
@@ -35,8 +35,9 @@ class MISettings:
 
 def level_objective(fixed: Image, moving: Image, start: LinearTransform, settings: MISettings, device,
                     fixed_mask: Image, moving_mask: Image, max_points: int) -> SampledNMI:
-    """NMI at one level: at most ``max_points`` points of the sampling region at ``start`` (linear binning)."""
-    region = region_indices(fixed, foreground(fixed, fixed_mask), moving, foreground(moving, moving_mask), start,
+    """NMI at one level: at most ``max_points`` points of the sampling region at ``start`` (linear binning): the
+    fixed image (or mask) mapped into the moving image (or mask)."""
+    region = region_indices(fixed, whole_image(fixed, fixed_mask), moving, whole_image(moving, moving_mask), start,
                             device)
     return SampledNMI.on_grid(fixed, moving, settings.bins, max_points, settings.seed, device,
                               indices=region)
