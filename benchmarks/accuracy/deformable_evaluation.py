@@ -16,7 +16,8 @@ the JSON records, per learned model, whether its training data touched a test su
   that every method starts from. Reported: tissue and brain Dice and HD95 (mm; SimpleITK distance maps).
 
 Methods, all timed in this run on the same CPU threads: ``diffeo``, ``dirnet``, ``deepsim`` through
-``api.register`` (``--param METHOD:KEY=VALUE`` passes options, e.g. ``diffeo:iterations=0``; a method that
+``api.register``, with their default instance optimization and as ``NAME/network`` without it
+(``--param METHOD:KEY=VALUE`` passes options, e.g. ``diffeo:io_levels=2``; a method that
 gives an inverse gives both directions in one call, the others are run again with the images swapped),
 SimpleITK diffeomorphic demons, a SimpleITK B-spline (correlation, L-BFGS-B, 3 levels; control spacing
 chosen on a validation-split pair at ``--tune-spacing-mm``, never on test data), and ANTs SyN (antspyx,
@@ -199,9 +200,16 @@ def ants_syn(fixed: Image, moving: Image, threads: int) -> tuple:
 
 
 # ---------------------------------------------------------------- methods: (forward, inverse or None)
+def method_options(name: str, params: dict) -> dict:
+    """The options of a method label: ``NAME`` with its ``--param`` options, ``NAME/network`` the same with
+    instance optimization off (``iterations=0``: the network alone)."""
+    base, _, variant = name.partition("/")
+    return {**params.get(base, {}), **({"iterations": "0"} if variant == "network" else {})}
+
+
 def run_method(name: str, fixed: Image, moving: Image, options: dict, bspline_mm: float, threads: int):
-    if name in LEARNED:
-        result = register(fixed, moving, name, device="cpu", **options)
+    if name.partition("/")[0] in LEARNED:
+        result = register(fixed, moving, name.partition("/")[0], device="cpu", **options)
         return result.transform, result.inverse, result.report
     if name == "demons":
         return demons(fixed, moving), None, {}
@@ -348,7 +356,8 @@ def main(argv=None) -> int:
                                       "'none' for no same-subject pair)")
     p.add_argument("--no-inter-subject", action="store_true", help="skip the ITK → Colin27 pair")
     p.add_argument("--deform-max-mm", type=float, default=6.0, help="velocity coefficient bound b (mm)")
-    p.add_argument("--methods", default=",".join(list(LEARNED) + list(BASELINES)))
+    p.add_argument("--methods", default=",".join(list(LEARNED) + [f"{m}/network" for m in LEARNED] + list(BASELINES)),
+                   help="comma-separated; NAME/network: a learned method without instance optimization")
     p.add_argument("--param", action="append", metavar="METHOD:KEY=VALUE", help="an option of a learned method")
     p.add_argument("--bspline-candidates", default="20,40", help="control spacings (mm) tried on validation")
     p.add_argument("--tune-spacing-mm", type=float, default=4.0,
@@ -389,18 +398,17 @@ def main(argv=None) -> int:
         rows.append({**base, "method": "none", "forward": direction_metrics(pair, None, False),
                      "reverse": direction_metrics(pair, None, True) if pair["truth"] is not None else None})
         for name in methods:
-            row = {**base, "method": name, "options": params.get(name, {})}
+            row = {**base, "method": name, "options": method_options(name, params)}
             try:
-                (fwd, inv, report), seconds = timed(run_method, name, pair["fixed"], pair["moving"],
-                                                    params.get(name, {}), tuning and tuning["chosen_mm"], args.threads)
+                (fwd, inv, report), seconds = timed(run_method, name, pair["fixed"], pair["moving"], row["options"],
+                                                    tuning and tuning["chosen_mm"], args.threads)
                 row["seconds_one_direction"] = seconds
                 row["forward"] = direction_metrics(pair, fwd, False)
                 row["inverse_from_same_call"] = inv is not None
                 if pair["truth"] is not None:
                     if inv is None:
                         (inv, _, _), seconds2 = timed(run_method, name, pair["moving"], pair["fixed"],
-                                                      params.get(name, {}), tuning and tuning["chosen_mm"],
-                                                      args.threads)
+                                                      row["options"], tuning and tuning["chosen_mm"], args.threads)
                         row["seconds_both_directions"] = seconds + seconds2
                     else:
                         row["seconds_both_directions"] = seconds
@@ -419,7 +427,7 @@ def main(argv=None) -> int:
                   {"rows": rows, "speedup_vs_demons": speedups_vs_demons(rows)},
                   test_subjects=[s.to_dict() for s in corpus.subjects("test")],
                   models={m: {"model": LEARNED[m], "trained_on_test_subjects": trained_on_test_subjects(LEARNED[m])}
-                          for m in methods if m in LEARNED},
+                          for m in LEARNED if any(n.partition("/")[0] == m for n in methods)},
                   bspline_tuning=tuning, spacing_mm=args.spacing_mm, deform_max_mm=args.deform_max_mm,
                   threads=args.threads)
     return 0
