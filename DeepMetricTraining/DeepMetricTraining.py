@@ -6,17 +6,17 @@ import time
 from typing import Annotated
 
 import qt
-import vtk
 
 import slicer
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
-                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
-from slicer.util import VTKObservationMixin
+                                           ScriptedLoadableModuleTest)
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 
 from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLPlotChartNode, vtkMRMLScalarVolumeNode, vtkMRMLTableNode
+
+from DeepRegistrationPanels.parameter_node_widget import ParameterNodeWidget
 
 NETWORKS = ["metric", "diffeo", "dirnet", "deepsim-features", "deepsim"]
 COMMANDS = {"metric": "train-metric", "diffeo": "train-diffeo", "dirnet": "train-dirnet",
@@ -82,32 +82,20 @@ class DeepMetricTrainingParameterNode:
 #
 
 
-class DeepMetricTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class DeepMetricTrainingWidget(ParameterNodeWidget):
     def __init__(self, parent=None) -> None:
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._job = None
-        self._timer = None
+        ParameterNodeWidget.__init__(self, parent)
         self._preview = None
         self._previewTimer = None
 
+    def createLogic(self):
+        return DeepMetricTrainingLogic()
+
     def setup(self) -> None:
-        ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/DeepMetricTraining.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = DeepMetricTrainingLogic()
-
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-
+        ParameterNodeWidget.setup(self)
         self.ui.startButton.connect("clicked(bool)", lambda: self.onStart(resume=False))
         self.ui.resumeButton.connect("clicked(bool)", lambda: self.onStart(resume=True))
-        self.ui.stopButton.connect("clicked(bool)", self.onStop)
+        self.ui.stopButton.connect("clicked(bool)", self.stopJob)
         self.ui.previewButton.connect("clicked(bool)", self.onPreview)
         self.ui.browsePairsButton.connect("clicked(bool)", self.onBrowsePairs)
         self.ui.browseOutputButton.connect("clicked(bool)", self.onBrowseOutput)
@@ -115,40 +103,7 @@ class DeepMetricTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.initializeParameterNode()
         self.onNetworkChanged()
 
-    def cleanup(self) -> None:
-        self.removeObservers()
-        self.onStop()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-
-    def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-            self._updateButtons()
-
-    def _updateButtons(self, caller=None, event=None) -> None:
+    def updateGui(self, caller=None, event=None) -> None:
         p = self._parameterNode
         hasData = bool(p and (p.pairsCsv or (p.fixedVolume and p.movingVolume)))
         running = self._job is not None
@@ -200,7 +155,7 @@ class DeepMetricTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         if not self._preview.done():
             return
         self._previewTimer.stop()
-        self._updateButtons()
+        self.updateGui()
         with slicer.util.tryWithErrorDisplay(_("Preview failed."), waitCursor=True):
             node = self.logic.finishPreview(self._preview)
             slicer.util.setSliceViewerLayers(background=node, fit=True)
@@ -212,26 +167,20 @@ class DeepMetricTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                 return
             self._job = self.logic.startTraining(self._parameterNode, resume)
             self.ui.logTextEdit.clear()
-            self._timer = qt.QTimer()
-            self._timer.timeout.connect(self._poll)
-            self._timer.start(500)
-            self._updateButtons()
+            self.startPolling(self._poll, 500)
+            self.updateGui()
 
     def _poll(self) -> None:
-        job = self._job
-        finished = job.finished  # read before draining: every event of a finished job is then queued
-        events = job.events()
+        events, finished = self.readJob()
         self.logic.applyEvents(events, self._parameterNode)
         for event in events:
             if "fraction" in event:
                 self.ui.progressBar.value = int(100 * event["fraction"])
             if event.get("message"):
                 self.ui.statusLabel.text = event["message"]
-        for line in job.new_log_lines():
-            self.ui.logTextEdit.appendPlainText(line)
         if not finished:
             return
-        self._timer.stop()
+        job = self._job
         with slicer.util.tryWithErrorDisplay(_("Training failed."), waitCursor=False):
             if job.returncode != 0:
                 raise RuntimeError(job.error_message())
@@ -239,9 +188,9 @@ class DeepMetricTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                 path=self._parameterNode.outputModel)
         self.logic.cleanupJob(self._job)
         self._job = None
-        self._updateButtons()
+        self.updateGui()
 
-    def onStop(self) -> None:
+    def stopJob(self) -> None:
         """Signal the whole process tree (the trainer writes its checkpoint on SIGTERM), then end it."""
         if self._job is not None:
             with slicer.util.tryWithErrorDisplay(_("Stopping failed."), waitCursor=True):
@@ -253,7 +202,7 @@ class DeepMetricTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self._timer.stop()
         self._job = None
         if self._parameterNode:
-            self._updateButtons()
+            self.updateGui()
 
 
 #

@@ -14,28 +14,46 @@ import slicer
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
-                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
-from slicer.util import VTKObservationMixin
+                                           ScriptedLoadableModuleTest)
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTransformNode
 
+from DeepRegistrationPanels.parameter_node_widget import ParameterNodeWidget
 # Torch-free: the method specs are read before the dependencies are installed.
-from DeepRegistrationLib.methods import SPECS
+from DeepRegistrationLib.methods import PIPELINE_PRESETS, SEPARATOR, SPECS, pipeline_specs
 
-#: the method that aligns rigidly before a deformable method when "rigid first" is on
-RIGID_FIRST_METHOD = "nmi"
 PRESETS_DIR = os.path.join(os.path.dirname(__file__), "Resources", "Presets")
+#: the output transform's attribute with the result's confidence (JSON list, one entry per rigid/affine stage)
+CONFIDENCE_ATTRIBUTE = "DeepRegistration.confidence"
+
+
+def modelStage(method: str):
+    """The spec of the stage that takes the model (a pipeline has at most one), or None."""
+    return next((spec for spec in pipeline_specs(method) if spec.model_kind), None)
+
+
+def optionFields(method: str) -> list:
+    """(key, option) for every option of a method; in a pipeline the key is 'STAGE.OPTION', the
+    ``--param`` that goes to that stage only."""
+    specs = pipeline_specs(method)
+    if len(specs) == 1:
+        return [(option.name, option) for option in specs[0].options]
+    return [(f"{spec.name}.{option.name}", option) for spec in specs for option in spec.options]
 
 
 class _LabelledMethod(enum.Enum):
     def label(self) -> str:
-        """What the method combo box shows (Slicer's enum connector calls ``label``)."""
-        return SPECS[self.value].label
+        """What the method combo box shows (Slicer's enum connector calls ``label``): the spec's label, for a
+        pipeline its stages' labels without their parenthesis."""
+        specs = pipeline_specs(self.value)
+        return specs[0].label if len(specs) == 1 else " → ".join(spec.label.split(" (")[0] for spec in specs)
 
 
-#: The registration methods, in the order of ``DeepRegistrationLib.methods.SPECS``.
-Method = _LabelledMethod("Method", [(name.replace("-", "_"), name) for name in SPECS])
+#: The registration methods, in the order of ``DeepRegistrationLib.methods.SPECS``, then the pipelines of
+#: ``PIPELINE_PRESETS`` (one ``register`` call runs their stages in order, each from the one before).
+Method = _LabelledMethod("Method", [(name.replace("-", "_").replace(SEPARATOR, "__"), name)
+                                    for name in (*SPECS, *PIPELINE_PRESETS)])
 
 
 #
@@ -51,9 +69,11 @@ class DeepRegistration(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["DeepRegistration developers"]
         self.parent.helpText = _(
-            "Rigid (normalized mutual information, learned CNN metric of Sedghi et al. 2018, DeepSim) and deformable "
-            "(diffeomorphic patch-wise, DIRNet, DeepSim U-Net) registration. The result transform maps fixed to "
-            "moving points (Slicer's 'from parent'); the moving volume is placed under it.")
+            "Rigid (normalized mutual information, learned CNN metric of Sedghi et al. 2018, DeepSim), affine and "
+            "deformable (diffeomorphic patch-wise, DIRNet, DeepSim U-Net) registration, alone or as a pipeline "
+            "(rigid → affine → deformable in one run, each stage's transform added to the scene). The result "
+            "transform maps fixed to moving points (Slicer's 'from parent'); the moving volume is placed under it. "
+            "Rigid and affine results show their uncertainty and are flagged when likely wrong.")
         self.parent.acknowledgementText = _(
             "Methods: Sedghi et al. 2018; de Vos et al. 2017; Czolbe et al. 2021; patch-wise diffeomorphic "
             "registration (LDDMM) thesis.")
@@ -74,7 +94,6 @@ class DeepRegistrationParameterNode:
     movingMask: Union[vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, None]
     initialTransform: vtkMRMLTransformNode
     method: Method = Method(next(iter(SPECS)))
-    rigidFirst: bool = False
     #: the model name or file (the model combo box lists them; not bound: its items change with the method)
     model: str = ""
     #: JSON {method: {option: value}} of the options set in the Advanced section (its widgets follow each
@@ -92,32 +111,20 @@ class DeepRegistrationParameterNode:
 #
 
 
-class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class DeepRegistrationWidget(ParameterNodeWidget):
     def __init__(self, parent=None) -> None:
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._job = None
-        self._timer = None
+        ParameterNodeWidget.__init__(self, parent)
         self._lastNodes = {}
         self._lastFolder = ""
         self._optionWidgets = {}
         self._shownMethod = None
         self._shownOptions = None
 
+    def createLogic(self):
+        return DeepRegistrationLogic()
+
     def setup(self) -> None:
-        ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/DeepRegistration.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = DeepRegistrationLogic()
-
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-
+        ParameterNodeWidget.setup(self)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.loadModelButton.connect("clicked(bool)", self.onLoadModel)
         self.ui.loadSampleDataButton.connect("clicked(bool)", self.onLoadSampleData)
@@ -134,72 +141,50 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._fillPresets()
         self.initializeParameterNode()
 
-    def cleanup(self) -> None:
-        self.removeObservers()
-        self._stopJob()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-
     def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
-        self._parameterNode = inputParameterNode
         self._shownMethod = self._shownOptions = None
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
-            self._updateGui()
+        ParameterNodeWidget.setParameterNode(self, inputParameterNode)
 
-    def _updateGui(self, caller=None, event=None) -> None:
+    def updateGui(self, caller=None, event=None) -> None:
         """Enable what the parameters allow; rebuild the method's model list and options when it changed."""
         p = self._parameterNode
-        spec = SPECS[p.method.value]
+        specs = pipeline_specs(p.method.value)
         if self._shownMethod != p.method:
             self._shownMethod = p.method
-            self._showModels(spec)
+            self._showModels(p.method.value)
         if self._shownOptions != (p.method, p.methodOptions):   # a new method or a preset, not our own edit
-            self._showOptions(spec)
+            self._showOptions(p.method.value)
         ready = bool(p.fixedVolume and p.movingVolume and p.fixedVolume != p.movingVolume)
         self.ui.applyButton.enabled = ready or self._job is not None
         self.ui.applyButton.toolTip = _("Register the moving volume to the fixed volume") if ready else \
             _("Select two different volumes")
-        self.ui.fixedMaskSelector.enabled = "fixed" in spec.masks
-        self.ui.movingMaskSelector.enabled = "moving" in spec.masks
-        self.ui.rigidFirstCheckBox.enabled = spec.deformable
+        self.ui.fixedMaskSelector.enabled = any("fixed" in spec.masks for spec in specs)
+        self.ui.movingMaskSelector.enabled = any("moving" in spec.masks for spec in specs)
         self.ui.jacobianButton.enabled = "jacobian" in self._lastNodes
         self.ui.gridButton.enabled = "transform" in self._lastNodes and not self._lastNodes["transform"].IsLinear()
         self.ui.openFolderButton.enabled = bool(self._lastFolder and os.path.isdir(self._lastFolder))
+        self._showConfidence()
 
-    def _showModels(self, spec) -> None:
-        """The method's models; the parameter's model stays chosen if it is one of them or a model file."""
-        combo, model = self.ui.modelComboBox, self._parameterNode.model
+    def _showConfidence(self) -> None:
+        """The output transform's confidence (rigid and affine stages), in a warning style when flagged."""
+        text, flagged, reasons = self.logic.confidenceText(self.logic.confidenceOf(self._parameterNode.outputTransform))
+        self.ui.confidenceLabel.text = text
+        self.ui.confidenceLabel.toolTip = reasons
+        self.ui.confidenceLabel.styleSheet = "color: #c62828; font-weight: bold;" if flagged else ""
+
+    def _showModels(self, method: str) -> None:
+        """The method's models (a pipeline's: those of its stage that takes one); the parameter's model stays
+        chosen if it is one of them or a model file."""
+        combo, model, stage = self.ui.modelComboBox, self._parameterNode.model, modelStage(method)
         combo.blockSignals(True)
         combo.clear()
-        for name in self.logic.modelsFor(spec.name):
+        for name in self.logic.modelsFor(method):
             combo.addItem(name)
-        if spec.model_kind and model and combo.findText(model) < 0 and os.path.isfile(model):
+        if stage and model and combo.findText(model) < 0 and os.path.isfile(model):
             combo.addItem(model)
         combo.currentIndex = max(combo.findText(model), 0) if combo.count else -1
         combo.blockSignals(False)
-        combo.enabled = self.ui.loadModelButton.enabled = spec.model_kind is not None
+        combo.enabled = self.ui.loadModelButton.enabled = stage is not None
         self.onModelChanged()
 
     def onModelChanged(self, index=None) -> None:
@@ -208,33 +193,35 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.model = model
         self.ui.modelCardLabel.text = self.logic.modelCard(model) if model else ""
 
-    def _showOptions(self, spec) -> None:
-        """One widget per option of the method's spec, in the Advanced section, bound to ``methodOptions``."""
+    def _showOptions(self, method: str) -> None:
+        """One widget per option of the method's spec (a pipeline's: of each stage, as 'stage: option'), in the
+        Advanced section, bound to ``methodOptions``."""
         layout = self.ui.advancedOptionsFrame.layout()
         while layout.rowCount():
             layout.removeRow(0)  # deletes the row's widgets
         self._optionWidgets = {}
         values = self.logic.optionValues(self._parameterNode)
-        for option in spec.options:
-            widget = self._optionWidget(option, values.get(option.name, option.default))
+        fields = optionFields(method)
+        for key, option in fields:
+            widget = self._optionWidget(key, option, values.get(key, option.default))
             widget.toolTip = option.help
-            layout.addRow(option.name.replace("_", " ") + ":", widget)
-            self._optionWidgets[option.name] = widget
-        if not spec.options:
+            layout.addRow(key.replace("_", " ").replace(".", ": ") + ":", widget)
+            self._optionWidgets[key] = widget
+        if not fields:
             layout.addRow(qt.QLabel(_("This method has no options.")))
         self._shownOptions = (self._parameterNode.method, self._parameterNode.methodOptions)
 
-    def _optionWidget(self, option, value):
+    def _optionWidget(self, key: str, option, value):
         if option.choices:
             widget = qt.QComboBox()
             for choice in option.choices:
                 widget.addItem(str(choice))
             widget.currentText = str(value)
-            widget.connect("currentIndexChanged(int)", lambda i, o=option: self._setOption(o, widget.currentText))
+            widget.connect("currentIndexChanged(int)", lambda i: self._setOption(key, widget.currentText))
         elif option.type == "bool":
             widget = qt.QCheckBox()
             widget.checked = bool(value)
-            widget.connect("toggled(bool)", lambda v, o=option: self._setOption(o, v))
+            widget.connect("toggled(bool)", lambda v: self._setOption(key, v))
         elif option.type in ("int", "float") and value is not None:
             number = int if option.type == "int" else float
             widget = qt.QSpinBox() if option.type == "int" else qt.QDoubleSpinBox()
@@ -242,21 +229,21 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             widget.maximum = number(option.maximum if option.maximum is not None else 10**9)
             widget.value = number(value)
             widget.connect("valueChanged(double)" if option.type == "float" else "valueChanged(int)",
-                           lambda v, o=option: self._setOption(o, v))
+                           lambda v: self._setOption(key, v))
         else:
             widget = qt.QLineEdit(",".join(map(str, value)) if isinstance(value, (list, tuple)) else
                                   ("" if value is None else str(value)))
             widget.placeholderText = _("default")
-            widget.connect("editingFinished()", lambda o=option, w=widget: self._setOption(o, w.text or None))
+            widget.connect("editingFinished()", lambda: self._setOption(key, widget.text or None))
         return widget
 
-    def _setOption(self, option, value) -> None:
+    def _setOption(self, key: str, value) -> None:
         p = self._parameterNode
         values = self.logic.optionValues(p)
         if value is None:
-            values.pop(option.name, None)
+            values.pop(key, None)
         else:
-            values[option.name] = value
+            values[key] = value
         options = self.logic.withOptionValues(p, values)
         self._shownOptions = (p.method, options)   # the widgets already show it
         p.methodOptions = options
@@ -294,7 +281,7 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onApplyButton(self) -> None:
         if self._job is not None:
-            self._stopJob()
+            self.stopJob()
             self.ui.statusLabel.text = _("Cancelled; no output was added.")
             return
         with slicer.util.tryWithErrorDisplay(_("Registration could not start."), waitCursor=True):
@@ -305,31 +292,28 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.applyButton.text = _("Cancel")
             self.ui.progressBar.value = 0
             self.ui.statusLabel.text = self._job.note
-            self._timer = qt.QTimer()
-            self._timer.timeout.connect(self._poll)
-            self._timer.start(250)
+            self.startPolling(self._poll, 250)
 
     def _poll(self) -> None:
-        job = self._job
-        finished = job.finished  # read before draining: every event of a finished job is then queued
-        for event in job.events():
+        events, finished = self.readJob()
+        for event in events:
             if event.get("event") == "progress":
                 self.ui.progressBar.value = int(100 * event.get("fraction", 0))
                 self.ui.statusLabel.text = event.get("message", "")
-        for line in job.new_log_lines():
-            self.ui.logTextEdit.appendPlainText(line)
         if not finished:
             return
-        self._timer.stop()
+        job = self._job
         with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=True):
             if job.returncode != 0:
                 raise RuntimeError(job.error_message())
             self._lastNodes = self.logic.finishBackgroundRegistration(job, self._parameterNode)
-            self.ui.statusLabel.text = _("Done.")
+            stages = self._lastNodes["stages"]
+            self.ui.statusLabel.text = _("Done.") if len(stages) == 1 else _(
+                "Done. The transform of each stage: {names}.").format(names=", ".join(n.GetName() for n in stages))
             self.ui.progressBar.value = 100
-        self._stopJob()
+        self.stopJob()
 
-    def _stopJob(self) -> None:
+    def stopJob(self) -> None:
         if self._timer is not None:
             self._timer.stop()
         if self._job is not None:
@@ -339,7 +323,7 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._job = None
         self.ui.applyButton.text = _("Apply")
         if self._parameterNode:
-            self._updateGui()
+            self.updateGui()
 
     def onOpenFolder(self) -> None:
         qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(self._lastFolder))
@@ -371,20 +355,17 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._job = self.logic.startResponseFunctions(self._parameterNode, self._lastNodes.get("transform"))
             self.ui.applyButton.text = _("Cancel")
             self.ui.statusLabel.text = _("Computing response functions...")
-            self._timer = qt.QTimer()
-            self._timer.timeout.connect(self._pollResponse)
-            self._timer.start(250)
+            self.startPolling(self._pollResponse, 250)
 
     def _pollResponse(self) -> None:
-        if not self._job.finished:
+        if not self.readJob()[1]:
             return
-        self._timer.stop()
         with slicer.util.tryWithErrorDisplay(_("Response functions failed."), waitCursor=True):
             if self._job.returncode != 0:
                 raise RuntimeError(self._job.error_message())
             self.logic.showChart(self.logic.responseCharts(self._job)[0])
             self.ui.statusLabel.text = _("Response functions: one chart per rigid parameter.")
-        self._stopJob()
+        self.stopJob()
 
 
 #
@@ -473,8 +454,8 @@ class DeepRegistrationLogic(ScriptedLoadableModuleLogic):
     def modelsFor(method: str) -> list:
         """The method's bundled default model, then the user's trained models of its kind once PyTorch is loaded
         (their metadata is read with torch; the panel never imports it before the dependencies are ensured)."""
-        spec = SPECS[method]
-        if spec.model_kind is None:
+        spec = modelStage(method)
+        if spec is None:
             return []
         models = [spec.default_model] if spec.default_model else []
         if "torch" in sys.modules:
@@ -497,11 +478,23 @@ class DeepRegistrationLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def optionValues(parameterNode) -> dict:
-        """The options set in the panel for the current method (the others take the spec's defaults)."""
+        """The options set in the panel for the current method (the others take the spec's defaults), keyed as
+        :func:`optionFields` keys them."""
         method = parameterNode.method.value
         values = json.loads(parameterNode.methodOptions or "{}").get(method, {})
-        known = {o.name for o in SPECS[method].options}
+        known = {key for key, _option in optionFields(method)}
         return {k: v for k, v in values.items() if k in known}
+
+    @staticmethod
+    def checkOptions(method: str, options: dict) -> None:
+        """Refuse (``InputError``) an option the method does not have or a value its spec does not accept."""
+        from DeepRegistrationLib.core.errors import InputError
+        fields = dict(optionFields(method))
+        unknown = sorted(set(options) - set(fields))
+        if unknown:
+            raise InputError(f"--method {method}: unknown option(s) {', '.join(unknown)} (known: {', '.join(fields)})")
+        for key, value in options.items():
+            fields[key].convert(value, method)
 
     @staticmethod
     def withOptionValues(parameterNode, values: dict) -> str:
@@ -530,22 +523,22 @@ class DeepRegistrationLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def applyPreset(preset: dict, parameterNode) -> None:
-        """Set the method, its model and options, and rigid-first from a preset; the options are checked by the spec."""
-        spec = SPECS[preset["method"]]
-        spec.parse_options(preset.get("options", {}))
+        """Set the method (or pipeline), its model and options from a preset; the options are checked by the specs."""
+        method = Method(preset["method"])
+        DeepRegistrationLogic.checkOptions(method.value, preset.get("options", {}))
+        stage = modelStage(method.value)
         p = parameterNode
         wasModifying = p.StartModify()
-        p.method = Method(spec.name)
-        p.rigidFirst = bool(preset.get("rigidFirst", False)) and spec.deformable
-        p.model = preset.get("model", spec.default_model or "")
+        p.method = method
+        p.model = preset.get("model", stage.default_model if stage else "") or ""
         p.methodOptions = DeepRegistrationLogic.withOptionValues(p, preset.get("options", {}))
         p.EndModify(wasModifying)
 
     @staticmethod
     def savePreset(name: str, parameterNode, folder: str) -> str:
-        """Write the current method, model, options and rigid-first as a preset JSON file; returns its path."""
+        """Write the current method (or pipeline), model and options as a preset JSON file; returns its path."""
         p = parameterNode
-        preset = {"name": name, "method": p.method.value, "rigidFirst": p.rigidFirst, "model": p.model,
+        preset = {"name": name, "method": p.method.value, "model": p.model,
                   "options": DeepRegistrationLogic.optionValues(p)}
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, "".join(c if c.isalnum() else "_" for c in name) + ".json")
@@ -564,24 +557,55 @@ class DeepRegistrationLogic(ScriptedLoadableModuleLogic):
     def process(self, fixedVolume, movingVolume, method: str = "nmi", device: str = "auto", model: str = "",
                 options: dict = None, initialTransform=None, fixedMask=None, movingMask=None, outputTransform=None,
                 outputVolume=None, progress=None) -> dict:
-        """Blocking registration on nodes (batch scripting): returns the nodes made (see mrml.register_nodes)."""
+        """Blocking registration on nodes (batch scripting): returns the nodes made (see mrml.register_nodes).
+        ``method`` may be a pipeline ('nmi+nmi-affine+diffeo'); ``options`` as ``--param`` takes them."""
         from DeepRegistrationLib.mrml import register_nodes
         options = dict(options or {})
         if model:
             options["models"] = [model]
-        return register_nodes(fixedVolume, movingVolume, method, device, progress, initialTransform, fixedMask,
-                              movingMask, outputTransform, outputVolume, options)
+        nodes = register_nodes(fixedVolume, movingVolume, method, device, progress, initialTransform, fixedMask,
+                               movingMask, outputTransform, outputVolume, options)
+        self.storeConfidence(nodes["transform"], nodes["confidence"])
+        return nodes
+
+    # --- the confidence of rigid and affine results (torch-free: the panel reads it from the scene) ---
+
+    @staticmethod
+    def storeConfidence(transformNode, entries: list) -> None:
+        """Put a result's confidence (``mrml.confidences``) on its transform, where the panel reads it (and the
+        scene saves it); a result without one removes what an earlier run put there."""
+        if entries:
+            transformNode.SetAttribute(CONFIDENCE_ATTRIBUTE, json.dumps(entries))
+        else:
+            transformNode.RemoveAttribute(CONFIDENCE_ATTRIBUTE)
+
+    @staticmethod
+    def confidenceOf(transformNode) -> list:
+        text = transformNode.GetAttribute(CONFIDENCE_ATTRIBUTE) if transformNode is not None else None
+        return json.loads(text) if text else []
+
+    @staticmethod
+    def confidenceText(entries: list) -> tuple:
+        """(text, flagged, reasons) of the confidence entries: 'uncertainty 0.42 mm / 0.31°' per rigid or affine
+        stage; flagged when a stage is, with its reasons."""
+        parts = [(f"{e['method']}: " if len(entries) > 1 else "")
+                 + _("uncertainty {mm:.2f} mm / {deg:.2f}°").format(mm=e["uncertainty_mm"], deg=e["uncertainty_deg"])
+                 for e in entries]
+        flagged = any(e["flagged"] for e in entries)
+        reasons = "; ".join(f"{e['method']}: {r}" for e in entries for r in e["reasons"])
+        text = "; ".join(parts)
+        return (_("Likely failure: {text}").format(text=text) if flagged else text), flagged, reasons
 
     def startBackgroundRegistration(self, parameterNode):
-        """Write the inputs to a temporary folder and start ``deepregistration register`` on them (after an NMI
-        stage when ``rigidFirst``). The moving volume's own parent transform, when it has one and no initial
+        """Write the inputs to a temporary folder and start ``deepregistration register`` on them (a pipeline's
+        stages in the same call). The moving volume's own parent transform, when it has one and no initial
         transform is chosen, is where the registration starts: the result replaces it, so it must include it."""
         from DeepRegistrationLib.background import CommandSequence
         p = parameterNode
         folder = tempfile.mkdtemp(prefix="DeepRegistration-")
         initial = p.initialTransform or p.movingVolume.GetParentTransformNode()
-        stages = self.registrationStages(p, folder, initial)
-        job = CommandSequence(stages, self.pythonSlicer(), self.childEnvironment()).start()
+        job = CommandSequence([self.registrationArguments(p, folder, initial)], self.pythonSlicer(),
+                              self.childEnvironment()).start()
         job.folder = folder
         job.note = "" if p.initialTransform or initial is None else _(
             "Starting from the moving volume's transform '{name}'; the result will replace it.").format(
@@ -597,14 +621,13 @@ class DeepRegistrationLogic(ScriptedLoadableModuleLogic):
         """Slicer's startup environment (not the running application's ``os.environ``)."""
         return slicer.util.startupEnvironment() if hasattr(slicer, "app") else dict(os.environ)
 
-    def registrationStages(self, parameterNode, folder: str, initialTransformNode=None) -> list:
-        """The ``deepregistration register`` command lines, inputs written to ``folder``: one stage, or an NMI
-        stage then the chosen method started from its result (``rigidFirst``)."""
+    def registrationArguments(self, parameterNode, folder: str, initialTransformNode=None) -> list:
+        """The ``deepregistration register`` command line of the parameters, inputs and outputs in ``folder``."""
         from DeepRegistrationLib.core.io import write_image
         from DeepRegistrationLib.core.transforms import write_transform
         from DeepRegistrationLib.mrml import mask_node_to_image, node_to_transform, volume_node_to_image
         p = parameterNode
-        spec = SPECS[p.method.value]
+        specs = pipeline_specs(p.method.value)
         fixed = volume_node_to_image(p.fixedVolume, "fixed volume")
         write_image(fixed, os.path.join(folder, "fixed.nrrd"))
         write_image(volume_node_to_image(p.movingVolume, "moving volume"), os.path.join(folder, "moving.nrrd"))
@@ -612,43 +635,26 @@ class DeepRegistrationLogic(ScriptedLoadableModuleLogic):
         if initialTransformNode is not None:
             initial = os.path.join(folder, "initial.h5")
             write_transform(node_to_transform(initialTransformNode, fixed.grid), initial)
-        masks = {}
-        for mask, side in ((p.fixedMask, "fixed"), (p.movingMask, "moving")):
-            if mask and side in spec.masks:
-                masks[side] = os.path.join(folder, f"{side}-mask.nrrd")
-                write_image(mask_node_to_image(mask, p.fixedVolume if side == "fixed" else p.movingVolume),
-                            masks[side])
-        stages = []
-        if p.rigidFirst and spec.deformable:
-            rigid = os.path.join(folder, "rigid")
-            os.makedirs(rigid)
-            stages.append(self._registerArguments(SPECS[RIGID_FIRST_METHOD], folder, rigid, initial, masks, "", {},
-                                                  p.device))
-            initial = os.path.join(rigid, "transform.h5")
-        stages.append(self._registerArguments(spec, folder, folder, initial, masks, p.model,
-                                              self.optionValues(p), p.device))
-        return stages
-
-    @staticmethod
-    def _registerArguments(spec, inputs: str, out: str, initial, masks: dict, model: str, options: dict,
-                           device: str) -> list:
-        args = ["register", os.path.join(inputs, "fixed.nrrd"), os.path.join(inputs, "moving.nrrd"),
-                "--method", spec.name, "--device", device, "--progress-json",
-                "--out-transform", os.path.join(out, "transform.h5"),
-                "--out-volume", os.path.join(out, "registered.nrrd"),
-                "--report", os.path.join(out, "report.json")]
-        if spec.deformable:
-            args += ["--out-jacobian", os.path.join(out, "jacobian.nrrd")]
-        if spec.inverse:
-            args += ["--out-inverse", os.path.join(out, "inverse.h5")]
+        args = ["register", os.path.join(folder, "fixed.nrrd"), os.path.join(folder, "moving.nrrd"),
+                "--method", p.method.value, "--device", p.device, "--progress-json",
+                "--out-transform", os.path.join(folder, "transform.h5"),
+                "--out-volume", os.path.join(folder, "registered.nrrd"),
+                "--report", os.path.join(folder, "report.json")]
+        last = specs[-1]   # a pipeline's last stage gives its transform (the composite) and inverse
+        if last.deformable:
+            args += ["--out-jacobian", os.path.join(folder, "jacobian.nrrd")]
+        if last.inverse:
+            args += ["--out-inverse", os.path.join(folder, "inverse.h5")]
         if initial:
             args += ["--initial-transform", initial]
-        for side, path in masks.items():
-            if side in spec.masks:
+        for mask, side in ((p.fixedMask, "fixed"), (p.movingMask, "moving")):
+            if mask and any(side in spec.masks for spec in specs):   # a pipeline: to the stages that honour it
+                path = os.path.join(folder, f"{side}-mask.nrrd")
+                write_image(mask_node_to_image(mask, p.fixedVolume if side == "fixed" else p.movingVolume), path)
                 args += [f"--{side}-mask", path]
-        if model and spec.model_kind:
-            args += ["--model", model]
-        for key, value in options.items():
+        if p.model and modelStage(p.method.value):
+            args += ["--model", p.model]
+        for key, value in self.optionValues(p).items():
             value = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
             args += ["--param", f"{key}={value}"]
         return args
@@ -662,6 +668,7 @@ class DeepRegistrationLogic(ScriptedLoadableModuleLogic):
                 "vtkMRMLScalarVolumeNode", slicer.mrmlScene.GenerateUniqueName(f"{p.movingVolume.GetName()} registered"))
         nodes = nodes_from_outputs(slicer.mrmlScene, p.fixedVolume, p.movingVolume, p.method.value, job.outputs,
                                    p.outputTransform, p.outputVolume)
+        self.storeConfidence(nodes["transform"], nodes["confidence"])
         if not p.outputTransform:
             p.outputTransform = nodes["transform"]
         return nodes
@@ -716,7 +723,8 @@ class DeepRegistrationLogic(ScriptedLoadableModuleLogic):
             write_image(volume_node_to_image(node, f"{name} volume"), os.path.join(folder, f"{name}.nrrd"))
         args = ["response", os.path.join(folder, "fixed.nrrd"), os.path.join(folder, "moving.nrrd"),
                 "--metric", "nmi", "--device", p.device, "--out", os.path.join(folder, "response.csv")]
-        if p.method.value == "learned-metric" and p.model:
+        stage = modelStage(p.method.value)
+        if stage is not None and stage.name == "learned-metric" and p.model:
             args += ["--metric", f"cnn:{p.model}"]
         if transformNode is not None and transformNode.IsLinear():
             write_transform(node_to_transform(transformNode), os.path.join(folder, "pose.h5"))
@@ -762,10 +770,11 @@ class DeepRegistrationTest(ScriptedLoadableModuleTest):
         self.test_DeformableGivesJacobianAndReport()
 
     def test_PanelListsMethodsByLabel(self):
-        """The panel lists every method by its label from the specs."""
+        """The panel lists every method by its label from the specs, then the pipelines."""
         widget = slicer.modules.deepregistration.widgetRepresentation().self()
         labels = [widget.ui.methodComboBox.itemText(i) for i in range(widget.ui.methodComboBox.count)]
-        self.assertEqual(labels, [spec.label for spec in SPECS.values()])
+        self.assertEqual(labels, [spec.label for spec in SPECS.values()]
+                         + [Method(name).label() for name in PIPELINE_PRESETS])
 
     def _moved(self, volume, shift_mm):
         """A copy of ``volume`` translated by ``shift_mm`` (RAS), hardened."""

@@ -3,7 +3,10 @@
 Writes ``tests/slicer_facts/<tag>.json`` per tag: the public names of ``slicer.util``,
 ``slicer.packaging`` (absent before 5.11), ``slicer.parameterNodeWrapper``,
 ``slicer.ScriptedLoadableModule`` and the ``SampleData`` module, with its sample names; the MRML/qMRML/Slicer class names (from header files); the
-Q_PROPERTY names of the qMRML widgets; and the GUI-connector rules of
+Q_PROPERTY names of the qMRML widgets; the public methods of every ``vtkMRML*``/``vtkSlicer*`` class with its base
+class (declarations and VTK's Get/Set/Boolean macros in the public sections of its header, what VTK's Python
+wrapping exposes); the logic class of each loadable module (``slicer.modules.<name>.logic()``, from
+``qSlicer<Name>Module::createLogic``); and the GUI-connector rules of
 ``parameterNodeWrapper/guiConnectors.py`` (which exact widget classes connect to which parameter
 types, and which annotation a connector requires). Nothing is copied but names.
 
@@ -126,6 +129,74 @@ def class_facts(gitdir: str, tag: str) -> tuple:
     return sorted(classes), properties
 
 
+#: a declaration ``[qualifiers] type name(`` at the start of a statement (after comments are removed)
+DECLARATION = re.compile(r"^\s*(?:(?:virtual|static|inline|explicit|friend|VTK_\w+)\s+)*"
+                         r"(?:[\w:]+(?:<[^;()]*>)?[\s*&]+)+(~?[A-Za-z_]\w*)\s*\(", re.M)
+ACCESS = re.compile(r"^\s*(public|protected|private)\s*:", re.M)
+ACCESSOR_MACRO = re.compile(r"\bvtk(Get|Set)\w*Macro\(\s*(\w+)")
+BOOLEAN_MACRO = re.compile(r"\bvtkBooleanMacro\(\s*(\w+)")
+TYPE_MACRO = re.compile(r"\bvtkTypeMacro\(\s*(\w+)\s*,\s*(\w+)\s*\)")
+COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
+CREATE_LOGIC = re.compile(r"qSlicer(\w+)Module::createLogic\(\)\s*\{[^}]*?\breturn\s+(vtkSlicer\w+)::New\(\)", re.S)
+
+
+def class_methods(header: str, name: str) -> dict:
+    """The base class and the public method names of class ``name`` as VTK's Python wrapping shows them:
+    declarations and Get/Set/Boolean macros in its public sections (constructors, destructors, operators
+    and names starting with '_' left out)."""
+    text = COMMENT.sub("", header)
+    start = re.search(rf"\bclass\s+(?:\w+\s+)?{name}\s*(?::\s*public\s+([\w:]+))?\s*\{{", text)
+    if not start:
+        return {}
+    body, depth, end = text[start.end():], 1, 0
+    for end, char in enumerate(body):
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        if depth == 0:
+            break
+    body = body[:end]
+    top = re.sub(r"\{[^{}]*\}", ";", body)   # inline bodies (repeatedly, innermost first): declarations stay
+    while top != body:
+        body, top = top, re.sub(r"\{[^{}]*\}", ";", top)
+    methods, public = set(), False
+    pieces = ACCESS.split(top)
+    for i, piece in enumerate(pieces):
+        if piece in ("public", "protected", "private"):
+            public = piece == "public"
+            continue
+        if not public:
+            continue
+        methods.update(DECLARATION.findall(piece))
+        methods.update(kind + field for kind, field in ACCESSOR_MACRO.findall(piece))
+        methods.update(field + suffix for field in BOOLEAN_MACRO.findall(piece) for suffix in ("On", "Off"))
+    base = TYPE_MACRO.search(top)
+    methods = sorted(m for m in methods if m != name and not m.startswith(("~", "_", "operator")))
+    return {"base": base.group(2) if base else (start.group(1) or ""), "methods": methods}
+
+
+def method_facts(gitdir: str, tag: str) -> dict:
+    """{class: {"base", "methods"}} for every vtkMRML*/vtkSlicer* header of Libs, Base and Modules."""
+    headers = git(gitdir, "ls-tree", "-r", "--name-only", tag, "Libs", "Base", "Modules").splitlines()
+    out = {}
+    for path in headers:
+        m = CLASS_HEADER.search(path)
+        if m and m.group(1).startswith(("vtkMRML", "vtkSlicer")):
+            found = class_methods(show(gitdir, tag, path) or "", m.group(1))
+            if found:
+                out[m.group(1)] = found
+    return out
+
+
+def module_logics(gitdir: str, tag: str) -> dict:
+    """``slicer.modules.<name>.logic()``'s class per loadable module (``qSlicer<Name>Module::createLogic``)."""
+    sources = git(gitdir, "ls-tree", "-r", "--name-only", tag, "Modules/Loadable").splitlines()
+    out = {}
+    for path in sources:
+        if re.search(r"/qSlicer\w+Module\.cxx$", path):
+            for module, logic in CREATE_LOGIC.findall(show(gitdir, tag, path) or ""):
+                out[module.lower()] = logic
+    return out
+
+
 SAMPLE = re.compile(r'\(\s*"(\w+)",\s*None,\s*TESTING_DATA_URL')
 
 
@@ -144,6 +215,8 @@ def facts(gitdir: str, tag: str) -> dict:
         "sampleNames": sorted(set(SAMPLE.findall(sample_data))),
         "classes": classes,
         "widgetProperties": properties,
+        "methods": method_facts(gitdir, tag),
+        "moduleLogics": module_logics(gitdir, tag),
         "guiConnectors": connector_rules(show(gitdir, tag, f"{WRAPPER}/guiConnectors.py")),
     }
 

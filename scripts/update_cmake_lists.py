@@ -1,4 +1,5 @@
-"""Rewrite DeepRegistration/CMakeLists.txt's file lists from the library's files (run after adding files).
+"""Rewrite DeepRegistration/CMakeLists.txt's file lists from the library's and the shared panel code's files (run
+after adding files).
 
     python scripts/update_cmake_lists.py
 """
@@ -37,7 +38,8 @@ endif()
 
 def main() -> None:
     lib = MODULE / "DeepRegistrationLib"
-    scripts = ["${MODULE_NAME}.py"] + sorted(str(p.relative_to(MODULE)) for p in lib.rglob("*.py"))
+    scripts = ["${MODULE_NAME}.py"] + sorted(str(p.relative_to(MODULE)) for package in (lib, MODULE / "DeepRegistrationPanels")
+                                             for p in package.rglob("*.py"))
     resources = ["Resources/Icons/${MODULE_NAME}.png", "Resources/UI/${MODULE_NAME}.ui", "Resources/requirements.txt"]
     resources += sorted(str(p.relative_to(MODULE)) for p in (MODULE / "Resources" / "Presets").glob("*.json"))
     resources += sorted(str(p.relative_to(MODULE)) for p in (lib / "models" / "bundled").glob("*.pt"))

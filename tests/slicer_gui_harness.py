@@ -519,6 +519,8 @@ def install(monkeypatch, scene):
     for folder in ("DeepRegistration", "DeepMetricTraining"):
         monkeypatch.syspath_prepend(str(slicer_rules.ROOT / folder))
         monkeypatch.delitem(sys.modules, folder, raising=False)
+    for name in [n for n in sys.modules if n.split(".")[0] == "DeepRegistrationPanels"]:   # imports this qt
+        monkeypatch.delitem(sys.modules, name)
     return app, errors
 
 

@@ -22,7 +22,9 @@ from DeepRegistrationLib.background import CommandSequence  # noqa: E402
 from DeepRegistrationLib.cli import build_parser  # noqa: E402
 from DeepRegistrationLib.core.transforms import RigidTransform  # noqa: E402
 from DeepRegistrationLib.core.warp import warp  # noqa: E402
-from DeepRegistrationLib.methods import SPECS  # noqa: E402
+from DeepRegistrationLib.commands.register import parse_params  # noqa: E402
+from DeepRegistrationLib.methods import PIPELINE_PRESETS, SPECS, pipeline_specs  # noqa: E402
+from DeepRegistrationLib.pipeline import plan  # noqa: E402
 from DeepRegistrationLib.models.model_file import read_metadata  # noqa: E402
 from DeepRegistrationLib.data.corpus_pairs import TemplateSubjectSettings, icbm_template  # noqa: E402
 
@@ -87,7 +89,11 @@ def test_panels_build_without_torch_scipy_matplotlib_and_reach_the_install_flow(
     lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT")]
     assert run.returncode == 0 and lines, run.stderr[-3000:]
     out = json.loads(lines[-1][len("RESULT"):])
-    assert out["methods"] == [spec.label for spec in SPECS.values()]
+    assert out["methods"][:len(SPECS)] == [spec.label for spec in SPECS.values()]
+    assert out["methods"][len(SPECS) + PIPELINE_PRESETS.index("nmi+nmi-affine+diffeo")] == (
+        "Rigid, normalized mutual information → Affine, normalized mutual information → Deformable, diffeomorphic "
+        "patch-wise")
+    assert len(out["methods"]) == len(SPECS) + len(PIPELINE_PRESETS)
     assert out["applyEnabled"] and out["startEnabled"]
     install = ["torchInstalled", ["installTorch", True, ">=2.0"]]
     assert out["afterApply"] == install and out["afterStart"] == install
@@ -124,17 +130,27 @@ def test_requirements_through_pip_ensure_or_pip_install(scene, monkeypatch, tmp_
 
 
 def test_method_choice_drives_models_masks_and_the_advanced_options(scene):
+    """Every method and pipeline: its model list (a pipeline's stage that takes one), masks, and one option field
+    per option of each stage (a pipeline's as 'STAGE.OPTION', routed to that stage only)."""
     mod, widget = harness.build_widget("DeepRegistration", scene)
     ui, p = widget.ui, widget._parameterNode
-    for index, spec in enumerate(SPECS.values()):
+    methods = [*SPECS, *PIPELINE_PRESETS]
+    for index, name in enumerate(methods):
+        specs = pipeline_specs(name)
         ui.methodComboBox.currentIndex = index
-        assert p.method.value == spec.name
-        assert harness.unwrap(ui.advancedOptionsFrame).layout().rowCount() == max(len(spec.options), 1)
-        assert ui.modelComboBox.enabled == (spec.model_kind is not None)
-        if spec.default_model:
-            assert ui.modelComboBox.currentText == spec.default_model == p.model
-        assert ui.fixedMaskSelector.enabled == ("fixed" in spec.masks)
-        assert ui.rigidFirstCheckBox.enabled == spec.deformable
+        assert p.method.value == name
+        assert harness.unwrap(ui.advancedOptionsFrame).layout().rowCount() == max(sum(len(s.options) for s in specs), 1)
+        takers = [s for s in specs if s.model_kind]
+        assert ui.modelComboBox.enabled == bool(takers)
+        if takers and takers[0].default_model:
+            assert ui.modelComboBox.currentText == takers[0].default_model == p.model
+        assert ui.fixedMaskSelector.enabled == any("fixed" in s.masks for s in specs)
+    ui.methodComboBox.currentIndex = methods.index("nmi+nmi-affine+diffeo")
+    assert {"nmi.bins", "nmi-affine.bins", "diffeo.tile"} <= set(widget._optionWidgets)
+    widget._optionWidgets["nmi-affine.max_evaluations"].value = 300
+    assert json.loads(p.methodOptions)["nmi+nmi-affine+diffeo"] == {"nmi-affine.max_evaluations": 300}
+    stages = plan("nmi+nmi-affine+diffeo", mod.DeepRegistrationLogic.optionValues(p))
+    assert stages[1].spec.name == "nmi-affine" and stages[1].options["max_evaluations"] == 300
     ui.methodComboBox.currentIndex = list(SPECS).index("nmi")
     bins = widget._optionWidgets["bins"]
     bins.value = 32
@@ -164,9 +180,9 @@ def test_selectors_list_the_usual_nodes(scene):
     assert widget._parameterNode.fixedMask is segmentation
 
 
-def test_registration_stages_of_every_method_parse(scene, brain, tmp_path):
-    """What the panel runs in the background is a valid ``deepregistration register`` call for each method,
-    with rigid-first as an NMI stage whose transform starts the second stage."""
+def test_registration_arguments_of_every_method_and_pipeline_parse(scene, brain, tmp_path):
+    """What the panel runs in the background is a valid ``deepregistration register`` call for each method and
+    pipeline (one call: the pipeline's stages run in it), its options routed to their stage."""
     mod = harness.build_widget("DeepRegistration", scene)[0]
     image, labels, moving, _ = brain
     fixed_node = mrml.image_to_volume_node(image, scene, "fixed")
@@ -177,23 +193,24 @@ def test_registration_stages_of_every_method_parse(scene, brain, tmp_path):
     logic = mod.DeepRegistrationLogic()
     p = logic.getParameterNode()
     p.fixedVolume, p.movingVolume, p.fixedMask = fixed_node, moving_node, mask
-    for name, spec in SPECS.items():
+    for name in (*SPECS, *PIPELINE_PRESETS):
+        specs = pipeline_specs(name)
         p.method = mod.Method(name)
-        p.model = spec.default_model or ""
+        p.model = next((s.default_model for s in specs if s.model_kind), "")
         folder = tmp_path / name
         folder.mkdir()
-        stages = logic.registrationStages(p, str(folder))
-        args = parser.parse_args(stages[-1])
-        assert args.method == name and len(stages) == 1
-        assert (args.out_inverse is not None) == spec.inverse
-        assert (args.out_jacobian is not None) == spec.deformable
-        assert (args.fixed_mask is not None) == ("fixed" in spec.masks)
-    p.rigidFirst = True
-    folder = tmp_path / "rigid-first"
-    folder.mkdir()
-    first, second = logic.registrationStages(p, str(folder))
-    assert parser.parse_args(first).method == "nmi"
-    assert parser.parse_args(second).initial_transform == parser.parse_args(first).out_transform
+        args = parser.parse_args(logic.registrationArguments(p, str(folder)))
+        assert args.method == name
+        assert (args.out_inverse is not None) == specs[-1].inverse
+        assert (args.out_jacobian is not None) == specs[-1].deformable
+        assert (args.fixed_mask is not None) == any("fixed" in s.masks for s in specs)
+        assert args.model == ([p.model] if p.model else None)
+    p.methodOptions = logic.withOptionValues(p, {"nmi.bins": 48, "diffeo.tile": 64})   # p.method: the last pipeline
+    args = parser.parse_args(logic.registrationArguments(p, str(tmp_path / PIPELINE_PRESETS[-1])))
+    stages = plan(args.method, parse_params(args.param), args.model)
+    assert [s.spec.name for s in stages] == ["nmi", "nmi-affine", "diffeo"]
+    assert (stages[0].options["bins"], stages[1].options["bins"], stages[2].options["tile"]) == (
+        48, SPECS["nmi-affine"].option("bins").default, 64)
 
 
 def test_a_command_sequence_runs_its_stages_in_order(tmp_path):
@@ -217,16 +234,19 @@ def test_presets_apply_and_save(scene, tmp_path):
     logic, p = mod.DeepRegistrationLogic, widget._parameterNode
     presets = logic.presets([mod.PRESETS_DIR])
     logic.applyPreset(presets["T1↔T1 brain, rigid + diffeo"], p)
-    assert p.method.value == "diffeo" and p.rigidFirst and widget.ui.methodComboBox.currentText == SPECS["diffeo"].label
-    assert widget._optionWidgets["tile"].value == SPECS["diffeo"].option("tile").default
-    widget._optionWidgets["tile"].value = 64
+    assert p.method.value == "nmi+diffeo" and widget.ui.methodComboBox.currentText == mod.Method("nmi+diffeo").label()
+    assert p.model == "diffeo_brain_t1"
+    assert widget._optionWidgets["diffeo.tile"].value == SPECS["diffeo"].option("tile").default
+    widget._optionWidgets["diffeo.tile"].value = 64
     path = logic.savePreset("mine", p, str(tmp_path))
-    assert logic.presets([str(tmp_path)])["mine"] == {"name": "mine", "method": "diffeo", "rigidFirst": True,
-                                                      "model": p.model, "options": {"tile": 64}}
+    assert logic.presets([str(tmp_path)])["mine"] == {"name": "mine", "method": "nmi+diffeo", "model": p.model,
+                                                      "options": {"diffeo.tile": 64}}
     assert Path(path).parent == tmp_path
-    widget._optionWidgets["tile"].value = 80
+    widget._optionWidgets["diffeo.tile"].value = 80
     logic.applyPreset(logic.presets([str(tmp_path)])["mine"], p)
-    assert widget._optionWidgets["tile"].value == 64   # a preset of the same method refreshes the fields
+    assert widget._optionWidgets["diffeo.tile"].value == 64   # a preset of the same method refreshes the fields
+    with pytest.raises(Exception, match="unknown option"):   # a stage's option given without its stage
+        logic.applyPreset({"name": "bad", "method": "nmi+diffeo", "model": "", "options": {"tile": 64}}, p)
 
 
 def test_background_deepsim_registration_adds_nodes_and_leaves_inputs(scene, brain):
@@ -253,9 +273,66 @@ def test_background_deepsim_registration_adds_nodes_and_leaves_inputs(scene, bra
     assert p.outputVolume is nodes["volume"]
     assert slicer.util.arrayFromVolume(nodes["jacobian"]).shape == image.grid.shape
     assert np.array_equal(slicer.util.arrayFromVolume(moving_node), before)
+    assert nodes["stages"] == [nodes["transform"]] and logic.confidenceOf(nodes["transform"]) == []   # deformable
     # a second run starts from the moving volume's transform (the first result) and reuses the output nodes
-    stages = logic.registrationStages(p, str(Path(job.folder).parent), moving_node.GetParentTransformNode())
-    assert "--initial-transform" in stages[0]
+    args = logic.registrationArguments(p, str(Path(job.folder).parent), moving_node.GetParentTransformNode())
+    assert "--initial-transform" in args
+
+
+def test_pipeline_from_apply_adds_each_stage_transform_and_shows_the_confidence(scene, brain):
+    """``nmi+nmi-affine`` from Apply (one background ``register`` call): the rigid stage's transform joins the
+    output transform (the affine composite) in the scene, referenced by it; the rigid stage's confidence is put on
+    the output transform, where the panel's label reads it (a warning style when flagged)."""
+    import time
+    from PySide6.QtWidgets import QApplication
+    mod, widget = harness.build_widget("DeepRegistration", scene)
+    harness.PyTorchUtilsRecorder.installed = True
+    image, _, moving, _ = brain
+    ui, p, logic = widget.ui, widget._parameterNode, widget.logic
+    p.fixedVolume = mrml.image_to_volume_node(image, scene, "fixed")
+    p.movingVolume = mrml.image_to_volume_node(moving, scene, "moving")
+    p.method, p.device = mod.Method("nmi+nmi-affine"), "cpu"
+    p.methodOptions = logic.withOptionValues(p, {"nmi-affine.max_evaluations": 300})
+    ui.applyButton.click()
+    assert widget._job is not None, ui.statusLabel.text
+    deadline = time.time() + 300
+    while widget._job is not None and time.time() < deadline:
+        QApplication.processEvents()
+        time.sleep(0.05)
+    output = p.outputTransform
+    assert widget._job is None and output is not None, ui.statusLabel.text
+
+    rigid = output.GetNthNodeReference(mrml.STAGE_REFERENCE, 0)
+    assert output.GetNumberOfNodeReferences(mrml.STAGE_REFERENCE) == 1 and rigid.IsLinear() and output.IsLinear()
+    assert widget._lastNodes["stages"] == [rigid, output] and rigid.GetName() in ui.statusLabel.text
+    # moving = fixed ∘ shift (the brain fixture), so the registration's fixed -> moving map is shift⁻¹
+    truth = RigidTransform([0.0, 0.0, 0.05], [2.0, 0.0, 0.0], image.grid.center_physical()).inverse()
+    points = image.grid.index_to_physical(np.argwhere(image.array > image.array.mean())[:, ::-1].astype(float))
+    for node in (rigid, output):   # both recover it (mean TRE over the fixed foreground)
+        error = mrml.node_to_transform(node).transform_points(points) - truth.transform_points(points)
+        assert np.sqrt((error ** 2).sum(1)).mean() < 1.5
+    assert not np.allclose(mrml.node_to_transform(rigid).matrix4(), mrml.node_to_transform(output).matrix4())
+
+    entries = logic.confidenceOf(output)
+    assert [e["method"] for e in entries] == ["nmi"] and not entries[0]["flagged"]
+    assert 0 < entries[0]["uncertainty_mm"] < 5
+    assert ui.confidenceLabel.text == "uncertainty {:.2f} mm / {:.2f}°".format(entries[0]["uncertainty_mm"],
+                                                                              entries[0]["uncertainty_deg"])
+    assert ui.confidenceLabel.styleSheet == ""
+    logic.storeConfidence(output, [dict(entries[0], flagged=True, reasons=["a flat response"])])
+    widget.updateGui()
+    assert ui.confidenceLabel.text.startswith("Likely failure: uncertainty")
+    assert "color" in ui.confidenceLabel.styleSheet
+    assert ui.confidenceLabel.toolTip == "nmi: a flat response"
+    logic.storeConfidence(output, [])   # a result without a confidence (deformable) into the same transform
+    widget.updateGui()
+    assert logic.confidenceOf(output) == [] and ui.confidenceLabel.text == ""
+
+    # the next run into the same output transform reuses its stage nodes
+    count = scene.GetNumberOfNodesByClass("vtkMRMLTransformNode")
+    report = {"stages": [{"method": "nmi", "matrix_lps": np.eye(4).tolist()}, {"method": "nmi-affine"}]}
+    assert mrml.stage_transform_nodes(scene, "nmi+nmi-affine", report, output, "again") == [rigid, output]
+    assert scene.GetNumberOfNodesByClass("vtkMRMLTransformNode") == count
 
 
 def test_preview_samples_patches_in_a_worker_thread(scene, brain):
@@ -329,7 +406,7 @@ def test_resume_only_with_a_checkpoint_and_start_without_an_output_path(scene, t
     (tmp_path / "metric_checkpoints").mkdir()
     (tmp_path / "metric_checkpoints" / "checkpoint.pt").write_bytes(b"")
     p.outputModel = str(tmp_path / "metric.pt")
-    widget._updateButtons()
+    widget.updateGui()
     assert ui.resumeButton.enabled
 
 

@@ -3,6 +3,7 @@ Slicer's source, ``tests/slicer_facts``), their .ui files and CMake lists. Parse
 import ast
 import json
 import re
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,10 @@ from slicer_rules import (MODULES, ROOT, SUPPORTED, ParameterType, connector_for
 #: parameters deliberately not bound through SlicerParameterName (the widget syncs them itself)
 UNBOUND = {"DeepRegistration": {"model", "methodOptions"}, "DeepMetricTraining": {"curvesChart"}}
 #: files that run inside Slicer and use its API
-SLICER_FILES = [ROOT / m / f"{m}.py" for m in MODULES] + [ROOT / "DeepRegistration" / "DeepRegistrationLib" / "mrml.py"]
+#: the code both panels share (the widget half of Slicer's template, background-job polling)
+PANELS = ROOT / "DeepRegistration" / "DeepRegistrationPanels"
+SLICER_FILES = ([ROOT / m / f"{m}.py" for m in MODULES] + [PANELS / "parameter_node_widget.py"]
+                + [ROOT / "DeepRegistration" / "DeepRegistrationLib" / "mrml.py"])
 #: Qt's own QWidget/QComboBox properties a .ui may set on a qMRML widget
 QT_PROPERTIES = {"toolTip", "enabled", "sizeAdjustPolicy", "geometry", "minimumSize", "maximumSize", "sizePolicy"}
 
@@ -25,7 +29,8 @@ def module_source(module):
 @pytest.mark.parametrize("module", MODULES)
 def test_every_ui_name_used_by_the_widget_exists(module):
     widgets = {w.get("name") for w in ui_tree(module).iter("widget")}
-    used = set(re.findall(r"self\.ui\.(\w+)", module_source(module)))
+    shared = (PANELS / "parameter_node_widget.py").read_text()
+    used = set(re.findall(r"self\.ui\.(\w+)", module_source(module) + shared))
     assert used, "the widget uses no .ui names?"
     assert used - widgets == set()
 
@@ -167,6 +172,210 @@ def test_the_manifest_check_catches_the_old_calls(tmp_path):
     assert used == {("util", "pip_check"): False, ("packaging", "pip_ensure"): False}
 
 
+# --- the C++ methods called on MRML nodes, the scene and module logics ---------------------------------
+
+#: where the files that run in Slicer call methods of MRML/Slicer classes (the shared panel code and the
+#: library's MRML adapter and scene batch included)
+METHOD_FILES = SLICER_FILES + [ROOT / "DeepRegistration" / "DeepRegistrationLib" / "batch" / "scene.py"]
+PARAMETER_NODES = ("p", "parameterNode", "self._parameterNode")
+#: classes ``slicer`` exposes whose source is not in Slicer's repository: their methods are not checked
+NOT_IN_SLICER_SOURCE = {"vtkOrientedGridTransform": "vtkAddon (github.com/Slicer/vtkAddon, a commit pinned per "
+                                                    "release in SuperBuild.cmake)"}
+
+
+def slicer_class_of(expr, env: dict, fields: dict):
+    """The vtkMRML*/vtkSlicer* class of a receiver when the code says it; None when it does not."""
+    text = ast.unparse(expr)
+    if text in env:
+        return env[text]
+    if text == "slicer.mrmlScene":
+        return "vtkMRMLScene"
+    if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Attribute):
+        if expr.func.attr == "logic" and not expr.args:                      # slicer.modules.NAME.logic()
+            inner = ast.unparse(expr.func.value)
+            if isinstance(env.get(inner), tuple) and env[inner][0] == "module object":
+                return ("module", env[inner][1])
+            return ("module", inner.split(".")[-1]) if inner.startswith("slicer.modules.") else None
+        if expr.func.attr == "AddNewNodeByClass" and expr.args and isinstance(expr.args[0], ast.Constant):
+            return expr.args[0].value
+        if expr.func.attr == "GetScene":
+            return "vtkMRMLScene"
+    match = re.fullmatch(r"(?:slicer\.)?((?:vtkMRML|vtkSlicer)\w+|vtk\w+(?=\(\)$))(?:\(\))?", text)
+    if match:
+        return match.group(1)
+    owner, _, field = text.rpartition(".")
+    if owner in PARAMETER_NODES and field in fields:
+        return fields[field]
+    return None
+
+
+class _MethodCalls(ast.NodeVisitor):
+    """Every ``receiver.Name(...)`` call: the receiver's Slicer class where the code says it (the scene, a node
+    made by ``AddNewNodeByClass``, ``slicer.vtkSlicer...Logic``, ``slicer.modules.NAME.logic()``, a parameter
+    node's single-class node parameter, a ``scene`` argument), and whether a version check guards it
+    (``hasattr(..., "Name")`` in the function, or an ``if`` on ``...Version``). Calls on imported Python modules
+    and lower-case calls on receivers of unknown class (Python and Qt methods) are not MRML calls."""
+
+    def __init__(self, fields: dict):
+        self.calls = []          # (name, class or None or ("module", name), guarded, line)
+        self.fields, self._env, self._modules = fields, {}, set()
+        self._hasattr, self._version_ifs = set(), 0
+
+    def visit_Import(self, node):
+        self._modules.update((a.asname or a.name).split(".")[0] for a in node.names)
+
+    def visit_ImportFrom(self, node):
+        self._modules.update(a.asname or a.name for a in node.names if not a.name.startswith(("vtkMRML", "vtkSlicer")))
+
+    def visit_FunctionDef(self, node):
+        outer = self._env, self._hasattr
+        self._env = dict(self._env)
+        self._env.update({a.arg: "vtkMRMLScene" for a in node.args.args if a.arg == "scene"})
+        self._hasattr = {c.args[1].value for c in ast.walk(node) if isinstance(c, ast.Call)
+                         and ast.unparse(c.func) == "hasattr" and len(c.args) == 2 and isinstance(c.args[1], ast.Constant)}
+        self.generic_visit(node)
+        self._env, self._hasattr = outer
+
+    def visit_If(self, node):
+        version = "Version" in ast.unparse(node.test)
+        self.visit(node.test)
+        self._version_ifs += version
+        for child in node.body:
+            self.visit(child)
+        self._version_ifs -= version
+        for child in node.orelse:
+            self.visit(child)
+
+    def visit_Assign(self, node):
+        self.generic_visit(node)
+        value, cls = node.value, slicer_class_of(node.value, self._env, self.fields)
+        text = ast.unparse(value)
+        module = re.fullmatch(r'getattr\(getattr\(slicer, .modules., None\), .(\w+)., None\)', text)
+        for target in node.targets:
+            if module:
+                self._env[ast.unparse(target)] = ("module object", module.group(1))
+            elif cls is not None:
+                self._env[ast.unparse(target)] = cls
+
+    def visit_Call(self, node):
+        self.generic_visit(node)
+        if not isinstance(node.func, ast.Attribute):
+            return
+        receiver, name = node.func.value, node.func.attr
+        if isinstance(receiver, ast.Name) and receiver.id in self._modules:
+            return
+        cls = slicer_class_of(receiver, self._env, self.fields)
+        if isinstance(cls, tuple) and cls[0] == "module object" or cls is None and not name[:1].isupper():
+            return
+        self.calls.append((name, cls, name in self._hasattr or self._version_ifs > 0, node.lineno))
+
+
+def parameter_node_classes(tree: ast.Module) -> dict:
+    """Node parameters of the module's parameter node class with a single MRML class: name -> class."""
+    out = {}
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef) and n.name.endswith("ParameterNode")):
+        for statement in cls.body:
+            if isinstance(statement, ast.AnnAssign) and re.fullmatch(r"vtkMRML\w+", ast.unparse(statement.annotation)):
+                out[statement.target.id] = ast.unparse(statement.annotation)
+    return out
+
+
+def method_calls(path: Path) -> list:
+    tree = ast.parse(path.read_text())
+    fields = {}
+    for module in MODULES:
+        fields.update(parameter_node_classes(module_tree(module)))
+    visitor = _MethodCalls(fields)
+    visitor.visit(tree)
+    return visitor.calls
+
+
+_VTK_METHODS = {}
+
+
+def vtk_methods(cls: str = None) -> set:
+    """Method names of VTK's own classes (the installed VTK: Slicer's sources do not hold VTK's), of one
+    class or of all."""
+    vtk = pytest.importorskip("vtk")
+    if None not in _VTK_METHODS:
+        _VTK_METHODS[None] = {m for k in dir(vtk) if k.startswith("vtk") and isinstance(getattr(vtk, k, None), type)
+                              for m in dir(getattr(vtk, k)) if m[:1].isupper()}
+    if cls is None:
+        return _VTK_METHODS[None]
+    return set(dir(getattr(vtk, cls, object)))
+
+
+def has_method(tag: str, cls, name: str) -> bool:
+    """Whether ``cls`` (or a base class) has the public method ``name`` in Slicer ``tag``; a class of unknown
+    receiver: whether any Slicer class declares it."""
+    methods = facts(tag)["methods"]
+    if isinstance(cls, tuple):
+        cls = facts(tag)["moduleLogics"].get(cls[1])
+        if cls is None:
+            return False
+    if cls is None:
+        return any(name in c["methods"] for c in methods.values())
+    if cls in NOT_IN_SLICER_SOURCE:
+        return True
+    while cls in methods:
+        if name in methods[cls]["methods"]:
+            return True
+        cls = methods[cls]["base"]
+    return name in vtk_methods(cls)   # the chain left Slicer's classes for VTK's (vtkObject, ...)
+
+
+def missing_methods(path: Path) -> list:
+    """The MRML method calls of ``path`` that some supported version lacks and no version check guards: an
+    unknown receiver's upper-case call must be a method of some Slicer class in every version, or of VTK."""
+    problems = []
+    for name, cls, guarded, line in method_calls(path):
+        present = [tag for tag in SUPPORTED if has_method(tag, cls, name)]
+        if cls is None and not present and name in vtk_methods():
+            continue
+        if present == SUPPORTED or (guarded and present):
+            continue
+        problems.append(f"{path.name}:{line}: {name} on {cls or 'a node'} is missing in "
+                        f"{sorted(set(SUPPORTED) - set(present))}")
+    return problems
+
+
+def test_the_manifest_has_the_methods_the_modules_were_checked_for_by_hand():
+    for tag in SUPPORTED:
+        assert has_method(tag, "vtkSlicerSegmentationsModuleLogic", "ExportVisibleSegmentsToLabelmapNode")
+        assert has_method(tag, "vtkMRMLTransformDisplayNode", "SetAndObserveRegionNode")
+        assert has_method(tag, ("module", "colors"), "AddDefaultColorLegendDisplayNode")
+        assert has_method(tag, "vtkMRMLScalarVolumeNode", "GetParentTransformNode")   # through the base classes
+        assert not has_method(tag, "vtkMRMLScalarVolumeNode", "AddDefaultColorLegendDisplayNode")
+
+
+def test_every_mrml_method_called_exists_in_every_supported_version_or_is_guarded():
+    assert sum(len(method_calls(path)) for path in METHOD_FILES) > 100, "few MRML calls found: the scanner is broken"
+    assert [problem for path in METHOD_FILES for problem in missing_methods(path)] == []
+
+
+def test_the_method_check_catches_a_missing_method(tmp_path):
+    """A renamed method, a method of another class, a method newer than 5.8 unguarded and guarded."""
+    newer = next(m for m in facts("HEAD")["methods"]["vtkMRMLScene"]["methods"]
+                 if m not in facts("v5.8.1")["methods"]["vtkMRMLScene"]["methods"])
+    code = tmp_path / "calls.py"
+    code.write_text(textwrap.dedent(f"""\
+        import slicer
+        def f(volume, labels):
+            slicer.vtkSlicerSegmentationsModuleLogic.ExportVisibleSegmentsToLabelmapNodes(volume, labels)
+            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+            node.AddDefaultColorLegendDisplayNode()
+            slicer.modules.colors.logic().AddDefaultColorLegendDisplayNode(node)
+            slicer.mrmlScene.{newer}()
+        def g(scene):
+            if hasattr(scene, "{newer}"):
+                scene.{newer}()
+        """))
+    problems = missing_methods(code)
+    assert [p.split(": ")[1].split(" is")[0] for p in problems] == [
+        "ExportVisibleSegmentsToLabelmapNodes on vtkSlicerSegmentationsModuleLogic",
+        "AddDefaultColorLegendDisplayNode on vtkMRMLScalarVolumeNode", f"{newer} on vtkMRMLScene"]
+
+
 @pytest.mark.parametrize("module", MODULES)
 def test_sample_data_used_exists_in_every_supported_version(module):
     tree = module_tree(module)
@@ -246,13 +455,18 @@ def test_mask_and_transform_selectors_take_the_usual_nodes():
 
 @pytest.mark.parametrize("module", MODULES)
 def test_module_follows_template(module):
+    """Slicer's template, with the widget half (the same in both panels) in the shared ParameterNodeWidget."""
     src = module_source(module)
     for cls in (f"class {module}(ScriptedLoadableModule)", f"class {module}ParameterNode",
-                f"class {module}Widget(ScriptedLoadableModuleWidget, VTKObservationMixin)",
+                f"class {module}Widget(ParameterNodeWidget)",
                 f"class {module}Logic(ScriptedLoadableModuleLogic)", f"class {module}Test(ScriptedLoadableModuleTest)"):
         assert cls in src
-    assert f'self.resourcePath("UI/{module}.ui")' in src
-    assert "connectGui(self.ui)" in src
+    shared = (PANELS / "parameter_node_widget.py").read_text()
+    assert "class ParameterNodeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)" in shared
+    assert 'self.resourcePath(f"UI/{self.moduleName}.ui")' in shared
+    assert "connectGui(self.ui)" in shared
+    for hook in ("createLogic", "updateGui", "stopJob"):
+        assert f"def {hook}(self" in src, hook
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -266,15 +480,20 @@ def test_self_tests_ensure_dependencies_and_download_no_library_data(module):
 
 
 def test_presets_are_valid_for_their_method():
-    from DeepRegistrationLib.methods import SPECS
+    """Each preset names a method or pipeline of the panel; its options are 'OPTION' (a method) or 'STAGE.OPTION'
+    (a pipeline) of that stage's spec, typed as the spec says; a model exactly where a stage takes one."""
+    from DeepRegistrationLib.methods import PIPELINE_PRESETS, SPECS, pipeline_specs
     folder = ROOT / "DeepRegistration" / "Resources" / "Presets"
     presets = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))]
-    assert len(presets) >= 3
+    assert len(presets) >= 3 and any("+" in preset["method"] for preset in presets)
     for preset in presets:
-        spec = SPECS[preset["method"]]
-        spec.parse_options(preset["options"])
-        assert not preset["rigidFirst"] or spec.deformable
-        assert (preset["model"] == "") == (spec.model_kind is None)
+        assert preset["method"] in (*SPECS, *PIPELINE_PRESETS)
+        specs = {spec.name: spec for spec in pipeline_specs(preset["method"])}
+        for key, value in preset["options"].items():
+            stage, _, option = key.rpartition(".")
+            spec = specs[stage] if "+" in preset["method"] else SPECS[preset["method"]]
+            spec.option(option).convert(value, spec.name)
+        assert (preset["model"] == "") == all(spec.model_kind is None for spec in specs.values())
 
 
 def cmake_list(path, keyword):
@@ -286,9 +505,10 @@ def cmake_list(path, keyword):
 
 def test_cmake_scripts_list_every_library_file():
     listed = cmake_list(ROOT / "DeepRegistration" / "CMakeLists.txt", "MODULE_PYTHON_SCRIPTS")
-    actual = sorted(str(p.relative_to(ROOT / "DeepRegistration")) for p in
-                    (ROOT / "DeepRegistration" / "DeepRegistrationLib").rglob("*.py"))
-    assert sorted(s for s in listed if s.startswith("DeepRegistrationLib/")) == actual
+    actual = sorted(str(p.relative_to(ROOT / "DeepRegistration"))
+                    for package in ("DeepRegistrationLib", "DeepRegistrationPanels")
+                    for p in (ROOT / "DeepRegistration" / package).rglob("*.py"))
+    assert sorted(s for s in listed if s.startswith(("DeepRegistrationLib/", "DeepRegistrationPanels/"))) == actual
     assert "${MODULE_NAME}.py" in listed
 
 

@@ -373,6 +373,9 @@ def result_to_nodes(scene, fixed_node, moving_node, method: str, transform, repo
     nodes["transform"].SetNodeReferenceID("movingVolume", moving_node.GetID())
     if place_moving_under_transform:
         moving_node.SetAndObserveTransformNodeID(nodes["transform"].GetID())
+    nodes["stages"] = stage_transform_nodes(scene, method, report, nodes["transform"],
+                                            f"{base} to {fixed_node.GetName()}")
+    nodes["confidence"] = confidences(method, report)
     if output_volume_node is not None and warped is not None:
         nodes["volume"] = image_to_volume_node(warped, scene, f"{base} registered", output_volume_node)
     if inverse is not None and not isinstance(transform, LinearTransform):
@@ -381,6 +384,34 @@ def result_to_nodes(scene, fixed_node, moving_node, method: str, transform, repo
         nodes["jacobian"] = jacobian_to_volume_node(jacobian, scene, f"{base} Jacobian determinant")
     nodes["report"] = report_to_table_node(report, scene, f"{base} registration report ({method})")
     return nodes
+
+
+#: the output transform's references to a pipeline's earlier stage transforms, in order
+STAGE_REFERENCE = "stageTransform"
+
+
+def stage_transform_nodes(scene, method: str, report: dict, transform_node, name: str) -> list:
+    """Every stage's transform of a pipeline (``method`` with '+'): the earlier stages' linear transforms as
+    nodes referenced by the output transform (``STAGE_REFERENCE``, reused by the next run into it), then
+    the output transform itself (the last stage's, the composite of all). One stage: ``[transform_node]``."""
+    stages = []
+    if "+" in method:
+        for i, entry in enumerate(report["stages"][:-1]):
+            stages.append(transform_to_node(AffineTransform(np.array(entry["matrix_lps"])), scene,
+                                            f"{name} stage {i + 1} ({entry['method']})",
+                                            node=transform_node.GetNthNodeReference(STAGE_REFERENCE, i)))
+    transform_node.RemoveNodeReferenceIDs(STAGE_REFERENCE)
+    for node in stages:
+        transform_node.AddNodeReferenceID(STAGE_REFERENCE, node.GetID())
+    return stages + [transform_node]
+
+
+def confidences(method: str, report: dict) -> list:
+    """The confidence of a rigid or affine result (``rigid/confidence.py``), one entry per stage that has one:
+    ``{"method", "uncertainty_mm", "uncertainty_deg", "flagged", "reasons"}``."""
+    entries = [(s["method"], s["report"]) for s in report["stages"]] if "+" in method else [(method, report)]
+    keys = ("uncertainty_mm", "uncertainty_deg", "flagged", "reasons")
+    return [{"method": name, **{k: r["confidence"][k] for k in keys}} for name, r in entries if "confidence" in r]
 
 
 def nodes_from_outputs(scene, fixed_node, moving_node, method: str, outputs: dict, output_transform_node=None,

@@ -69,6 +69,11 @@ def _digest(item) -> str:
         return "unreadable"
 
 
+def _made_nodes(nodes: dict) -> list:
+    """The nodes of a ``register_nodes`` result, a pipeline's stage transforms (a list) included."""
+    return [n for value in nodes.values() for n in (value if isinstance(value, list) else [value])]
+
+
 def _remove(scene, nodes) -> None:
     """Remove nodes with their display nodes (and a display's colour table, made per Jacobian volume)."""
     made = []
@@ -131,7 +136,7 @@ def register_volumes(reference, volumes, out, method: str = "nmi", options: dict
                 nodes = process(reference_node, made["loaded"] or item, method=method, device=device,
                                 options=dict(options), progress=report)
                 made["nodes"] = nodes
-                for node in nodes.values():
+                for node in _made_nodes(nodes):
                     if hasattr(node, "SetAttribute"):
                         node.SetAttribute(OUTPUT_ATTRIBUTE, pair_id)
                 return {**record_result(nodes["result"], folder), "device": nodes["result"].report.get("device")}
@@ -142,7 +147,7 @@ def register_volumes(reference, volumes, out, method: str = "nmi", options: dict
                                                       "moving": str(item) if _is_file(item) else item.GetName()}},
                              work, progress.should_cancel)
             if _is_file(item):
-                _remove(scene, [*made.get("nodes", {}).values(), made.get("loaded")])
+                _remove(scene, [*_made_nodes(made.get("nodes", {})), made.get("loaded")])
             if status["status"] == "cancelled":
                 stopped = True
                 break
