@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 #: The files whose marked blocks are generated.
 DOCUMENTS = ("README.md", "docs/rigid.md", "docs/learned-metric.md", "docs/diffeomorphic.md", "docs/dirnet.md",
-             "docs/deepsim.md")
+             "docs/deepsim.md", "docs/rigid-robustness.md", "docs/instance-optimization.md", "docs/corpus.md")
 BLOCK = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 #: How each results file is made (for the line a missing file leaves in its table).
 COMMANDS = {
@@ -46,6 +46,9 @@ COMMANDS = {
                          "--pairs-3d 3 --figure docs/figures/dirnet_qualitative.png",
     "deepsim_comparison_2d": "OMP_NUM_THREADS=1 python benchmarks/accuracy/deepsim_comparison.py --dim 2 --work W "
                              "--evaluate --figures docs/figures (after training, see benchmarks/README.md)",
+    "rigid_evaluation": "python benchmarks/accuracy/rigid_evaluation.py --split test --cases 4",
+    "deformable_evaluation": "OMP_NUM_THREADS=1 python benchmarks/accuracy/deformable_evaluation.py "
+                             "--same-subject-pairs 1 --threads 1",
     "deepsim_comparison_3d": "OMP_NUM_THREADS=1 python benchmarks/accuracy/deepsim_comparison.py --dim 3 --work W "
                              "--evaluate --figures docs/figures (after training, see benchmarks/README.md)",
 }
@@ -444,6 +447,72 @@ def status_deepsim(results_dir, dim):
             f"Dice {s['deepsim']['dice_mean']:.3f} (before registration {s['identity']['dice_mean']:.3f})",
             ", ".join(f"{label} {s[key]['dice_mean']:.3f}" for key, label in DEEPSIM_METRICS[2:]), "–",
             f"above MSE and NCC (p < 0.05): **{'met' if len(beaten) == 2 else 'not met'}**", name)
+
+
+ROBUSTNESS_ARMS = (("nmi_search", "`nmi`, `init=search` (default)"), ("nmi_none", "`nmi`, `init=none`"),
+                   ("sitk_moments", "SimpleITK Mattes MI after MOMENTS centring"),
+                   ("ants", "ANTs `affine_initializer`, then rigid"))
+
+
+@table("rigid-robustness")
+def rigid_robustness(results_dir: Path) -> str:
+    r = load(results_dir, "rigid_evaluation")
+    s = r["results"]["summary"]
+    lines = ["| method | recovered | median TRE mm | max TRE mm | s / case |", "|---|---|---|---|---|"]
+    for key, label in ROBUSTNESS_ARMS:
+        if key in s:
+            x = s[key]
+            lines.append(f"| {label} | {x['recovered']}/{x['cases']} | {x['tre_median_mm']:.2f} | "
+                         f"{x['tre_max_mm']:.2f} | {x['seconds_mean']:.0f} |")
+    c = s["confidence"]
+    thresholds = c["thresholds"]
+    lines += ["", f"Confidence over the {c['results']} `nmi` results (both starts): {c['failures']} failures "
+                  f"(TRE > 5 mm), {c['failures_flagged_percent']:.0f} % of them flagged; {c['good']} good results, "
+                  f"{c['good_flagged_percent']:.1f} % of them flagged; Spearman ρ(uncertainty_mm, TRE) = "
+                  f"{c['spearman_uncertainty_vs_tre']:.2f} (p = {p_value(c['spearman_p'])}). Thresholds: "
+                  f"uncertainty {thresholds['max_uncertainty_mm']:g} mm, misfit {thresholds['max_misfit']:g}, rise "
+                  f"{thresholds['max_rise']:g} σ. Data: {r['data']}. " + source(r, "rigid_evaluation")]
+    return "\n".join(lines)
+
+
+def _pair_cell(value, digits):
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+@table("deformable-evaluation")
+def deformable_evaluation(results_dir: Path) -> str:
+    r = load(results_dir, "deformable_evaluation")
+    rows = r["results"]["rows"]
+    speed = {(m, x["pair"]): x["one_direction"] for m, xs in r["results"]["speedup_vs_demons"].items() for x in xs}
+    same = [x for x in rows if x["kind"] != "inter-subject"]
+    lines = ["| pair | method | error mm (→ / ←) | tissue Dice (→ / ←) | folding voxels (→ / ←) | s, one direction "
+             "| demons' time ÷ ours |", "|---|---|---|---|---|---|---|"]
+    for x in same:
+        if "error" in x:
+            lines.append(f"| {x['pair'].split(' /')[0]} | {x['method']} | failed: {x['error'][:80]} | | | | |")
+            continue
+        f, b = x["forward"], x.get("reverse") or {}
+        fold = "–" if "folding_voxels" not in f else f"{f['folding_voxels']} / {b.get('folding_voxels', '–')}"
+        lines.append(f"| {x['pair'].split(' /')[0]} | {x['method']} | {f['displacement_error_mm']:.2f} / "
+                     f"{_pair_cell(b.get('displacement_error_mm'), 2)} | {f['dice_tissue']:.3f} / "
+                     f"{_pair_cell(b.get('dice_tissue'), 3)} | {fold} | "
+                     f"{_pair_cell(x.get('seconds_one_direction'), 1)} | "
+                     f"{_pair_cell(speed.get((x['method'], x['pair'])), 2)} |")
+    inter = [x for x in rows if x["kind"] == "inter-subject" and "error" not in x]
+    if inter:
+        lines += ["", f"Inter-subject: {inter[0]['pair']}.", "",
+                  "| method | tissue Dice | brain Dice | tissue HD95 mm | brain HD95 mm | folding voxels | s |",
+                  "|---|---|---|---|---|---|---|"]
+        for x in inter:
+            f = x["forward"]
+            lines.append(f"| {x['method']} | {f['dice_tissue']:.3f} | {f['dice_brain']:.3f} | "
+                         f"{f['hd95_tissue_mm']:.2f} | {f['hd95_brain_mm']:.2f} | {f.get('folding_voxels', '–')} | "
+                         f"{_pair_cell(x.get('seconds_one_direction'), 1)} |")
+    touched = {m: v["trained_on_test_subjects"] for m, v in r["models"].items() if v["trained_on_test_subjects"]}
+    note = "".join(f" The bundled `{m}` model's training drew on test subject(s) {', '.join(v)}: its rows for "
+                   f"them are on training data." for m, v in touched.items())
+    return "\n".join(lines + ["", f"One row per subject pair and method; → the moving image onto the fixed one, ← the inverse "
+                                   f"direction. {r['threads']} thread(s).{note} " + source(r, "deformable_evaluation")])
 
 
 @table("status")
