@@ -24,12 +24,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.stats import wilcoxon
 
 from DeepRegistrationLib.api import register
 from DeepRegistrationLib.core.io import read_image, write_image
 from DeepRegistrationLib.core.transforms import RigidTransform
 from DeepRegistrationLib.data.corpus_pairs import METRIC_TASKS, corpus_metric_cases
 from DeepRegistrationLib.metrics.evaluation import rigid_errors
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from results_json import default_path, write_results  # noqa: E402
 
 
 def cached_cases(split: str, task: str, count: int, seed: int, cache) -> list:
@@ -77,7 +81,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", action="append", required=True, help="metric set (bundled name or file); repeatable")
     p.add_argument("--no-nmi", action="store_true", help="leave NMI out")
     p.add_argument("--max-evaluations", type=int, default=300)
-    p.add_argument("--json", help="write the per-case results here")
+    p.add_argument("--json", help="results file (default benchmarks/results/metric_corpus_<task>.json)")
     p.add_argument("--cache", help="folder to keep the cases in (made once, read by later runs)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -108,9 +112,25 @@ def main(argv=None) -> int:
         dt = "–" if label == "initial" else f"{np.mean([r[label]['t_norm_mm'] for r in rows]):.2f}"
         sec = "–" if label == "initial" else f"{np.mean([r[label]['seconds'] for r in rows]):.1f}"
         print(f"| {label} | {tre.mean():.2f} | {tre.max():.2f} | {dt} | {int((tre > 5).sum())} | {per_subject} | {sec} |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"task": args.task, "split": args.split, "seed": args.seed, "cases": rows}, f, indent=1)
+    summary = {label: {"tre_mean_mm": float(np.mean([r[label]["tre_mm"] for r in rows])),
+                       "tre_max_mm": float(np.max([r[label]["tre_mm"] for r in rows])),
+                       "failures_over_5mm": int(sum(r[label]["tre_mm"] > 5 for r in rows)),
+                       "seconds_mean": float(np.mean([r[label]["seconds"] for r in rows]))}
+               for label, *_ in methods}
+    for label, *_ in methods:      # one value per subject: its cases are not independent samples
+        summary[label]["tre_per_subject_mm"] = {s: float(np.mean([r[label]["tre_mm"] for r in rows
+                                                                  if r["subject"] == s])) for s in subjects}
+    if "nmi" in summary:
+        for label, *_ in methods[1:]:
+            diff = [summary[label]["tre_per_subject_mm"][s] - summary["nmi"]["tre_per_subject_mm"][s] for s in subjects]
+            summary[label]["paired_vs_nmi_over_subjects"] = {
+                "mean_difference_mm": float(np.mean(diff)), "n_subjects": len(diff),
+                "wilcoxon_p": float(wilcoxon(diff).pvalue) if len(diff) > 1 and any(diff) else None}
+    write_results(args.json or default_path(f"metric_corpus_{args.task.replace('-', '_')}"),
+                  "metric_corpus_evaluation", f"corpus {args.split} split, {args.task}, {len(rows)} cases "
+                  f"(seed {args.seed}): " + ", ".join(sorted({r['subject'] for r in rows})),
+                  {"cases": rows, "summary": summary}, task=args.task, split=args.split, seed=args.seed,
+                  models=args.model)
     return 0
 
 
