@@ -326,8 +326,11 @@ def validation_text(meta: dict) -> str:
         return f"λ = {meta['lambda']:g} kept by validation Dice (" + ", ".join(
             f"{c['lambda']:g} → {c['val_dice']:.3f}" for c in meta["lambda_search"]) + ")"
     if t.get("final_val_loss") is not None:
-        identity = t.get("identity_val_loss")
-        return (f"loss {t['final_val_loss']:.4f}" + ("" if identity is None else f" (identity {identity:.4f})"))
+        identity, selected = t.get("identity_val_loss"), t.get("selected") or {}
+        text = f"loss {selected.get('val_loss', t['final_val_loss']):.4f}"
+        if selected:
+            text += f" (the kept step {selected['step']}; at the start {t['initial_val_loss']:.4f})"
+        return text + ("" if identity is None else f"; identity {identity:.4f}")
     return "–"
 
 
@@ -424,7 +427,8 @@ def status_diffeo(results_dir):
                            for p, (a, b) in speed.items())
     targets = [f"Dice ≥ demons: **{'met' if gm[ours] >= gm[demons] else 'not met'}**"]
     targets += [f"≥ 10× demons ({p}): **{'met' if min(v) >= 10 else 'not met'}**" for p, v in speed.items()]
-    return ("diffeomorphic patch-wise (`diffeo`)", f"{r['pairs']} held-out ICBM 2009a pairs",
+    return ("diffeomorphic patch-wise (`diffeo`)", f"{r['pairs']} ICBM 2009a pairs (a train-split subject since "
+            "the corpus fine-tuning; measured with the previous weights, network alone)",
             f"GM Dice {gm[rigid]:.3f} (rigid only) → {gm[ours]:.4f}; "
             + ("no folding voxels" if folding == 0 else f"folding in {folding} transforms"),
             f"SimpleITK diffeomorphic demons: GM Dice {gm[demons]:.4f}",
