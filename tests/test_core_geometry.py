@@ -11,7 +11,7 @@ from DeepRegistrationLib.core.io import read_image, write_image
 from DeepRegistrationLib.core.transforms import (AffineTransform, DisplacementField, RigidTransform, compose,
                                                  read_transform, write_transform, read_displacement_nrrd)
 from DeepRegistrationLib.core.warp import inside_mask, physical_grid_points, warp
-from DeepRegistrationLib.deformable.model_input import resample_to
+from DeepRegistrationLib.core.network_input import resample_to
 
 
 def test_index_to_physical_matches_sitk(smooth_volume):

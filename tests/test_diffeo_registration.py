@@ -19,7 +19,7 @@ from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.data.synthetic import smooth_random_field
 from DeepRegistrationLib.deformable.diffeo_registration import field_on_grid, lddmm_parameters, load_momentum_net
 from DeepRegistrationLib.methods import SPECS
-from DeepRegistrationLib.deformable.model_input import normalize_intensity, resample_to
+from DeepRegistrationLib.core.network_input import normalize_intensity, resample_to
 from DeepRegistrationLib.deformable import lddmm
 from DeepRegistrationLib.deformable.patchwise import (FINE_SQUARINGS, integrate, predict_momentum, tile_layout,
                                                      voxels_to_lps_mm)

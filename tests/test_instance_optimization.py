@@ -23,7 +23,8 @@ from DeepRegistrationLib.deformable import lddmm
 from DeepRegistrationLib.deformable.deepsim_registration import load_registration_net
 from DeepRegistrationLib.deformable.diffeo_registration import lddmm_parameters, load_momentum_net, operator_norm
 from DeepRegistrationLib.deformable.dirnet_registration import load_dirnet, model_grid
-from DeepRegistrationLib.deformable.model_input import domain_warnings, normalize_intensity, resample_to
+from DeepRegistrationLib.core.network_input import normalize_intensity, resample_to
+from DeepRegistrationLib.deformable.model_input import domain_warnings
 from DeepRegistrationLib.deformable.patchwise import integrate, predict_momentum, voxels_to_lps_mm
 from DeepRegistrationLib.methods import SPECS
 

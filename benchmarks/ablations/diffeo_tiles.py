@@ -32,7 +32,7 @@ from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.deformable.diffeo_registration import lddmm_parameters, load_momentum_net
 from DeepRegistrationLib.methods import SPECS
 from DeepRegistrationLib.deformable.patchwise import integrate, predict_momentum
-from DeepRegistrationLib.deformable.model_input import normalize_intensity, resample_to
+from DeepRegistrationLib.core.network_input import normalize_intensity, resample_to
 from DeepRegistrationLib.core.spatial_transformer import warp_voxels
 from DeepRegistrationLib.metrics.evaluation import dice_per_label, fields_agree
 

@@ -47,7 +47,7 @@ from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.data.synthetic import intensity_jitter, random_rigid, smooth_random_field
 from DeepRegistrationLib.deformable.diffeo_registration import load_momentum_net
 from DeepRegistrationLib.methods import SPECS
-from DeepRegistrationLib.deformable.model_input import normalize_intensity, resample_to
+from DeepRegistrationLib.core.network_input import normalize_intensity, resample_to
 from DeepRegistrationLib.deformable.patchwise import MomentumMarginals, predict_momentum
 from DeepRegistrationLib.metrics.evaluation import dice_per_label
 from DeepRegistrationLib.metrics.similarity import nmi

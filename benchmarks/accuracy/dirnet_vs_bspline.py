@@ -34,7 +34,7 @@ from DeepRegistrationLib.core.warp import warp
 from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.data.synthetic import intensity_jitter, scaling_and_squaring, smooth_random_field
 from DeepRegistrationLib.deformable.dirnet_registration import load_dirnet, model_grid, predict_field
-from DeepRegistrationLib.deformable.model_input import resample_to
+from DeepRegistrationLib.core.network_input import resample_to
 from DeepRegistrationLib.metrics.evaluation import dice_per_label
 from DeepRegistrationLib.rigid.pyramid import downsample
 

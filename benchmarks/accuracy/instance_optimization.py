@@ -40,7 +40,7 @@ from DeepRegistrationLib.core.transforms import DisplacementField
 from DeepRegistrationLib.core.warp import warp
 from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.data.synthetic import intensity_jitter, smooth_random_field
-from DeepRegistrationLib.deformable.model_input import resample_to
+from DeepRegistrationLib.core.network_input import resample_to
 from DeepRegistrationLib.metrics.evaluation import dice_per_label
 
 SPACING = 2.0

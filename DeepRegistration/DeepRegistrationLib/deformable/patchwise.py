@@ -27,6 +27,7 @@ from ..core.errors import InputError
 from ..core.image import Grid
 from ..metrics.evaluation import field_difference_within_tolerance, lengths
 from . import lddmm
+from .model_input import voxels_to_mm
 
 MODEL_KIND = "diffeo"
 #: Intensity normalization of every input (stated in model metadata).
@@ -209,11 +210,9 @@ def predict_fields(net, fixed: np.ndarray, moving: np.ndarray, spacing_zyx, lddm
 
 def voxels_to_lps_mm(u_vox: torch.Tensor, grid: Grid) -> np.ndarray:
     """(1, 3, nz, ny, nx) x-first voxel displacement to a z-first (nz, ny, nx, 3) LPS-mm array, slab by slab."""
-    matrix = torch.as_tensor(grid.direction @ np.diag(grid.spacing), dtype=torch.float32, device=u_vox.device)
     out = np.empty((*u_vox.shape[2:], 3), np.float32)
     slab = lddmm.slab_for(u_vox.shape)
     for z0 in range(0, u_vox.shape[2], slab):
-        part = u_vox[0, :, z0:z0 + slab].movedim(0, -1)
-        out[z0:z0 + slab] = (part @ matrix.T).cpu().numpy()
+        out[z0:z0 + slab] = voxels_to_mm(u_vox[0, :, z0:z0 + slab].movedim(0, -1), grid).cpu().numpy()
     return out
 

@@ -240,3 +240,53 @@ def resume_checkpoint(resume: bool, ckpt_path: Path, settings_dict: dict) -> dic
         raise InputError(f"{ckpt_path} was written with other settings; resume with the same options "
                          "(only --epochs may change)")
     return ckpt
+
+
+def checkpoint_path(out: Path, checkpoint_dir, name: str) -> Path:
+    """``checkpoint_dir/name``; without a folder, ``<out stem>_checkpoints`` next to the model file ``out``."""
+    return (Path(checkpoint_dir) if checkpoint_dir else out.parent / f"{out.stem}_checkpoints") / name
+
+
+def batch_per_rank(batch_size: int, dist: Distributed) -> int:
+    """Each process's share of a mini-batch; refused when the processes cannot share it evenly."""
+    if batch_size % dist.world_size:
+        raise InputError(f"--batch-size {batch_size} is not divisible by the {dist.world_size} processes")
+    return batch_size // dist.world_size
+
+
+def seeded_network(build, seed: int, learning_rate: float, dist: Distributed) -> tuple:
+    """(network, Adam optimizer): ``build()`` on the device after seeding torch with ``seed``, so every process
+    and every resumed run starts from the same weights."""
+    torch.manual_seed(seed)
+    net = build().to(dist.device)
+    return net, torch.optim.Adam(net.parameters(), lr=learning_rate)
+
+
+def restore_training(state: dict, net: torch.nn.Module, optimizer) -> tuple:
+    """(step, history) of a checkpoint ``state`` whose weights and optimizer state are loaded; (0, []) for {}."""
+    if state:
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    return int(state.get("step", 0)), list(state.get("history", []))
+
+
+def training_state(net: torch.nn.Module, optimizer, step: int, history: list) -> dict:
+    """What a checkpoint holds of one network's training (read back by :func:`restore_training`)."""
+    return {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "history": history}
+
+
+def step_generator(seed: int, dist: Distributed, step: int, candidate: int = 0) -> torch.Generator:
+    """The sampling generator of one process from ``step`` on (a resumed run draws new batches, not the first
+    ones again); ``candidate`` separates runs that share the seed (e.g. λ candidates)."""
+    return torch.Generator().manual_seed(seed * 1000 + dist.rank + 7919 * step + 104729 * candidate)
+
+
+def validation_generator(seed: int) -> torch.Generator:
+    """The generator of the fixed validation set: a seed no training batch uses."""
+    return torch.Generator().manual_seed(10 ** 6 + seed)
+
+
+def emit_done(progress_json: bool, settings, step: int, loss: float, out: Path, message: str = "done") -> None:
+    """The last progress event of a training run: the model file is written."""
+    emit_progress(progress_json, event="done", epoch=settings.epochs, step=step, fraction=1.0, loss=loss,
+                  message=message, model=str(out))

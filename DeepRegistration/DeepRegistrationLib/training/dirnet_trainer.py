@@ -17,30 +17,32 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..core.errors import InputError
 from ..core.io import read_image
+from ..core.settings import Settings
 from ..data import sources
 from ..data.corpus_pairs import CorpusPairs
 from ..core.bspline import bspline_displacement
 from ..deformable.dirnet_registration import MODEL_KIND, NORMALIZATION, model_grid
-from ..deformable.model_input import normalize_intensity, resample_to
+from ..core.network_input import normalize_intensity, resample_to
 from ..core.spatial_transformer import warp_voxels
 from ..metrics.similarity import ncc
 from ..models.model_file import save_model
 from ..networks.dirnet_regressor import DIRNet, DIRNetConfig
-from .common import StepLoop, atomic_save, distributed, emit_progress, provenance, read_pairs_csv, resume_checkpoint
+from .common import (StepLoop, atomic_save, batch_per_rank, checkpoint_path, distributed, emit_done, provenance,
+                     read_pairs_csv, restore_training, resume_checkpoint, seeded_network, step_generator,
+                     training_state, validation_generator)
 
 CHECKPOINT_NAME = "dirnet_last.pt"
 
 
 @dataclass
-class DIRNetTraining:
+class DIRNetTraining(Settings):
     """Training settings; defaults are the paper's where it gives them (batch 32, Adam, NCC)."""
 
     config: DIRNetConfig = field(default_factory=DIRNetConfig)
@@ -58,12 +60,6 @@ class DIRNetTraining:
     corpus: str = ""
     corpus_pairs: int = 16
     seed: int = 0
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["config"] = self.config.to_dict()
-        d["size_xyz"], d["spacing_mm"] = list(self.size_xyz), list(self.spacing_mm)
-        return d
 
 
 def ncc_loss(warped: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
@@ -168,25 +164,15 @@ def train(settings: DIRNetTraining, data: VolumePairs, out, checkpoint_dir=None,
     (default: ``data``, drawn with a seed of their own)."""
     validation = validation if validation is not None else data
     out = Path(out)
-    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else out.parent / f"{out.stem}_checkpoints"
-    ckpt_path = checkpoint_dir / CHECKPOINT_NAME
+    ckpt_path = checkpoint_path(out, checkpoint_dir, CHECKPOINT_NAME)
     with distributed(device) as dist:
-        if settings.batch_size % dist.world_size:
-            raise InputError(f"--batch-size {settings.batch_size} is not divisible by the {dist.world_size} processes")
-        torch.manual_seed(settings.seed)
-        net = DIRNet(settings.config).to(dist.device)
-        optimizer = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
-        ckpt = resume_checkpoint(resume, ckpt_path, settings.to_dict())
-        step, history = int(ckpt.get("step", 0)), list(ckpt.get("history", []))
-        if ckpt:
-            net.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
+        per_rank = batch_per_rank(settings.batch_size, dist)
+        net, optimizer = seeded_network(lambda: DIRNet(settings.config), settings.seed, settings.learning_rate, dist)
+        step, history = restore_training(resume_checkpoint(resume, ckpt_path, settings.to_dict()), net, optimizer)
         model = dist.wrap(net)
-        generator = torch.Generator().manual_seed(settings.seed * 1000 + dist.rank + 7919 * step)
-        val_fixed, val_moving = validation.sample(settings.validation_pairs,
-                                                  torch.Generator().manual_seed(10 ** 6 + settings.seed))
+        generator = step_generator(settings.seed, dist, step)
+        val_fixed, val_moving = validation.sample(settings.validation_pairs, validation_generator(settings.seed))
         total = settings.epochs * settings.steps_per_epoch
-        per_rank = settings.batch_size // dist.world_size
 
         def step_fn(_step):
             fixed, moving = data.sample(per_rank, generator)
@@ -201,8 +187,8 @@ def train(settings: DIRNetTraining, data: VolumePairs, out, checkpoint_dir=None,
 
         def save(at_step):
             if dist.is_main:
-                atomic_save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": at_step,
-                             "history": history, "settings": settings.to_dict()}, ckpt_path)
+                atomic_save({**training_state(net, optimizer, at_step, history), "settings": settings.to_dict()},
+                            ckpt_path)
 
         t0 = time.perf_counter()
         step = StepLoop(dist, "train-dirnet", total, progress_json, save).run(
@@ -220,8 +206,7 @@ def train(settings: DIRNetTraining, data: VolumePairs, out, checkpoint_dir=None,
                         if "SPM avg152" in data.description else "the pairs of the CSV",
                         "validation": validation.description, **provenance(data.corpus, validation.corpus)}
             save_model(out, net.state_dict(), model_metadata(settings, training))
-            emit_progress(progress_json, event="done", epoch=settings.epochs, step=step, fraction=1.0,
-                  loss=history[-1]["loss"] if history else float("nan"), message="done", model=str(out))
+            emit_done(progress_json, settings, step, history[-1]["loss"] if history else float("nan"), out)
         dist.barrier()
     return out
 
