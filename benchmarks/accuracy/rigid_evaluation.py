@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,7 +44,9 @@ from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.data.synthetic import gradient_magnitude, intensity_jitter
 from DeepRegistrationLib.rigid.initialization import foreground
 from DeepRegistrationLib.rigid.pyramid import downsample
-from DeepRegistrationLib.rigid.sitk_baseline import register_sitk_mattes
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from baselines import register_sitk_mattes  # noqa: E402
 
 FAILURE_MM = 5.0
 RECOVERED_MM = {"unimodal": 2.0, "multimodal": 4.0}
@@ -98,7 +101,7 @@ def tre(estimated, true: RigidTransform, points: np.ndarray) -> float:
 
 
 def sitk_moments(fixed: Image, moving: Image) -> RigidTransform:
-    """SimpleITK: CenteredTransformInitializer (MOMENTS), then Mattes MI rigid (rigid/sitk_baseline.py)."""
+    """SimpleITK: CenteredTransformInitializer (MOMENTS), then Mattes MI rigid (benchmarks/baselines.py)."""
     init = sitk.CenteredTransformInitializer(sitk.Cast(fixed.to_sitk(), sitk.sitkFloat32),
                                              sitk.Cast(moving.to_sitk(), sitk.sitkFloat32), sitk.Euler3DTransform(),
                                              sitk.CenteredTransformInitializerFilter.MOMENTS)

@@ -14,6 +14,8 @@ import torch.distributed as dist
 
 from ..core.device import resolve_device
 from ..core.errors import Cancelled, InputError
+from ..core.io import read_image
+from ..core.network_input import normalize_intensity, resample_to
 from ..core.progress import emit_json
 from ..data.corpus import code_version
 
@@ -50,6 +52,19 @@ def read_pairs_csv(path) -> list:
     if not rows:
         raise InputError(f"{path} lists no pairs")
     return rows
+
+
+def prepared_pairs(path, grid_of) -> list:
+    """(fixed, moving) images of every row of the pairs CSV ``path``, both resampled to ``grid_of(fixed image,
+    row)`` and their intensities normalized, as a model sees its inputs (:mod:`..core.network_input`)."""
+    pairs = []
+    for row in read_pairs_csv(path):
+        fixed = read_image(row["fixed"], "fixed image")
+        moving = read_image(row["moving"], "moving image")
+        grid = grid_of(fixed, row)
+        pairs.append(tuple(image.with_array(normalize_intensity(image.array))
+                           for image in (resample_to(fixed, grid), resample_to(moving, grid))))
+    return pairs
 
 
 def write_pairs_csv(path, rows: list) -> None:
@@ -273,6 +288,15 @@ def restore_training(state: dict, net: torch.nn.Module, optimizer) -> tuple:
 def training_state(net: torch.nn.Module, optimizer, step: int, history: list) -> dict:
     """What a checkpoint holds of one network's training (read back by :func:`restore_training`)."""
     return {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "history": history}
+
+
+def start_training(dist: Distributed, settings, build, ckpt_path: Path, resume: bool) -> tuple:
+    """What a run of one network starts from: (network, optimizer, the network as the step runs it (DDP),
+    step, history, sampling generator), resumed from ``ckpt_path`` when asked (:func:`seeded_network`,
+    :func:`restore_training`, :func:`step_generator`)."""
+    net, optimizer = seeded_network(build, settings.seed, settings.learning_rate, dist)
+    step, history = restore_training(resume_checkpoint(resume, ckpt_path, settings.to_dict()), net, optimizer)
+    return net, optimizer, dist.wrap(net), step, history, step_generator(settings.seed, dist, step)
 
 
 def step_generator(seed: int, dist: Distributed, step: int, candidate: int = 0) -> torch.Generator:

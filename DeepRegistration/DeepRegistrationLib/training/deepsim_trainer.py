@@ -32,7 +32,7 @@ from ..metrics.deepsim_similarity import FEATURE_MODEL_KIND, load_deepsim
 from ..models.model_file import save_model
 from ..networks.deepsim_unet import FeatureExtractorUNet, RegistrationUNet, feature_config, registration_config
 from .common import (StepLoop, atomic_save, batch_per_rank, checkpoint_path, distributed, emit_done, emit_progress,
-                     provenance, restore_training, resume_checkpoint, seeded_network, step_generator,
+                     provenance, restore_training, resume_checkpoint, seeded_network, start_training, step_generator,
                      training_state, validation_generator)
 from .deepsim_data import VolumeSet
 from .deepsim_losses import SIMILARITIES, RegistrationLoss, dice_scores
@@ -135,11 +135,8 @@ def train_features(settings: FeatureTraining, data: VolumeSet, validation: Volum
     ckpt_path = checkpoint_path(out, checkpoint_dir, FEATURES_CHECKPOINT)
     with distributed(device) as dist:
         per_rank = batch_per_rank(settings.batch_size, dist)
-        net, optimizer = seeded_network(lambda: FeatureExtractorUNet(config), settings.seed, settings.learning_rate,
-                                        dist)
-        step, history = restore_training(resume_checkpoint(resume, ckpt_path, settings.to_dict()), net, optimizer)
-        model = dist.wrap(net)
-        generator = step_generator(settings.seed, dist, step)
+        net, optimizer, model, step, history, generator = start_training(
+            dist, settings, lambda: FeatureExtractorUNet(config), ckpt_path, resume)
         val_images, val_labels = validation.sample_images(settings.validation_batch, validation_generator(settings.seed))
         total = settings.epochs * settings.steps_per_epoch
 

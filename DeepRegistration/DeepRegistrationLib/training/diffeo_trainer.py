@@ -44,7 +44,6 @@ import torch
 
 from ..core.errors import InputError
 from ..core.image import Image
-from ..core.io import read_image
 from ..core.settings import Settings
 from ..core.warp import warp
 from ..data import sources
@@ -59,7 +58,7 @@ from ..metrics.similarity import local_ncc, mse, normalized_mse
 from ..models.model_file import save_model
 from ..networks.momentum_unet import MomentumUNet, MomentumUNetConfig
 from .common import (StepLoop, atomic_save, batch_per_rank, checkpoint_path, distributed, emit_done, provenance,
-                     read_pairs_csv, restore_torch_rng_state, restore_training, resume_checkpoint, seeded_network,
+                     prepared_pairs, restore_torch_rng_state, restore_training, resume_checkpoint, seeded_network,
                      torch_rng_state, training_state)
 
 CHECKPOINT_NAME = "diffeo_last.pt"
@@ -168,17 +167,14 @@ class PairSource:
 
     @classmethod
     def from_csv(cls, path, settings: DiffeoTraining) -> "PairSource":
-        pairs = []
-        for row in read_pairs_csv(path):
-            fixed = read_image(row["fixed"], "fixed image")
-            moving = read_image(row["moving"], "moving image")
+        def grid_of(fixed: Image, row: dict):
             grid = fixed.grid.with_spacing([settings.spacing_mm] * 3)
             if min(grid.size) < settings.patch_size:
                 raise InputError(f"{row['fixed']}: at {settings.spacing_mm} mm the image is {grid.size} voxels, "
                                  f"smaller than the {settings.patch_size}³ training patch")
-            f, m = resample_to(fixed, grid), resample_to(moving, grid)
-            pairs.append((f.with_array(normalize_intensity(f.array)), m.with_array(normalize_intensity(m.array))))
-        return cls(pairs, settings, f"pairs of {path}", settings.augment)
+            return grid
+
+        return cls(prepared_pairs(path, grid_of), settings, f"pairs of {path}", settings.augment)
 
     def _deformed(self, image: Image, rng: np.random.Generator) -> Image:
         s = self.settings

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.io import read_image
 from ..core.settings import Settings
 from ..data import sources
 from ..data.corpus_pairs import CorpusPairs
@@ -35,8 +34,7 @@ from ..metrics.similarity import ncc
 from ..models.model_file import save_model
 from ..networks.dirnet_regressor import DIRNet, DIRNetConfig
 from .common import (StepLoop, atomic_save, batch_per_rank, checkpoint_path, distributed, emit_done, provenance,
-                     read_pairs_csv, restore_training, resume_checkpoint, seeded_network, step_generator,
-                     training_state, validation_generator)
+                     prepared_pairs, start_training, training_state, validation_generator)
 
 CHECKPOINT_NAME = "dirnet_last.pt"
 
@@ -124,14 +122,8 @@ class VolumePairs:
 
     @classmethod
     def from_csv(cls, path, settings: DIRNetTraining) -> "VolumePairs":
-        pairs = []
-        for row in read_pairs_csv(path):
-            fixed = read_image(row["fixed"], "fixed image")
-            moving = read_image(row["moving"], "moving image")
-            grid = model_grid(fixed.grid, settings.size_xyz, settings.spacing_mm)
-            pairs.append((normalize_intensity(resample_to(fixed, grid).array),
-                          normalize_intensity(resample_to(moving, grid).array)))
-        return cls(pairs, settings, f"pairs of {path}")
+        pairs = prepared_pairs(path, lambda fixed, _: model_grid(fixed.grid, settings.size_xyz, settings.spacing_mm))
+        return cls([(f.array, m.array) for f, m in pairs], settings, f"pairs of {path}")
 
     def sample(self, count: int, generator):
         fixed, moving = [], []
@@ -167,10 +159,8 @@ def train(settings: DIRNetTraining, data: VolumePairs, out, checkpoint_dir=None,
     ckpt_path = checkpoint_path(out, checkpoint_dir, CHECKPOINT_NAME)
     with distributed(device) as dist:
         per_rank = batch_per_rank(settings.batch_size, dist)
-        net, optimizer = seeded_network(lambda: DIRNet(settings.config), settings.seed, settings.learning_rate, dist)
-        step, history = restore_training(resume_checkpoint(resume, ckpt_path, settings.to_dict()), net, optimizer)
-        model = dist.wrap(net)
-        generator = step_generator(settings.seed, dist, step)
+        net, optimizer, model, step, history, generator = start_training(
+            dist, settings, lambda: DIRNet(settings.config), ckpt_path, resume)
         val_fixed, val_moving = validation.sample(settings.validation_pairs, validation_generator(settings.seed))
         total = settings.epochs * settings.steps_per_epoch
 
