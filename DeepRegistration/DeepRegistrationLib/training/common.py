@@ -285,6 +285,21 @@ def restore_training(state: dict, net: torch.nn.Module, optimizer) -> tuple:
     return int(state.get("step", 0)), list(state.get("history", []))
 
 
+def descend(optimizer, loss: torch.Tensor) -> float:
+    """One optimizer step down ``loss``; returns its value."""
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def save_training(dist: Distributed, path: Path, net: torch.nn.Module, optimizer, step: int, history: list, settings,
+                  **extra) -> None:
+    """Rank 0 writes the training state of ``net``, the settings and ``extra`` to the checkpoint ``path``."""
+    if dist.is_main:
+        atomic_save({**training_state(net, optimizer, step, history), "settings": settings.to_dict(), **extra}, path)
+
+
 def training_state(net: torch.nn.Module, optimizer, step: int, history: list) -> dict:
     """What a checkpoint holds of one network's training (read back by :func:`restore_training`)."""
     return {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "history": history}

@@ -31,9 +31,9 @@ from ..deformable.deepsim_registration import MODEL_KIND, NORMALIZATION
 from ..metrics.deepsim_similarity import FEATURE_MODEL_KIND, load_deepsim
 from ..models.model_file import save_model
 from ..networks.deepsim_unet import FeatureExtractorUNet, RegistrationUNet, feature_config, registration_config
-from .common import (StepLoop, atomic_save, batch_per_rank, checkpoint_path, distributed, emit_done, emit_progress,
-                     provenance, restore_training, resume_checkpoint, seeded_network, start_training, step_generator,
-                     training_state, validation_generator)
+from .common import (StepLoop, atomic_save, batch_per_rank, checkpoint_path, descend, distributed, emit_done,
+                     emit_progress, provenance, restore_training, resume_checkpoint, save_training, seeded_network,
+                     start_training, step_generator, training_state, validation_generator)
 from .deepsim_data import VolumeSet
 from .deepsim_losses import SIMILARITIES, RegistrationLoss, dice_scores
 from ..data.corpus import TISSUE_CLASSES
@@ -145,10 +145,7 @@ def train_features(settings: FeatureTraining, data: VolumeSet, validation: Volum
             images = _add_noise(images, settings.noise_std, generator)
             model.train()
             loss = F.cross_entropy(model(images.to(dist.device)), labels.to(dist.device))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            return loss.item()
+            return descend(optimizer, loss)
 
         @torch.no_grad()
         def validate():
@@ -158,9 +155,7 @@ def train_features(settings: FeatureTraining, data: VolumeSet, validation: Volum
                     "val_metric": _segmentation_dice(logits, val_labels.to(dist.device))}
 
         def save(at_step):
-            if dist.is_main:
-                atomic_save({**training_state(net, optimizer, at_step, history), "settings": settings.to_dict()},
-                            ckpt_path)
+            save_training(dist, ckpt_path, net, optimizer, at_step, history, settings)
 
         t0 = time.perf_counter()
         step = StepLoop(dist, "train-deepsim-features", total, progress_json, save).run(
@@ -247,10 +242,7 @@ def train_registration(settings: RegistrationTraining, data: VolumeSet, validati
                                          for t in data.sample_pairs(per_rank, generator)]
                 model.train()
                 loss, _ = loss_fn(model(torch.cat([moving, fixed], dim=1)), moving, fixed, ml, fl)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                return loss.item()
+                return descend(optimizer, loss)
 
             @torch.no_grad()
             def validate(net=net, loss_fn=loss_fn):

@@ -57,9 +57,9 @@ from ..core.spatial_transformer import inside_fraction_mask, warp_voxels
 from ..metrics.similarity import local_ncc, mse, normalized_mse
 from ..models.model_file import save_model
 from ..networks.momentum_unet import MomentumUNet, MomentumUNetConfig
-from .common import (StepLoop, atomic_save, batch_per_rank, checkpoint_path, distributed, emit_done, provenance,
-                     prepared_pairs, restore_torch_rng_state, restore_training, resume_checkpoint, seeded_network,
-                     torch_rng_state, training_state)
+from .common import (StepLoop, batch_per_rank, checkpoint_path, descend, distributed, emit_done, prepared_pairs,
+                     provenance, restore_torch_rng_state, restore_training, resume_checkpoint, save_training,
+                     seeded_network, torch_rng_state)
 
 CHECKPOINT_NAME = "diffeo_last.pt"
 PAIR_GAMMA = (0.8, 1.25)
@@ -291,10 +291,7 @@ def train(settings: DiffeoTraining, data: PairSource, out, checkpoint_dir=None, 
             fixed, moving = (p[lo:lo + per_rank].to(dist.device) for p in group["patches"])
             model.train()
             loss, _ = diffeo_loss(model(fixed, moving), fixed, moving, settings, sim, settings.reg_weight_at(at_step))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            return loss.item()
+            return descend(optimizer, loss)
 
         def validate():
             net.eval()
@@ -305,9 +302,8 @@ def train(settings: DiffeoTraining, data: PairSource, out, checkpoint_dir=None, 
             return {"val_loss": val, "identity_val_loss": identity_val}
 
         def save(at_step):
-            if dist.is_main:
-                atomic_save({**training_state(net, optimizer, at_step, history), "settings": settings.to_dict(),
-                             "best": best, "torch_rng": torch_rng_state(dist.device)}, ckpt_path)
+            save_training(dist, ckpt_path, net, optimizer, at_step, history, settings, best=best,
+                          torch_rng=torch_rng_state(dist.device))
 
         t0 = time.perf_counter()
         step = StepLoop(dist, "train-diffeo", total, progress_json, save).run(

@@ -33,8 +33,8 @@ from ..core.spatial_transformer import warp_voxels
 from ..metrics.similarity import ncc
 from ..models.model_file import save_model
 from ..networks.dirnet_regressor import DIRNet, DIRNetConfig
-from .common import (StepLoop, atomic_save, batch_per_rank, checkpoint_path, distributed, emit_done, provenance,
-                     prepared_pairs, start_training, training_state, validation_generator)
+from .common import (StepLoop, batch_per_rank, checkpoint_path, descend, distributed, emit_done, prepared_pairs,
+                     provenance, save_training, start_training, validation_generator)
 
 CHECKPOINT_NAME = "dirnet_last.pt"
 
@@ -170,15 +170,10 @@ def train(settings: DIRNetTraining, data: VolumePairs, out, checkpoint_dir=None,
             model.train()
             warped, _, _ = model(fixed, moving)
             loss = ncc_loss(warped, fixed)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            return loss.item()
+            return descend(optimizer, loss)
 
         def save(at_step):
-            if dist.is_main:
-                atomic_save({**training_state(net, optimizer, at_step, history), "settings": settings.to_dict()},
-                            ckpt_path)
+            save_training(dist, ckpt_path, net, optimizer, at_step, history, settings)
 
         t0 = time.perf_counter()
         step = StepLoop(dist, "train-dirnet", total, progress_json, save).run(
