@@ -25,8 +25,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from DeepRegistrationLib.core.io import write_image
 from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.data.corpus_pairs import METRIC_TASKS, metric_case

@@ -9,9 +9,9 @@ from scipy.ndimage import gaussian_filter
 from DeepRegistrationLib.core.image import Grid, Image
 from DeepRegistrationLib.core.io import read_image, write_image
 from DeepRegistrationLib.core.transforms import (AffineTransform, DisplacementField, RigidTransform, compose,
-                                                 read_transform, write_transform, read_displacement_nrrd)
+                                                 read_transform, write_transform)
 from DeepRegistrationLib.core.warp import inside_mask, physical_grid_points, warp
-from DeepRegistrationLib.deformable.model_input import resample_to
+from DeepRegistrationLib.core.network_input import resample_to
 
 
 def test_index_to_physical_matches_sitk(smooth_volume):
@@ -150,7 +150,8 @@ def test_displacement_field_matches_sitk_and_files(tmp_path, smooth_volume):
     assert np.abs(ours - theirs)[inside].max() <= 1e-3 * smooth_volume.intensity_range()
     write_transform(field, tmp_path / "f.h5")
     write_transform(field, tmp_path / "f.nrrd")
-    for back in (read_transform(tmp_path / "f.h5"), read_displacement_nrrd(tmp_path / "f.nrrd")):
+    nrrd = Image.from_sitk(sitk.ReadImage(str(tmp_path / "f.nrrd")))
+    for back in (read_transform(tmp_path / "f.h5"), DisplacementField(nrrd.array, nrrd.grid)):
         np.testing.assert_allclose(back.displacement_mm, u, atol=1e-5)
         assert back.grid.same_as(g)
     header = open(tmp_path / "f.nrrd", "rb").read(2000)

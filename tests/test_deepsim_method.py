@@ -19,6 +19,7 @@ from DeepRegistrationLib.metrics.evaluation import dice_per_label
 from DeepRegistrationLib.models.model_file import read_metadata
 from DeepRegistrationLib.training.common import load_checkpoint, write_pairs_csv
 from DeepRegistrationLib.data.corpus_pairs import TemplateSubjectSettings, icbm_template
+from registration_helpers import cli_register
 
 torch.set_num_threads(1)
 
@@ -75,12 +76,8 @@ def test_bundled_models_state_their_provenance_and_are_tiny():
 
 def test_cli_register_deepsim_default_model_end_to_end(brain_pair, tmp_path, capsys):
     folder, fixed, moving, labels, moving_labels = brain_pair
-    rc = main(["register", str(folder / "fixed.nii.gz"), str(folder / "moving.nii.gz"), "--method", "deepsim",
-               "--out-transform", str(tmp_path / "t.h5"), "--out-volume", str(tmp_path / "w.nii.gz"),
-               "--report", str(tmp_path / "r.json"), "--device", "cpu", "--quiet"])
-    out = capsys.readouterr().out
+    rc, out, report = cli_register(folder, "deepsim", tmp_path, capsys)
     assert rc == 0 and "used the bundled model 'deepsim_brain_t1_3d'" in out
-    report = json.loads((tmp_path / "r.json").read_text())
     assert report["model_dimension"] == 3 and report["model_similarity"] == "deepsim"
     assert report["folding_percent"] < 1.0
     assert read_image(tmp_path / "w.nii.gz").grid.same_as(fixed.grid)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from DeepRegistrationLib.data import sources
-from DeepRegistrationLib.deformable.model_input import normalize_intensity
+from DeepRegistrationLib.core.network_input import normalize_intensity
 from DeepRegistrationLib.core.spatial_transformer import warp_voxels
 from DeepRegistrationLib.metrics.deepsim_similarity import DeepSim, cosine_similarity_map, deepsim_from_features
 from DeepRegistrationLib.networks.deepsim_unet import (FeatureExtractorUNet, RegistrationUNet, feature_config,

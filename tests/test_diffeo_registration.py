@@ -19,14 +19,14 @@ from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.data.synthetic import smooth_random_field
 from DeepRegistrationLib.deformable.diffeo_registration import field_on_grid, lddmm_parameters, load_momentum_net
 from DeepRegistrationLib.methods import SPECS
-from DeepRegistrationLib.deformable.model_input import normalize_intensity, resample_to
+from DeepRegistrationLib.core.network_input import normalize_intensity, resample_to
 from DeepRegistrationLib.deformable import lddmm
-from DeepRegistrationLib.deformable.patchwise import (FINE_SQUARINGS, integrate, predict_momentum, tile_layout,
-                                                     voxels_to_lps_mm)
+from DeepRegistrationLib.deformable.patchwise import FINE_SQUARINGS, predict_momentum, tile_layout, voxels_to_lps_mm
 from DeepRegistrationLib.core.spatial_transformer import warp_voxels
 from DeepRegistrationLib.metrics.evaluation import dice_per_label, fields_agree
 from DeepRegistrationLib.metrics.similarity import normalized_mse
 from DeepRegistrationLib.training.diffeo_trainer import DiffeoTraining, diffeo_loss
+from registration_helpers import centre_crop, momentum_fields
 
 DEFAULT_MODEL = SPECS["diffeo"].default_model
 
@@ -45,21 +45,12 @@ def test_tile_layout_keeps_centres_and_covers_the_axis(n, tile, discard):
     assert covered.min() >= 1
 
 
-def _crop(image: Image, shape_zyx) -> Image:
-    """Centre crop keeping the physical position (origin moved)."""
-    start = [(n - s) // 2 for n, s in zip(image.grid.shape, shape_zyx)]
-    arr = image.array[tuple(slice(a, a + s) for a, s in zip(start, shape_zyx))]
-    origin = image.grid.index_to_physical(np.asarray(list(reversed(start)), float))
-    return Image(np.ascontiguousarray(arr), Grid(tuple(reversed(shape_zyx)), image.grid.spacing, origin,
-                                                 image.grid.direction))
-
-
 @pytest.fixture(scope="module")
 def case():
     """Held-out subject: ICBM 2009a T1 (not used in training) at 2 mm, and a copy under a known diffeomorphism."""
     grid = sources.icbm152("t1").grid.with_spacing([2.0, 2.0, 2.0])
-    t1 = _crop(resample_to(sources.icbm152("t1"), grid), (64, 80, 64))
-    gm = _crop(resample_to(sources.icbm152("gm"), grid), (64, 80, 64))
+    t1 = centre_crop(resample_to(sources.icbm152("t1"), grid), (64, 80, 64))
+    gm = centre_crop(resample_to(sources.icbm152("gm"), grid), (64, 80, 64))
     truth = smooth_random_field(t1.grid, np.random.default_rng(11), max_displacement_mm=4.0)
     moving, moving_gm = warp(t1, t1.grid, truth), warp(gm, t1.grid, truth)
     result = register(t1, moving, "diffeo", iterations=0)          # the network alone (IO: test_instance_optimization)
@@ -171,7 +162,7 @@ def test_momentum_fitted_with_eq_3_2_registers_the_pair_through_the_prediction_p
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    u_vox, _ = integrate(momentum.detach(), [2.0] * 3)
+    u_vox, _ = momentum_fields(momentum.detach(), [2.0] * 3)
     field = DisplacementField(voxels_to_lps_mm(u_vox, fixed.grid), fixed.grid)
     warped, warped_gm = warp(moving, fixed.grid, field).array, warp(case["moving_gm"], fixed.grid, field).array
     mse_before = float(np.mean((moving.array - fixed.array) ** 2))
@@ -195,7 +186,7 @@ def test_stitching_agrees_between_tile_sizes(case):
     fields = {}
     for tile in (48, 64):
         momentum = predict_momentum(net, f, m, tile, 12)
-        fields[tile] = integrate(momentum, [2.0] * 3, **lddmm_parameters(meta))[0] * 2.0   # mm
+        fields[tile] = momentum_fields(momentum, [2.0] * 3, **lddmm_parameters(meta))[0] * 2.0   # mm
     diff = (fields[48] - fields[64]).norm(dim=1)
     magnitude = fields[64].norm(dim=1)
     print(f"\nstitching 48³ vs 64³ tiles: mean |Δu| {float(diff.mean()):.4f} mm, max {float(diff.max()):.4f} mm; "
@@ -217,7 +208,7 @@ def test_bfloat16_network_agrees_with_float32(case, capsys, device):
     for precision in ("float32", "bfloat16"):
         momentum = predict_momentum(net, f, m, 48, 12, device, precision=precision)
         assert momentum.dtype == torch.float32
-        fields[precision] = integrate(momentum, [2.0] * 3, **lddmm_parameters(meta))[0].cpu() * 2.0   # mm
+        fields[precision] = momentum_fields(momentum, [2.0] * 3, **lddmm_parameters(meta))[0].cpu() * 2.0   # mm
         warped = warp_voxels(moving_gm, fields[precision] / 2.0, padding_mode="zeros")[0, 0].numpy()
         dice[precision] = dice_per_label(fixed_gm, (warped > 0.5).astype(np.uint8), [1])[1]
     ok, mean, largest, motion = fields_agree(fields["bfloat16"], fields["float32"])

@@ -14,7 +14,7 @@ from DeepRegistrationLib.core.errors import InputError
 from DeepRegistrationLib.core.image import Image
 from DeepRegistrationLib.core.io import write_image
 from DeepRegistrationLib.data import sources
-from DeepRegistrationLib.deformable.model_input import normalize_intensity, resample_to
+from DeepRegistrationLib.core.network_input import normalize_intensity, resample_to
 from DeepRegistrationLib.models.model_file import load_model
 from DeepRegistrationLib.networks.momentum_unet import MomentumUNet, MomentumUNetConfig
 from DeepRegistrationLib.data.synthetic import intensity_jitter

@@ -19,6 +19,7 @@ from DeepRegistrationLib.metrics.similarity import ncc
 from DeepRegistrationLib.models.model_file import read_metadata, save_model
 from DeepRegistrationLib.rigid.pyramid import downsample
 from DeepRegistrationLib.training.common import load_checkpoint, write_pairs_csv
+from registration_helpers import cli_register
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +60,8 @@ def test_bundled_models_state_their_provenance():
 
 def test_cli_register_dirnet_default_model_end_to_end(brain_pair, tmp_path, capsys):
     folder, fixed, moving = brain_pair
-    rc = main(["register", str(folder / "fixed.nii.gz"), str(folder / "moving.nii.gz"), "--method", "dirnet",
-               "--out-transform", str(tmp_path / "t.h5"), "--out-volume", str(tmp_path / "w.nii.gz"),
-               "--report", str(tmp_path / "r.json"), "--device", "cpu", "--quiet"])
-    out = capsys.readouterr().out
+    rc, out, report = cli_register(folder, "dirnet", tmp_path, capsys)
     assert rc == 0 and "used the bundled model 'dirnet_brain_t1_3d'" in out
-    report = json.loads((tmp_path / "r.json").read_text())
     assert report["model_dimension"] == 3 and report["folding_percent"] < 1.0
     warped = read_image(tmp_path / "w.nii.gz")
     assert warped.grid.same_as(fixed.grid)

@@ -23,9 +23,11 @@ from DeepRegistrationLib.deformable import lddmm
 from DeepRegistrationLib.deformable.deepsim_registration import load_registration_net
 from DeepRegistrationLib.deformable.diffeo_registration import lddmm_parameters, load_momentum_net, operator_norm
 from DeepRegistrationLib.deformable.dirnet_registration import load_dirnet, model_grid
-from DeepRegistrationLib.deformable.model_input import domain_warnings, normalize_intensity, resample_to
-from DeepRegistrationLib.deformable.patchwise import integrate, predict_momentum, voxels_to_lps_mm
+from DeepRegistrationLib.core.network_input import normalize_intensity, resample_to
+from DeepRegistrationLib.deformable.model_input import domain_warnings
+from DeepRegistrationLib.deformable.patchwise import predict_momentum, voxels_to_lps_mm
 from DeepRegistrationLib.methods import SPECS
+from registration_helpers import centre_crop, momentum_fields
 
 torch.set_num_threads(1)
 
@@ -34,18 +36,10 @@ QUICK = {"iterations": 12}
 ITERATIONS = {"diffeo": 12, "dirnet": 12, "deepsim": 30}
 
 
-def _crop(image: Image, shape_zyx) -> Image:
-    start = [(n - s) // 2 for n, s in zip(image.grid.shape, shape_zyx)]
-    arr = image.array[tuple(slice(a, a + s) for a, s in zip(start, shape_zyx))]
-    origin = image.grid.index_to_physical(np.asarray(list(reversed(start)), float))
-    return Image(np.ascontiguousarray(arr), Grid(tuple(reversed(shape_zyx)), image.grid.spacing, origin,
-                                                 image.grid.direction))
-
-
 @pytest.fixture(scope="module")
 def case():
     grid = sources.icbm152("t1").grid.with_spacing([2.0, 2.0, 2.0])
-    t1 = _crop(resample_to(sources.icbm152("t1"), grid), (56, 64, 56))
+    t1 = centre_crop(resample_to(sources.icbm152("t1"), grid), (56, 64, 56))
     truth = smooth_random_field(t1.grid, np.random.default_rng(5), max_displacement_mm=4.0)
     return {"fixed": warp(t1, t1.grid, truth), "moving": t1, "truth": truth}      # registration should find truth
 
@@ -103,7 +97,7 @@ def test_iterations_zero_is_the_network_alone_exactly(case, results):
     net, meta = load_momentum_net(SPECS["diffeo"].default_model)
     f, m = normalize_intensity(fixed.array), normalize_intensity(moving.array)
     momentum = predict_momentum(net, f, m, 48, 12, precision=results["diffeo", "network"].report["network_precision"])
-    u = integrate(momentum, [2.0] * 3, **lddmm_parameters(meta))[0]
+    u = momentum_fields(momentum, [2.0] * 3, **lddmm_parameters(meta))[0]
     expected = voxels_to_lps_mm(u, fixed.grid)
     got = results["diffeo", "network"].transform.displacement_mm
     assert np.abs(got - expected).max() < 1e-4
@@ -199,7 +193,7 @@ def test_out_of_domain_inputs_are_warned_about(case, tmp_path, capsys):
     coarse = warp(fixed, fixed.grid.with_spacing([6.0, 6.0, 6.0]))
     labels = fixed.with_array((normalize_intensity(fixed.array) * 3).round().astype(np.float32))
     ct = fixed.with_array(normalize_intensity(fixed.array) * 2000 - 1000)
-    small = _crop(fixed, (20, 20, 20))
+    small = centre_crop(fixed, (20, 20, 20))
     text = " | ".join(domain_warnings(coarse, labels, meta) + domain_warnings(ct, small, meta))
     for expected in ("fixed image: voxels of 6x6x6 mm are over 2x", "moving image: only 4 distinct intensities",
                      "fixed image: intensities from -1000", "moving image: field of view 40x40x40 mm"):

@@ -6,8 +6,8 @@ import torch
 from DeepRegistrationLib.core.image import Grid
 from DeepRegistrationLib.core.jacobian import jacobian_determinant, jacobian_statistics
 from DeepRegistrationLib.core.transforms import AffineTransform, DisplacementField, RigidTransform
-from DeepRegistrationLib.metrics.evaluation import dice_per_label, lengths, rigid_errors, target_registration_error
-from DeepRegistrationLib.metrics.similarity import mae, mse, mutual_information, ncc, nmi
+from DeepRegistrationLib.metrics.evaluation import dice_per_label, lengths, rigid_errors
+from DeepRegistrationLib.metrics.similarity import mse, ncc, nmi
 
 
 def test_identity_field_has_unit_jacobian(oblique_grid):
@@ -39,7 +39,7 @@ def test_folding_field_is_counted():
     assert len(folded_columns) >= 4
 
 
-def test_nmi_mi_properties():
+def test_nmi_properties():
     rng = np.random.default_rng(0)
     a = torch.as_tensor(rng.random(20000))
     assert float(nmi(a, a)) == pytest.approx(2.0, abs=1e-6)
@@ -48,14 +48,12 @@ def test_nmi_mi_properties():
     assert 1.5 < float(nmi(a, a, linear=True)) < 2.0  # partial-volume binning spreads the joint table
     b = torch.as_tensor(rng.random(20000))
     assert float(nmi(a, b)) < 1.05
-    assert float(mutual_information(a, a, bins=32)) > float(mutual_information(a, b, bins=32)) + 1.0
 
 
 def test_intensity_measures():
     a = torch.tensor([0.0, 1.0, 2.0, 3.0])
     b = torch.tensor([1.0, 1.0, 3.0, 5.0])
     assert float(mse(a, b)) == pytest.approx((1 + 0 + 1 + 4) / 4)
-    assert float(mae(a, b)) == pytest.approx(1.0)
     assert float(ncc(a, 2 * a + 7)) == pytest.approx(1.0)
     assert float(ncc(a, -a)) == pytest.approx(-1.0)
     mask = torch.tensor([True, True, False, False])
@@ -89,13 +87,6 @@ def test_field_lengths_per_voxel():
     assert length.shape == (1, 2, 3, 4)
     assert float(length[0, 1, 2, 3]) == 13.0 and float(length[0, 0, 0, 0]) == 2.0
     assert float(length.sum()) == 15.0
-
-
-def test_target_registration_error():
-    t = RigidTransform([0, 0, 0], [1.0, 2.0, 2.0])
-    pts = np.array([[0.0, 0, 0], [10, 10, 10]])
-    tre = target_registration_error(pts, pts, t)
-    assert tre["tre_mean_mm"] == pytest.approx(3.0) and tre["tre_max_mm"] == pytest.approx(3.0)
 
 
 def test_jacobian_slabs_equal_whole_volume():

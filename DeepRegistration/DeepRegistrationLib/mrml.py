@@ -347,7 +347,7 @@ def register_nodes(fixed_node, moving_node, method: str = "nmi", device: str = "
     nothing is added to the scene when the registration fails or is cancelled. Placing the moving
     volume under the result (for live display) changes only which transform it observes.
     """
-    from .api import register
+    from .registration import register
     scene = fixed_node.GetScene()
     fixed = volume_node_to_image(fixed_node, "fixed volume")
     moving = volume_node_to_image(moving_node, "moving volume")

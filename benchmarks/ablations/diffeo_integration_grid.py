@@ -35,7 +35,7 @@ from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.deformable import lddmm
 from DeepRegistrationLib.deformable.diffeo_registration import lddmm_parameters, load_momentum_net
 from DeepRegistrationLib.methods import SPECS
-from DeepRegistrationLib.deformable.model_input import normalize_intensity, resample_to
+from DeepRegistrationLib.core.network_input import normalize_intensity, resample_to
 from DeepRegistrationLib.deformable.patchwise import FINE_SQUARINGS, coarse_grid_holds, exponentials, predict_momentum, voxels_to_lps_mm
 from DeepRegistrationLib.core.spatial_transformer import warp_voxels
 from DeepRegistrationLib.metrics.evaluation import dice_per_label, fields_agree, lengths

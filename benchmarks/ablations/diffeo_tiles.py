@@ -31,8 +31,9 @@ from DeepRegistrationLib.core.device import has_native_bfloat16
 from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.deformable.diffeo_registration import lddmm_parameters, load_momentum_net
 from DeepRegistrationLib.methods import SPECS
-from DeepRegistrationLib.deformable.patchwise import integrate, predict_momentum
-from DeepRegistrationLib.deformable.model_input import normalize_intensity, resample_to
+from DeepRegistrationLib.deformable import lddmm
+from DeepRegistrationLib.deformable.patchwise import integrate_velocity, predict_momentum
+from DeepRegistrationLib.core.network_input import normalize_intensity, resample_to
 from DeepRegistrationLib.core.spatial_transformer import warp_voxels
 from DeepRegistrationLib.metrics.evaluation import dice_per_label, fields_agree
 
@@ -80,7 +81,9 @@ def main():
             t0 = time.perf_counter()
             momentum = predict_momentum(net, subjects[0], subjects[1], tile, 12, precision=precision)
             best = min(best, time.perf_counter() - t0)
-        fields[tile, precision] = integrate(momentum, [2.0] * 3, **params)[0] * 2.0
+        v = lddmm.smooth(momentum, [2.0] * 3, params["alpha"], params["gamma"], params["padding"])
+        fields[tile, precision] = integrate_velocity(lddmm.velocity_to_voxels(v, [2.0] * 3), [2.0] * 3,
+                                                     params["steps"])[0] * 2.0
         seconds[tile, precision] = best
     reference = (48 if 48 in tiles else tiles[0], "float32")
     ref = fields[reference]

@@ -53,6 +53,7 @@ from DeepRegistrationLib.training.deepsim_data import VolumeSet
 from DeepRegistrationLib.training.deepsim_losses import RegistrationLoss, dice_scores
 from DeepRegistrationLib.data.corpus_pairs import (TemplateSubjectSettings, content_slices, icbm_template,
                                                  template_subjects)
+from DeepRegistrationLib.viz import figure
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from results_json import default_path, write_results  # noqa: E402
@@ -255,10 +256,7 @@ def tables(args, results: dict) -> str:
 
 
 def figure_dice(args, results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = figure.pyplot()
 
     ds = np.array(results["deepsim"]["dice"])
     data = [np.array(results[m]["dice"]) for m in METRICS]
@@ -275,16 +273,12 @@ def figure_dice(args, results: dict, path: Path) -> None:
     ax.set_title(f"{args.dim}D ICBM subjects: unseen test pairs (n={len(ds)})", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    figure.save_figure(fig, path, dpi=100)
 
 
 def figure_grids(args, evaluated, path: Path, sigma: float) -> None:
     """Fig. 3: fixed, moving and each metric's morphed moving image with its deformed grid lines (one pair)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = figure.pyplot()
 
     from DeepRegistrationLib.viz.deformation_grid import plot_deformation_grid
 
@@ -310,8 +304,7 @@ def figure_grids(args, evaluated, path: Path, sigma: float) -> None:
             ax.set_title(f"I∘Φ, {LABELS[name]}", fontsize=9)
     fig.suptitle(f"{args.dim}D test pair" + (f", Gaussian noise σ = {sigma}" if sigma else ""), fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    figure.save_figure(fig, path, dpi=100)
 
 
 def main() -> None:

@@ -52,6 +52,7 @@ from DeepRegistrationLib.metrics.evaluation import dice_per_label
 from DeepRegistrationLib.models.model_file import read_metadata
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from baselines import sitk_demons  # noqa: E402
 from results_json import default_path, write_results  # noqa: E402
 
 LEARNED = {"diffeo": "diffeo_brain_t1", "dirnet": "dirnet_brain_t1_3d", "deepsim": "deepsim_brain_t1_3d"}
@@ -141,26 +142,6 @@ def field_of(transform: sitk.Transform, reference: sitk.Image) -> DisplacementFi
     return DisplacementField(img.array.astype(np.float32), img.grid)
 
 
-def demons(fixed: Image, moving: Image, iterations: int = 50) -> DisplacementField:
-    """SimpleITK diffeomorphic demons: histogram matching, 3 levels (shrink 4/2/1), σ = 1.5 voxels."""
-    f, m = sitk_image(fixed), sitk_image(moving)
-    m = sitk.HistogramMatching(m, f, 256, 7, True)
-    filt = sitk.DiffeomorphicDemonsRegistrationFilter()
-    filt.SetNumberOfIterations(iterations)
-    filt.SetStandardDeviations(1.5)
-    field = None
-    for shrink in (4, 2, 1):
-        fs, ms = sitk.Shrink(f, [shrink] * 3), sitk.Shrink(m, [shrink] * 3)
-        if field is not None:
-            field = filt.Execute(fs, ms, sitk.Resample(field, fs, sitk.Transform(), sitk.sitkLinear, 0.0,
-                                                      field.GetPixelID()))
-        else:
-            field = filt.Execute(fs, ms)
-    field = sitk.Resample(field, f, sitk.Transform(), sitk.sitkLinear, 0.0, field.GetPixelID())
-    img = Image.from_sitk(field)
-    return DisplacementField(img.array.astype(np.float32), img.grid)
-
-
 def bspline(fixed: Image, moving: Image, control_mm: float) -> DisplacementField:
     """SimpleITK cubic B-spline (control points every ``control_mm``): correlation on 3 % random voxels,
     L-BFGS-B (50 iterations per level), three image levels (shrink 4/2/1, σ 2/1/0 voxels). The sampling and
@@ -212,7 +193,7 @@ def run_method(name: str, fixed: Image, moving: Image, options: dict, bspline_mm
         result = register(fixed, moving, name.partition("/")[0], device="cpu", **options)
         return result.transform, result.inverse, result.report
     if name == "demons":
-        return demons(fixed, moving), None, {}
+        return sitk_demons(fixed, moving), None, {}
     if name == "bspline":
         return bspline(fixed, moving, bspline_mm), None, {}
     forward, inverse = ants_syn(fixed, moving, threads)

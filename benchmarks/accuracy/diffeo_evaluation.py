@@ -41,18 +41,20 @@ from DeepRegistrationLib.api import register
 from DeepRegistrationLib.core.device import PRECISION_CHOICES, resolve_precision
 from DeepRegistrationLib.core.image import Image
 from DeepRegistrationLib.core.jacobian import jacobian_determinant, jacobian_statistics
-from DeepRegistrationLib.core.transforms import DisplacementField, compose
+from DeepRegistrationLib.core.transforms import DisplacementField
 from DeepRegistrationLib.core.warp import warp
 from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.data.synthetic import intensity_jitter, random_rigid, smooth_random_field
 from DeepRegistrationLib.deformable.diffeo_registration import load_momentum_net
 from DeepRegistrationLib.methods import SPECS
-from DeepRegistrationLib.deformable.model_input import normalize_intensity, resample_to
-from DeepRegistrationLib.deformable.patchwise import MomentumMarginals, predict_momentum
-from DeepRegistrationLib.metrics.evaluation import dice_per_label
+from DeepRegistrationLib.core.network_input import normalize_intensity, resample_to
+from DeepRegistrationLib.deformable.patchwise import predict_momentum
+from DeepRegistrationLib.metrics.evaluation import dice_per_label, lengths
 from DeepRegistrationLib.metrics.similarity import nmi
+from DeepRegistrationLib.viz import figure
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from baselines import sitk_demons  # noqa: E402
 from results_json import default_path, write_results  # noqa: E402
 
 DEFAULT_MODEL = SPECS["diffeo"].default_model
@@ -64,26 +66,6 @@ def make_subject(t1, gm, wm, seed):
     rng = np.random.default_rng(seed)
     field = smooth_random_field(t1.grid, rng, max_displacement_mm=4.0)
     return (intensity_jitter(warp(t1, t1.grid, field), rng), warp(gm, t1.grid, field), warp(wm, t1.grid, field))
-
-
-def sitk_demons(fixed: Image, moving: Image, initial, iterations: int = 50):
-    """SimpleITK diffeomorphic demons: histogram matching, then 3 levels (shrink 4/2/1), σ = 1.5 voxels."""
-    f = sitk.Cast(fixed.to_sitk(), sitk.sitkFloat32)
-    m = sitk.Resample(sitk.Cast(moving.to_sitk(), sitk.sitkFloat32), f, initial.to_sitk(), sitk.sitkLinear, 0.0)
-    m = sitk.HistogramMatching(m, f, 256, 7, True)
-    demons = sitk.DiffeomorphicDemonsRegistrationFilter()
-    demons.SetNumberOfIterations(iterations)
-    demons.SetStandardDeviations(1.5)
-    field = None
-    for shrink in (4, 2, 1):
-        fs, ms = sitk.Shrink(f, [shrink] * 3), sitk.Shrink(m, [shrink] * 3)
-        if field is not None:
-            field = sitk.Resample(field, fs, sitk.Transform(), sitk.sitkLinear, 0.0, field.GetPixelID())
-            field = demons.Execute(fs, ms, field)
-        else:
-            field = demons.Execute(fs, ms)
-    img = Image.from_sitk(field)
-    return compose(DisplacementField(img.array.astype(np.float32), img.grid), initial)
 
 
 def metrics(reference: Image, warped: Image, ref_masks: dict, warped_masks: dict, scale) -> dict:
@@ -129,11 +111,30 @@ def fmt(values, digits=4):
     return f"{a.mean():.{digits}f} ± {a.std(ddof=1):.{digits}f}" if len(a) > 1 else f"{a.mean():.{digits}f}"
 
 
-def save_marginals_figure(marginals: MomentumMarginals, path, tile: int) -> None:
-    import matplotlib
+class MomentumMarginals:
+    """Voxel-wise mean and standard deviation of |m| over all predicted tiles (thesis §4.2, Fig. 5.3); ``add`` is
+    a forward hook of the momentum network, so it sees every batch of tiles ``predict_momentum`` predicts."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def __init__(self, tile: int):
+        self.count = 0
+        self.sum = np.zeros((tile,) * 3, np.float64)
+        self.sum_sq = np.zeros((tile,) * 3, np.float64)
+
+    def add(self, _module, _inputs, momentum: torch.Tensor) -> None:
+        magnitude = lengths(momentum.float()).double().cpu().numpy()
+        self.count += magnitude.shape[0]
+        self.sum += magnitude.sum(axis=0)
+        self.sum_sq += (magnitude ** 2).sum(axis=0)
+
+    def mean(self) -> np.ndarray:
+        return self.sum / max(self.count, 1)
+
+    def std(self) -> np.ndarray:
+        return np.sqrt(np.maximum(self.sum_sq / max(self.count, 1) - self.mean() ** 2, 0.0))
+
+
+def save_marginals_figure(marginals: MomentumMarginals, path, tile: int) -> None:
+    plt = figure.pyplot()
 
     mean, std = marginals.mean(), marginals.std()
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
@@ -147,8 +148,7 @@ def save_marginals_figure(marginals: MomentumMarginals, path, tile: int) -> None
     axes[0].legend(fontsize=8)
     fig.suptitle(f"momentum magnitude over {marginals.count} predicted tiles (marginals, thesis Fig. 5.3)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    figure.save_figure(fig, path, dpi=110)
 
 
 def main():
@@ -197,7 +197,9 @@ def main():
         reg_stats[(methods[1], "inverse")].append(regularity(ours.inverse, m.grid))
         fa = normalize_intensity(f.array)
         ma = normalize_intensity(warp(m, grid, rigid).array)
-        predict_momentum(net, fa, ma, 48, 12, marginals=marginals, precision=precision)
+        hook = net.register_forward_hook(marginals.add)
+        predict_momentum(net, fa, ma, 48, 12, precision=precision)
+        hook.remove()
 
         t0 = time.perf_counter()
         fwd = sitk_demons(f, m, rigid)

@@ -34,9 +34,10 @@ from DeepRegistrationLib.core.warp import warp
 from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.data.synthetic import intensity_jitter, scaling_and_squaring, smooth_random_field
 from DeepRegistrationLib.deformable.dirnet_registration import load_dirnet, model_grid, predict_field
-from DeepRegistrationLib.deformable.model_input import resample_to
+from DeepRegistrationLib.core.network_input import resample_to
 from DeepRegistrationLib.metrics.evaluation import dice_per_label
 from DeepRegistrationLib.rigid.pyramid import downsample
+from DeepRegistrationLib.viz import figure
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from results_json import add_json_argument, write_results  # noqa: E402
@@ -151,10 +152,7 @@ def tune_grid_spacing(t1, labels, slices, candidates, seed):
 
 
 def save_figure(path, case, dirnet_field, sitk_field):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = figure.pyplot()
 
     from DeepRegistrationLib.viz.deformation_grid import plot_deformation_grid
 
@@ -180,8 +178,7 @@ def save_figure(path, case, dirnet_field, sitk_field):
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    figure.save_figure(fig, path, dpi=80)
 
 
 def main():

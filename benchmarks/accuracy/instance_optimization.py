@@ -40,8 +40,11 @@ from DeepRegistrationLib.core.transforms import DisplacementField
 from DeepRegistrationLib.core.warp import warp
 from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.data.synthetic import intensity_jitter, smooth_random_field
-from DeepRegistrationLib.deformable.model_input import resample_to
+from DeepRegistrationLib.core.network_input import resample_to
 from DeepRegistrationLib.metrics.evaluation import dice_per_label
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from baselines import sitk_demons  # noqa: E402
 
 SPACING = 2.0
 
@@ -74,26 +77,6 @@ def make_case(name: str, seed: int) -> dict:
     fixed = intensity_jitter(warp(moving, grid, truth), rng, (0.9, 1.1), 0.01)
     return {"name": name, "fixed": fixed, "moving": moving, "fixed_labels": warp(moving_labels, grid, truth, mode="nearest"),
             "moving_labels": moving_labels, "truth": truth, "classes": classes}
-
-
-def sitk_demons(fixed: Image, moving: Image, iterations: int = 50) -> DisplacementField:
-    """SimpleITK diffeomorphic demons with symmetric forces: histogram matching, 3 levels (4/2/1), σ 1.5 voxels."""
-    f = sitk.Cast(fixed.to_sitk(), sitk.sitkFloat32)
-    m = sitk.HistogramMatching(sitk.Cast(moving.to_sitk(), sitk.sitkFloat32), f, 256, 7, True)
-    demons = sitk.DiffeomorphicDemonsRegistrationFilter()
-    demons.SetNumberOfIterations(iterations)
-    demons.SetStandardDeviations(1.5)
-    demons.SetUseGradientType(sitk.DiffeomorphicDemonsRegistrationFilter.Symmetric)
-    field = None
-    for shrink in (4, 2, 1):
-        fs, ms = sitk.Shrink(f, [shrink] * 3), sitk.Shrink(m, [shrink] * 3)
-        if field is not None:
-            field = sitk.Resample(field, fs, sitk.Transform(), sitk.sitkLinear, 0.0, field.GetPixelID())
-            field = demons.Execute(fs, ms, field)
-        else:
-            field = demons.Execute(fs, ms)
-    img = Image.from_sitk(field)
-    return DisplacementField(img.array.astype(np.float32), img.grid)
 
 
 def folding_percent(transform, grid) -> float:
@@ -163,7 +146,7 @@ def main():
               f"{row['before']['displacement_error_mm']:.3f} mm, Dice {row['before']['tissue_dice']:.3f}")
         if not args.no_demons:
             t0 = time.perf_counter()
-            field = sitk_demons(case["fixed"], case["moving"])
+            field = sitk_demons(case["fixed"], case["moving"], symmetric=True)
             row["demons"] = {**evaluate(case, field), "seconds": time.perf_counter() - t0}
             print(f"  demons            : {_line(row['demons'])}")
         for method in args.methods.split(","):

@@ -50,9 +50,9 @@ from DeepRegistrationLib.data.synthetic import gradient_magnitude, intensity_jit
 from DeepRegistrationLib.rigid.confidence import ConfidenceSettings, judge
 from DeepRegistrationLib.rigid.initialization import foreground
 from DeepRegistrationLib.rigid.pyramid import downsample
-from DeepRegistrationLib.rigid.sitk_baseline import register_sitk_mattes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from baselines import register_sitk_mattes  # noqa: E402
 from results_json import add_json_argument, write_results  # noqa: E402
 
 FAILURE_MM = 5.0
@@ -109,7 +109,7 @@ def tre(estimated, true: RigidTransform, points: np.ndarray) -> float:
 
 
 def sitk_moments(fixed: Image, moving: Image) -> RigidTransform:
-    """SimpleITK: CenteredTransformInitializer (MOMENTS), then Mattes MI rigid (rigid/sitk_baseline.py)."""
+    """SimpleITK: CenteredTransformInitializer (MOMENTS), then Mattes MI rigid (benchmarks/baselines.py)."""
     init = sitk.CenteredTransformInitializer(sitk.Cast(fixed.to_sitk(), sitk.sitkFloat32),
                                              sitk.Cast(moving.to_sitk(), sitk.sitkFloat32), sitk.Euler3DTransform(),
                                              sitk.CenteredTransformInitializerFilter.MOMENTS)

@@ -27,9 +27,9 @@ from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.data.synthetic import gradient_magnitude, random_rigid
 from DeepRegistrationLib.metrics.evaluation import rigid_errors
 from DeepRegistrationLib.rigid.pyramid import downsample
-from DeepRegistrationLib.rigid.sitk_baseline import register_sitk_mattes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from baselines import register_sitk_mattes  # noqa: E402
 from results_json import add_json_argument, write_results  # noqa: E402
 
 COLUMNS = ("t_norm_mm", "t_x_mm", "t_y_mm", "t_z_mm", "theta_x_deg", "theta_y_deg", "theta_z_deg")
@@ -101,11 +101,9 @@ def main():
     for name, _, _, sec, _ in rows:
         by_task.setdefault(name, []).append(sec)
     ratios = {k: v[1] / v[0] for k, v in by_task.items()}
-    lines.append("
-wall-time ratio SimpleITK / ours per task (above 1: ours is faster): " +
+    lines.append("\nwall-time ratio SimpleITK / ours per task (above 1: ours is faster): " +
                  ", ".join(f"{k}: {v:.2f}" for k, v in ratios.items()))
-    print("
-".join(lines))
+    print("\n".join(lines))
     write_results(args.json, "benchmarks/accuracy/rigid_nmi_accuracy.py",
                   "SPM avg152 T1/T2/PD (2 mm) and the ICBM 2009a T1 at 2 mm with its gradient magnitude; "
                   f"{args.cases} random rigid misregistrations per task (seed {args.seed}), no training involved",

@@ -49,7 +49,7 @@ from DeepRegistrationLib.data.synthetic import random_rigid
 from DeepRegistrationLib.deformable import lddmm
 from DeepRegistrationLib.deformable.diffeo_registration import load_momentum_net
 from DeepRegistrationLib.methods import SPECS
-from DeepRegistrationLib.deformable.model_input import resample_to
+from DeepRegistrationLib.core.network_input import resample_to
 from DeepRegistrationLib.deformable.patchwise import DISCARD, tile_layout
 from DeepRegistrationLib.core.spatial_transformer import identity_grid, voxels_to_normalized
 from DeepRegistrationLib.metrics.quality_report import (REPORT_POINTS, inverse_consistency_mm, jacobian_map, mapped_sample,

@@ -2,7 +2,7 @@
 
 - :mod:`.pairs`: the pairs CSV and each pair's settings;
 - :mod:`.store`: the output folder (one folder per pair, written whole or not at all; input hashes);
-- :mod:`.job`: one pair on a worker (``api.register`` + ``api.write_outputs`` + thumbnails);
+- :mod:`.job`: one pair on a worker (``registration.register`` + ``registration.write_outputs`` + thumbnails);
 - :mod:`.thumbnails`: checkerboard, Jacobian overlay and deformation grid at the worst-Jacobian slice;
 - :mod:`.runner`: the Dask run (``run_batch``), resuming and stopping;
 - :mod:`.report`: ``report.html``/``.csv``/``.json`` and the cohort plot;

@@ -1,6 +1,6 @@
 """One pair of a batch, start to finish: what a Dask worker runs (and the Slicer batch script records).
 
-``run_pair`` reads the pair's files, calls ``api.register`` and ``api.write_outputs`` as
+``run_pair`` reads the pair's files, calls ``registration.register`` and ``registration.write_outputs`` as
 ``deepregistration register`` does, adds the QA thumbnails (and Dice when label maps are given), and
 writes all of it into a temporary folder that becomes ``pairs/<id>`` only when complete
 (:mod:`.store`, :func:`attempt`). A failure (missing file, bad image, out of memory, any error) is recorded in that
@@ -25,7 +25,7 @@ from ..core.progress import Progress
 from . import store
 from .thumbnails import save_thumbnails
 
-#: file names of what ``register`` writes, per output kind of ``api.write_outputs``
+#: file names of what ``register`` writes, per output kind of ``registration.write_outputs``
 OUTPUT_NAMES = {"transform": "transform.h5", "volume": "registered.nii.gz", "inverse": "inverse.h5",
                 "jacobian": "jacobian.nii.gz", "report": "report.json"}
 
@@ -65,10 +65,10 @@ def label_overlap(result, fixed_labels, moving_labels, initial) -> dict:
 
 
 def record_result(result, folder, extra_report: dict = None) -> dict:
-    """Write a :class:`~DeepRegistrationLib.api.RegistrationResult` into ``folder`` as the batch lays a pair
-    out: ``register``'s outputs (``api.write_outputs``) and the thumbnails. Returns the status entries
+    """Write a :class:`~DeepRegistrationLib.registration.RegistrationResult` into ``folder`` as the batch lays a pair
+    out: ``register``'s outputs (``registration.write_outputs``) and the thumbnails. Returns the status entries
     ``outputs`` and ``thumbnails`` (file names inside ``folder``)."""
-    from ..api import write_outputs
+    from ..registration import write_outputs
 
     folder = Path(folder)
     if extra_report:
@@ -154,7 +154,7 @@ def run_pair(pair, digest: str, out, stop_file=None, threads: int = None, device
     import SimpleITK as sitk
     import torch
 
-    from ..api import register
+    from ..registration import register
 
     if threads:       # torch and ITK (pyramid smoothing, resampling) alike
         torch.set_num_threads(int(threads))

@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from ..viz.figure import pyplot, save_figure
 from . import store
 
 #: det J <= 0 anywhere
@@ -181,11 +182,7 @@ def write_report(out, pair_ids, title: str = "DeepRegistration batch", notes: li
 
 def save_cohort_plot(rows: list, path) -> Path:
     """The distribution of NMI gains, NMI gain against folding, and the time per pair (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     done = [r for r in rows if r["status"] == "done" and r["nmi_gain"] is not None]
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.0))
     gains = np.array([r["nmi_gain"] for r in done])
@@ -210,9 +207,7 @@ def save_cohort_plot(rows: list, path) -> Path:
     for ax in axes:
         ax.tick_params(labelsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 STYLE = """

@@ -16,7 +16,8 @@ import numpy as np
 from ..core.image import Image
 from ..viz.deformation_grid import in_plane_displacement_vox, plot_deformation_grid
 from ..viz.jacobian_overlay import plot_jacobian_overlay
-from ..viz.overlay import _normalize, checkerboard
+from ..viz.figure import gray
+from ..viz.overlay import checkerboard
 
 SIZE_IN = 2.6
 DPI = 80
@@ -67,7 +68,7 @@ def save_thumbnails(result, folder) -> dict:
     written = {"slice_z": z}
 
     fig, ax, _ = _figure(f"checkerboard, {where}")
-    ax.imshow(checkerboard(_normalize(fixed.array[z]), _normalize(warped.array[z])), cmap="gray", origin="lower")
+    ax.imshow(checkerboard(gray(fixed.array[z]), gray(warped.array[z])), cmap="gray", origin="lower")
     ax.axis("off")
     written["checkerboard"] = _save(fig, folder / "checkerboard.png")
 
@@ -78,6 +79,6 @@ def save_thumbnails(result, folder) -> dict:
 
     fig, ax, _ = _figure(f"deformation grid, {where}")
     u_rows, u_cols = in_plane_displacement_vox(result.transform, fixed.grid, 0, z)
-    plot_deformation_grid(ax, _normalize(warped.array[z]), u_rows, u_cols, spacing_vox=max(2, fixed.grid.size[0] // 16))
+    plot_deformation_grid(ax, gray(warped.array[z]), u_rows, u_cols, spacing_vox=max(2, fixed.grid.size[0] // 16))
     written["grid"] = _save(fig, folder / "grid.png")
     return written

@@ -6,15 +6,13 @@ numeric training settings; every default here is ours and ``--help`` says so.
 """
 from __future__ import annotations
 
-import shlex
-import sys
-
 from ..core.errors import InputError
 from ..networks.deepsim_unet import feature_config, registration_config
 from ..training.deepsim_trainer import DEFAULT_LAMBDA, FeatureTraining, RegistrationTraining, train_features, train_registration
 from ..training.deepsim_data import VolumeSet
 from ..training.deepsim_losses import SIMILARITIES
 from ..data.corpus_pairs import MODES, CorpusPairs, TemplateSubjectSettings, icbm_template, isotropic_grid
+from .training_args import add_data_sources, add_run_options, command_line, numbers, report_written
 
 TEMPLATE_SOURCE = "icbm152"
 #: model geometry per dimension when none is given: (size x-first, spacing mm)
@@ -23,32 +21,19 @@ DEFAULT_GEOMETRY = {3: ((40, 48, 40), (4.0, 4.0, 4.0)), 2: ((80, 96), (2.0, 2.0)
 SLAB_HEIGHT_MM = 160.0
 
 
-def _numbers(text: str, kind=float) -> tuple:
-    try:
-        return tuple(kind(v) for v in text.split(","))
-    except ValueError:
-        raise InputError(f"expected comma-separated numbers, got {text!r}") from None
-
-
 def _add_common(p, epochs: int, steps: int) -> None:
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--pairs", help="CSV with header fixed,moving[,fixed_labels,moving_labels]; images resampled "
-                                     "to the model spacing (every fifth row is kept apart for validation)")
-    src.add_argument("--synthetic", choices=[TEMPLATE_SOURCE],
-                     help="subjects made from the ICBM 2009a template and its GM/WM maps (the bundled models)")
-    src.add_argument("--corpus", choices=MODES,
-                     help="synthetic subjects of the subject corpus with tissue labels: the train split for training, "
-                          "the validation split for validation and λ selection (synthmorph: images synthesized "
-                          "from label maps; images: real images deformed; mixed: both)")
-    p.add_argument("--out", required=True, help="model file to write (.pt)")
-    p.add_argument("--checkpoint-dir", help="atomic checkpoints (default: next to --out)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --checkpoint-dir")
+    add_data_sources(
+        p, pairs="CSV with header fixed,moving[,fixed_labels,moving_labels]; images resampled to the model spacing "
+                 "(every fifth row is kept apart for validation)",
+        synthetic=([TEMPLATE_SOURCE], "subjects made from the ICBM 2009a template and its GM/WM maps (the bundled "
+                                      "models)"),
+        corpus=(MODES, "synthetic subjects of the subject corpus with tissue labels: the train split for training, "
+                       "the validation split for validation and λ selection (synthmorph: images synthesized "
+                       "from label maps; images: real images deformed; mixed: both)"))
+    add_run_options(p)
     p.add_argument("--epochs", type=int, default=epochs, help=f"epochs (default {epochs}; ours, the paper gives none)")
     p.add_argument("--steps-per-epoch", type=int, default=steps, help=f"iterations per epoch (default {steps})")
     p.add_argument("--checkpoint-every", type=int, default=20, help="steps between checkpoints (default 20)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--progress-json", action="store_true", help="one JSON object per logged step on stdout")
     p.add_argument("--dim", type=int, choices=(2, 3), default=3, help="2D (axial slices) or 3D model (default 3)")
     p.add_argument("--size", help="training crop size, x-first (default 40,48,40 in 3D, 80,96 in 2D)")
     p.add_argument("--spacing-mm", help="model voxel spacing in mm, x-first (default 4 mm in 3D, 2 mm in 2D)")
@@ -89,8 +74,8 @@ def add_command(sub) -> None:
 
 def _geometry(args) -> tuple:
     size, spacing = DEFAULT_GEOMETRY[args.dim]
-    size = _numbers(args.size, int) if args.size else size
-    spacing = _numbers(args.spacing_mm) if args.spacing_mm else spacing
+    size = numbers(args.size, int) if args.size else size
+    spacing = numbers(args.spacing_mm) if args.spacing_mm else spacing
     if len(size) != args.dim or len(spacing) != args.dim:
         raise InputError(f"--size and --spacing-mm need {args.dim} values for a {args.dim}D model")
     return size, spacing
@@ -116,46 +101,39 @@ def _data(args, size, spacing, divisor: int) -> tuple:
             VolumeSet.from_subjects("val", args.val_subjects, subject, args.dim, size, args.seed, base))
 
 
-def _command() -> str:
-    return "deepregistration " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+def _train(args, settings, config, train, what: str) -> int:
+    """Check the network ``config()`` fits the settings, gather the data, train, and say where the model went."""
+    try:
+        divisor = config().divisor
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    data, validation = _data(args, settings.size_xyz, settings.spacing_mm, divisor)
+    out = train(settings, data, validation, args.out, args.checkpoint_dir, args.resume, args.device,
+                args.progress_json, command_line())
+    report_written(args, what, out)
+    return 0
 
 
 def run_features(args) -> int:
     size, spacing = _geometry(args)
-    settings = FeatureTraining(ndim=args.dim, channels=_numbers(args.channels, int), size_xyz=size, spacing_mm=spacing,
+    settings = FeatureTraining(ndim=args.dim, channels=numbers(args.channels, int), size_xyz=size, spacing_mm=spacing,
                                batch_size=args.batch_size, learning_rate=args.lr, noise_std=args.noise_std,
                                epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
                                checkpoint_every=args.checkpoint_every, seed=args.seed)
-    try:
-        divisor = feature_config(args.dim, len(settings.classes), settings.channels).divisor
-    except ValueError as err:
-        raise InputError(str(err)) from None
-    data, validation = _data(args, size, spacing, divisor)
-    out = train_features(settings, data, validation, args.out, args.checkpoint_dir, args.resume, args.device,
-                         args.progress_json, _command())
-    if not args.progress_json:
-        print(f"DeepSim feature extractor written to {out}")
-    return 0
+    return _train(args, settings, lambda: feature_config(args.dim, len(settings.classes), settings.channels),
+                  train_features, "DeepSim feature extractor")
 
 
 def run_registration(args) -> int:
     size, spacing = _geometry(args)
-    lambdas = _numbers(args.lam) if args.lam else (DEFAULT_LAMBDA[args.similarity],)
+    lambdas = numbers(args.lam) if args.lam else (DEFAULT_LAMBDA[args.similarity],)
     if min(lambdas) < 0:
         raise InputError(f"--lam must be >= 0, got {args.lam}")
-    settings = RegistrationTraining(ndim=args.dim, channels=_numbers(args.channels, int), similarity=args.similarity,
+    settings = RegistrationTraining(ndim=args.dim, channels=numbers(args.channels, int), similarity=args.similarity,
                                     lambdas=lambdas, size_xyz=size, spacing_mm=spacing, batch_size=args.batch_size,
                                     learning_rate=args.lr, sup_weight=args.sup_weight, epochs=args.epochs,
                                     steps_per_epoch=args.steps_per_epoch, checkpoint_every=args.checkpoint_every,
                                     validation_pairs=args.validation_pairs, features=args.features or "",
                                     seed=args.seed)
-    try:
-        divisor = registration_config(args.dim, settings.channels).divisor
-    except ValueError as err:
-        raise InputError(str(err)) from None
-    data, validation = _data(args, size, spacing, divisor)
-    out = train_registration(settings, data, validation, args.out, args.checkpoint_dir, args.resume, args.device,
-                             args.progress_json, _command())
-    if not args.progress_json:
-        print(f"DeepSim registration model ({args.similarity}) written to {out}")
-    return 0
+    return _train(args, settings, lambda: registration_config(args.dim, settings.channels), train_registration,
+                  f"DeepSim registration model ({args.similarity})")

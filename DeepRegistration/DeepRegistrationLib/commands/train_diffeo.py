@@ -1,14 +1,13 @@
 """``deepregistration train-diffeo``: train the momentum U-Net of the patch-wise diffeomorphic method."""
 from __future__ import annotations
 
-import shlex
-import sys
-
 from ..core.errors import InputError
 from ..metrics.deepsim_similarity import load_deepsim
 from ..networks.momentum_unet import MomentumUNetConfig
 from ..data.corpus_pairs import MODES
 from ..training.diffeo_trainer import SIMILARITIES, TEMPLATES, DiffeoTraining, PairSource, train
+from .training_args import (add_data_sources, add_deformation_options, add_run_options, command_line,
+                            report_written, require_at_least_one)
 
 DEEPSIM = "deepsim"
 
@@ -23,26 +22,19 @@ def add_command(sub) -> None:
                                    "scaling and squaring. Defaults are the thesis' values: 48^3 patches, batch 12, "
                                    "4 volumes at a time, w = 1e-4, alpha = 20, gamma = 1, padding 12, N = 7, "
                                    "normalized MSE a = 0.2.")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--pairs", help="CSV with header fixed,moving (images resampled to --spacing-mm)")
-    src.add_argument("--synthetic", choices=list(TEMPLATES),
-                     help="subjects made from this template by random diffeomorphisms: the SPM avg152 T1 (an average "
-                          "of 152 brains) or SPM's single-subject T1 (Colin27, sharper); the bundled model was "
-                          "trained on the first, then fine-tuned on the second (Colin27 is a test subject of the "
-                          "corpus: models trained on it are not evaluated fairly on Colin27)")
-    src.add_argument("--corpus", choices=MODES,
-                     help="synthetic subjects of the subject corpus: its train split for training, its validation "
-                          "split for validation (synthmorph: images synthesized from label maps; images: real "
-                          "images deformed; mixed: both)")
-    p.add_argument("--out", required=True, help="model file to write (.pt)")
-    p.add_argument("--checkpoint-dir", help="atomic checkpoints (default: next to --out)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --checkpoint-dir")
+    add_data_sources(
+        p, pairs="CSV with header fixed,moving (images resampled to --spacing-mm)",
+        synthetic=(TEMPLATES, "subjects made from this template by random diffeomorphisms: the SPM avg152 T1 (an "
+                              "average of 152 brains) or SPM's single-subject T1 (Colin27, sharper); the bundled "
+                              "model was trained on the first, then fine-tuned on the second (Colin27 is a test "
+                              "subject of the corpus: models trained on it are not evaluated fairly on Colin27)"),
+        corpus=(MODES, "synthetic subjects of the subject corpus: its train split for training, its validation "
+                       "split for validation (synthmorph: images synthesized from label maps; images: real "
+                       "images deformed; mixed: both)"))
+    add_run_options(p, seed=d.seed)
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs (default {d.epochs}; the thesis used epoch 12)")
     p.add_argument("--groups-per-epoch", type=int, default=d.groups_per_epoch,
                    help=f"groups of --volumes-at-once pairs per epoch (default {d.groups_per_epoch})")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--progress-json", action="store_true", help="one JSON object per logged step on stdout")
     p.add_argument("--similarity", choices=list(SIMILARITIES) + [DEEPSIM], default=d.similarity,
                    help="epsilon of eq. 3.2: mse, nmse (eq. 3.5, a = 0.2), lncc, or deepsim (1 - DeepSim of "
                         "Czolbe et al. 2021 with the --features extractor) (default %(default)s)")
@@ -70,10 +62,7 @@ def add_command(sub) -> None:
                    help="steps with a lower regularization weight at the start (thesis: needed for MSE; default 0)")
     p.add_argument("--warmup-factor", type=float, default=d.warmup_factor,
                    help=f"regularization weight factor during warm-up (default {d.warmup_factor})")
-    p.add_argument("--deform-max-mm", type=float, default=d.deform_max_mm,
-                   help="subject deformations: largest B-spline velocity coefficient (mm)")
-    p.add_argument("--deform-spacing-mm", type=float, default=d.deform_spacing_mm,
-                   help="subject deformations: control-point spacing (mm)")
+    add_deformation_options(p, d, "subject deformations", "velocity coefficient")
     p.add_argument("--subject-pool", type=int, default=d.subject_pool,
                    help="draw this many synthetic subjects once and pair them at random (0: new subjects for every "
                         "pair; a pool makes CPU training faster); validation subjects are always new")
@@ -92,10 +81,8 @@ def settings_from_args(args) -> DiffeoTraining:
         raise InputError(f"--patch-size {args.patch_size} must be a multiple of 4 (two down-sampling steps)")
     if args.no_augment and (args.synthetic or args.corpus):
         raise InputError("--no-augment would train on identical copies of the template; use it with --pairs")
-    for name in ("epochs", "groups_per_epoch", "batch_size", "volumes_at_once", "patches_per_volume", "channels",
-                 "validation_pairs"):
-        if getattr(args, name) < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be at least 1")
+    require_at_least_one(args, ("epochs", "groups_per_epoch", "batch_size", "volumes_at_once", "patches_per_volume",
+                                "channels", "validation_pairs"))
     return DiffeoTraining(
         config=MomentumUNetConfig(channels=args.channels, dropout=args.dropout), similarity=args.similarity,
         reg_weight=args.reg_weight, alpha=args.alpha, gamma=args.gamma, padding=args.fft_padding,
@@ -133,10 +120,8 @@ def run(args) -> int:
         data = PairSource.from_template(settings, args.synthetic)
     else:
         data = PairSource.from_csv(args.pairs, settings)
-    command = "deepregistration " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     similarity = deepsim_similarity(settings) if settings.similarity == DEEPSIM else None
-    out = train(settings, data, args.out, args.checkpoint_dir, args.resume, args.device, args.progress_json, command,
-                similarity, validation)
-    if not args.progress_json:
-        print(f"diffeomorphic momentum model written to {out}")
+    out = train(settings, data, args.out, args.checkpoint_dir, args.resume, args.device, args.progress_json,
+                command_line(), similarity, validation)
+    report_written(args, "diffeomorphic momentum model", out)
     return 0

@@ -1,29 +1,14 @@
 """``deepregistration train-dirnet``: train a DIRNet (de Vos et al. 2017) by unsupervised NCC."""
 from __future__ import annotations
 
-import shlex
-import sys
-
 from ..core.errors import InputError
 from ..data.corpus_pairs import MODES
 from ..networks.dirnet_regressor import POOLINGS, VARIANTS, DIRNetConfig
 from ..training.dirnet_trainer import DIRNetTraining, VolumePairs, train
+from .training_args import (add_data_sources, add_deformation_options, add_run_options, command_line, numbers,
+                            report_written)
 
 TEMPLATE_SOURCE = "spm-avg152-t1"
-
-
-def _ints(text: str) -> tuple:
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise InputError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _floats(text: str) -> tuple:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise InputError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def add_command(sub) -> None:
@@ -34,25 +19,19 @@ def add_command(sub) -> None:
                                    "transformer -> resampler, loss = -NCC, Adam, mini-batches of 32. Defaults are "
                                    "the paper's values where it gives them (16 kernels, 4 conv layers, 4 average "
                                    "poolings, cubic B-spline, batch 32, >= 10,000 iterations = 100 epochs x 100 steps).")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--pairs", help="CSV with header fixed,moving (images resampled to the model grid)")
-    src.add_argument("--synthetic", choices=[TEMPLATE_SOURCE],
-                     help="draw pairs from the SPM avg152 T1 template under random deformations (bundled models)")
-    src.add_argument("--corpus", choices=MODES,
-                     help="synthetic subject pairs of the subject corpus: a pool of --corpus-pairs pairs of its train "
-                          "split for training and of its validation split for validation (synthmorph: images "
-                          "synthesized from label maps; images: real images deformed; mixed: both)")
+    add_data_sources(
+        p, pairs="CSV with header fixed,moving (images resampled to the model grid)",
+        synthetic=([TEMPLATE_SOURCE], "draw pairs from the SPM avg152 T1 template under random deformations "
+                                      "(bundled models)"),
+        corpus=(MODES, "synthetic subject pairs of the subject corpus: a pool of --corpus-pairs pairs of its train "
+                       "split for training and of its validation split for validation (synthmorph: images "
+                       "synthesized from label maps; images: real images deformed; mixed: both)"))
     p.add_argument("--corpus-pairs", type=int, default=d.corpus_pairs,
                    help="with --corpus: synthetic pairs drawn once per split (default %(default)s)")
-    p.add_argument("--out", required=True, help="model file to write (.pt)")
-    p.add_argument("--checkpoint-dir", help="atomic checkpoints (default: next to --out)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --checkpoint-dir")
+    add_run_options(p, seed=d.seed)
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs (default {d.epochs})")
     p.add_argument("--steps-per-epoch", type=int, default=d.steps_per_epoch,
                    help=f"iterations per epoch (default {d.steps_per_epoch})")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--progress-json", action="store_true", help="one JSON object per logged step on stdout")
     p.add_argument("--dim", type=int, choices=(2, 3), default=2, help="2D (slices) or 3D model (default 2)")
     p.add_argument("--size", default=",".join(map(str, d.size_xyz)),
                    help="model input size, x-first, divisible by 2^downsamplings (default %(default)s)")
@@ -70,17 +49,14 @@ def add_command(sub) -> None:
     p.add_argument("--lr", type=float, default=d.learning_rate,
                    help=f"Adam learning rate (the paper gives none; default {d.learning_rate}, Adam's usual value)")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    p.add_argument("--deform-max-mm", type=float, default=d.deform_max_mm,
-                   help="augmentation: largest B-spline coefficient of the random deformations (mm)")
-    p.add_argument("--deform-spacing-mm", type=float, default=d.deform_spacing_mm,
-                   help="augmentation: control spacing of the random deformations (mm)")
+    add_deformation_options(p, d, "augmentation")
     p.add_argument("--no-augment", action="store_true",
                    help="with --pairs: use the pairs as they are (no random deformations, gamma or noise)")
     p.set_defaults(func=run)
 
 
 def settings_from_args(args) -> DIRNetTraining:
-    size, spacing = _ints(args.size), _floats(args.spacing_mm)
+    size, spacing = numbers(args.size, int), numbers(args.spacing_mm)
     if len(size) != args.dim or len(spacing) != args.dim:
         raise InputError(f"--size and --spacing-mm need {args.dim} values for a {args.dim}D model")
     options = {"ndim": args.dim, "channels": args.channels, "conv_layers": args.conv_layers,
@@ -113,9 +89,7 @@ def run(args) -> int:
         data = VolumePairs.from_template(settings)
     else:
         data = VolumePairs.from_csv(args.pairs, settings)
-    command = "deepregistration " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    out = train(settings, data, args.out, args.checkpoint_dir, args.resume, args.device, args.progress_json, command,
-                validation)
-    if not args.progress_json:
-        print(f"DIRNet model written to {out}")
+    out = train(settings, data, args.out, args.checkpoint_dir, args.resume, args.device, args.progress_json,
+                command_line(), validation)
+    report_written(args, "DIRNet model", out)
     return 0

@@ -5,12 +5,12 @@ import signal
 
 import torch
 
-from ..core.device import DEVICE_CHOICES
 from ..core.errors import InputError
 from ..training.common import distributed, read_pairs_csv
 from ..data.corpus_pairs import METRIC_CASE_SPACING_MM, METRIC_TASKS, corpus_metric_cases, metric_provenance
 from ..training.metric_trainer import (SELECTIONS, MetricTrainer, MetricTrainingConfig, PairData, load_pairs,
                                        parse_stages)
+from .training_args import add_data_sources, add_run_options, numbers, require_at_least_one
 
 PAPER = "(paper's value)"
 
@@ -24,13 +24,13 @@ def add_command(sub) -> None:
                     "are re-registered with that stage's metric (transforms in CHECKPOINT_DIR/realignment.csv). "
                     "The output is one model file holding every stage (use it with register --method cnn --model). "
                     "Runs under torchrun (DistributedDataParallel; gloo on the CPU).")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--pairs", help="CSV with header fixed,moving[,fixed_mask,moving_mask]")
-    src.add_argument("--corpus", choices=list(METRIC_TASKS),
-                     help="train on cases of the subject corpus for this task (data.corpus_pairs.corpus_metric_case: "
-                          "whole heads, random contrasts, bias fields, noise, fields of view): --cases misregistered "
-                          "cases of its train split, and model selection by registration error on --validation-cases "
-                          "aligned cases of its validation split")
+    add_data_sources(
+        p, pairs="CSV with header fixed,moving[,fixed_mask,moving_mask]",
+        corpus=(METRIC_TASKS, "train on cases of the subject corpus for this task "
+                              "(data.corpus_pairs.corpus_metric_case: whole heads, random contrasts, bias fields, "
+                              "noise, fields of view): --cases misregistered cases of its train split, and model "
+                              "selection by registration error on --validation-cases aligned cases of its "
+                              "validation split"))
     p.add_argument("--cases", type=int, default=12, help="with --corpus: training cases (default %(default)s)")
     p.add_argument("--validation-cases", type=int, default=2,
                    help="with --corpus: validation-split cases for model selection (default %(default)s)")
@@ -39,13 +39,9 @@ def add_command(sub) -> None:
     p.add_argument("--init-model", default="",
                    help="start stage k from stage k of this metric set (bundled name or file; same stages and "
                         "architecture) to fine-tune it")
-    p.add_argument("--out", required=True, help="metric-set model file to write (.pt)")
-    p.add_argument("--checkpoint-dir", help="atomic checkpoints and realignment records (default: next to --out)")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
+    add_run_options(p, seed=d.seed, out="metric-set model file to write (.pt)",
+                    checkpoints="atomic checkpoints and realignment records (default: next to --out)")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs per stage (default {d.epochs})")
-    p.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_CHOICES)} (default auto)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--progress-json", action="store_true", help="one JSON object per line instead of a bar")
     p.add_argument("--stages", default=",".join(f"{a:g}:{b:g}" for a, b in d.stages),
                    help="level:dither-variance(mm^2) per stage (default 4:100,2:25,2:15,1:8 " + PAPER + ")")
     p.add_argument("--base-spacing-mm", type=float, default=d.base_spacing_mm,
@@ -85,13 +81,8 @@ def add_command(sub) -> None:
 
 
 def config_from_args(args) -> MetricTrainingConfig:
-    try:
-        channels = tuple(int(c) for c in args.channels.split(","))
-    except ValueError:
-        raise InputError(f"--channels expects comma-separated integers, got {args.channels!r}") from None
-    for name in ("epochs", "patch_size", "pairs_per_epoch", "batch_size", "dithers", "validation_pairs"):
-        if getattr(args, name) < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be at least 1")
+    channels = numbers(args.channels, int)
+    require_at_least_one(args, ("epochs", "patch_size", "pairs_per_epoch", "batch_size", "dithers", "validation_pairs"))
     if args.patch_size < 5:
         raise InputError("--patch-size must be at least 5 voxels")
     return MetricTrainingConfig(

@@ -21,14 +21,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def describe_devices() -> str:
-    """One line saying what was detected, for the GUI and reports."""
-    if torch.cuda.is_available():
-        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        return "CUDA: " + ", ".join(names)
-    return "CPU only (no CUDA device detected)"
-
-
 def has_native_bfloat16(device) -> bool:
     """True on a CPU with bfloat16 instructions (AVX-512 BF16 or AMX), where oneDNN's bfloat16 convolutions
     are fast (the momentum U-Net: 2.1x float32, benchmarks/ablations/diffeo_tiles.py); False elsewhere, including every

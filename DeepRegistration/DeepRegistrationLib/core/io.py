@@ -13,15 +13,21 @@ from .nifti_nonfinite import count_nonfinite_nifti
 from .validation import check_volume
 
 
-def read_image(path, name: str = "image", require_volume: bool = True) -> Image:
-    """Read an image file; with ``require_volume`` it must be a usable 3D scalar volume."""
+def read_with_sitk(read, path, name: str, what: str):
+    """``read(str(path))`` with a SimpleITK reader; a missing file, or one it cannot read as ``what``, is an
+    :class:`InputError` that starts with ``name``."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{name}: file not found: {path}")
     try:
-        itk = sitk.ReadImage(str(path))
+        return read(str(path))
     except RuntimeError as err:
-        raise InputError(f"{name}: cannot read {path} as an image ({str(err).strip().splitlines()[-1]})") from None
+        raise InputError(f"{name}: cannot read {path} as {what} ({str(err).strip().splitlines()[-1]})") from None
+
+
+def read_image(path, name: str = "image", require_volume: bool = True) -> Image:
+    """Read an image file; with ``require_volume`` it must be a usable 3D scalar volume."""
+    itk = read_with_sitk(sitk.ReadImage, path, name, "an image")
     if itk.GetNumberOfComponentsPerPixel() > 1 and require_volume:
         raise InputError(
             f"{name}: {path} has {itk.GetNumberOfComponentsPerPixel()} components per voxel; a scalar volume is needed"

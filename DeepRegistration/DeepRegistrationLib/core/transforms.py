@@ -19,6 +19,7 @@ import torch
 
 from .errors import InputError
 from .image import Grid, Image
+from .io import read_with_sitk
 from .warp import affine_points, physical_grid_points, sample_at_points
 
 
@@ -282,14 +283,7 @@ def from_sitk(transform: sitk.Transform):
 
 def read_transform(path):
     """Read an ITK transform file (.tfm, .txt, .h5) into a library transform."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"transform file not found: {path}")
-    try:
-        t = sitk.ReadTransform(str(path))
-    except RuntimeError as err:
-        raise InputError(f"cannot read {path} as an ITK transform ({str(err).strip().splitlines()[-1]})") from None
-    return from_sitk(t)
+    return from_sitk(read_with_sitk(sitk.ReadTransform, path, "transform", "an ITK transform"))
 
 
 def write_transform(transform, path) -> None:
@@ -312,10 +306,3 @@ def write_displacement_nrrd(field: DisplacementField, path) -> None:
     img.SetMetaData("intent_code", "1006")
     img.SetMetaData("displacement field type", "resampling")
     sitk.WriteImage(img, str(path), True)
-
-
-def read_displacement_nrrd(path) -> DisplacementField:
-    img = Image.from_sitk(sitk.ReadImage(str(path)))
-    if not img.is_vector or img.array.shape[-1] != 3:
-        raise InputError(f"{path} is not a 3-component displacement field")
-    return DisplacementField(img.array, img.grid)

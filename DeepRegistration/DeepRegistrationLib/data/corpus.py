@@ -204,16 +204,6 @@ def _cached_kmeans(subject_id: str, load) -> Image:
     return image.with_array(image.array.astype(np.int16))
 
 
-def check_split() -> None:
-    """Refuse a corpus in which a subject id repeats (one person in two splits) or a split is empty."""
-    ids = [s.id for s in SUBJECTS]
-    if len(ids) != len(set(ids)):
-        raise AssertionError(f"a subject is listed twice: {sorted(i for i in ids if ids.count(i) > 1)}")
-    for split in SPLITS:
-        if not subjects(split):
-            raise AssertionError(f"the {split} split is empty")
-
-
 def code_version() -> str:
     """``git describe`` of the source tree when it is a git checkout, else the package version."""
     from .. import __version__

@@ -26,9 +26,10 @@ from scipy.ndimage import gaussian_filter
 
 from ..core.errors import InputError
 from ..core.image import Grid, Image
+from ..core.settings import Settings
 from ..core.transforms import RigidTransform
 from ..core.warp import warp
-from ..deformable.model_input import normalize_intensity, resample_to
+from ..core.network_input import normalize_intensity, resample_to
 from . import corpus, sources, synthesis
 from .synthesis import SynthesisSettings
 from .synthetic import gradient_magnitude, intensity_jitter, random_rigid, smooth_random_field
@@ -170,7 +171,7 @@ TEMPLATE_SEED_STREAMS = {"train": 1, "val": 2, "test": 3}
 
 
 @dataclass
-class TemplateSubjectSettings:
+class TemplateSubjectSettings(Settings):
     """Base grid (x-first size, mm spacing) and the random deformation that makes a template subject."""
 
     size_xyz: tuple = (40, 48, 40)
@@ -179,11 +180,6 @@ class TemplateSubjectSettings:
     deform_spacing_mm: float = 32.0
     gamma_range: tuple = (0.7, 1.4)
     noise_std: float = 0.02
-
-    def to_dict(self) -> dict:
-        return {"size_xyz": list(self.size_xyz), "spacing_mm": self.spacing_mm, "deform_max_mm": self.deform_max_mm,
-                "deform_spacing_mm": self.deform_spacing_mm, "gamma_range": list(self.gamma_range),
-                "noise_std": self.noise_std}
 
 
 def icbm_template(settings: TemplateSubjectSettings) -> tuple:

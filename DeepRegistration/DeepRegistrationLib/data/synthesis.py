@@ -23,7 +23,7 @@ the subject.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,13 +31,14 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
 from ..core.image import Grid, Image
+from ..core.settings import Settings
 from ..core.transforms import DisplacementField
 from ..core.warp import warp
 from .synthetic import bspline_field, scaling_and_squaring
 
 
 @dataclass(frozen=True)
-class SynthesisSettings:
+class SynthesisSettings(Settings):
     """The random ranges of one synthetic subject (paper's values where it gives them)."""
 
     velocity_std_mm: float = 6.0              # b_v (ours, in mm): σ_v ~ U(0, b_v), control values ~ N(0, σ_v²)
@@ -51,11 +52,6 @@ class SynthesisSettings:
     noise_std_max: float = 0.03               # ours: additive noise σ ~ U(0, this) after normalization
     resolution_max_factor: float = 2.0        # ours (SynthSeg): per-axis down-sampling factor ~ U(1, this)
     fov_crop_max: float = 0.1                 # ours: each side of each axis loses U(0, this) of its extent
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["label_mean_range"], d["label_std_range"] = list(self.label_mean_range), list(self.label_std_range)
-        return d
 
 
 @dataclass

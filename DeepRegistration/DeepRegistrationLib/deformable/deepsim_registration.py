@@ -35,8 +35,8 @@ from ..models.model_file import load_network, resolve_model_path
 from ..networks.deepsim_unet import RegistrationUNet, UNetConfig
 from ..metrics.similarity import diffusion, local_ncc, mse
 from . import instance_optimization as io
-from .model_input import (MASKS_UNUSED, domain_warnings, in_plane, initial_or_none, normalize_intensity, resample_to,
-                          voxels_to_mm)
+from ..core.network_input import normalize_intensity, resample_to
+from .model_input import MASKS_UNUSED, domain_warnings, in_plane, initial_or_none, voxels_to_mm
 
 MODEL_KIND = "deepsim"
 NORMALIZATION = "per image: (I - p1) / (p99 - p1) clipped to [0, 1], percentiles over the model grid"

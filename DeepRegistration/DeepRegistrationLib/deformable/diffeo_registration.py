@@ -36,7 +36,8 @@ from ..networks.momentum_unet import MomentumUNet, MomentumUNetConfig
 from . import instance_optimization as io
 from . import lddmm
 from .patchwise import MODEL_KIND, predict_fields, tiles_per_call, voxels_to_lps_mm
-from .model_input import MASKS_UNUSED, domain_warnings, initial_or_none, normalize_intensity, resample_to
+from ..core.network_input import normalize_intensity, resample_to
+from .model_input import MASKS_UNUSED, domain_warnings, initial_or_none
 
 
 def load_momentum_net(name_or_path, device="cpu"):

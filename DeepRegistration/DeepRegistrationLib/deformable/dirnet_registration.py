@@ -28,8 +28,8 @@ from ..method_spec import MethodOutput, RegistrationContext
 from ..models.model_file import load_network, resolve_model_path
 from ..networks.dirnet_regressor import DIRNet, DIRNetConfig
 from . import instance_optimization as io
-from .model_input import (MASKS_UNUSED, domain_warnings, in_plane, initial_or_none, normalize_intensity, resample_to,
-                          voxels_to_mm)
+from ..core.network_input import normalize_intensity, resample_to
+from .model_input import MASKS_UNUSED, domain_warnings, in_plane, initial_or_none, voxels_to_mm
 
 MODEL_KIND = "dirnet"
 #: Intensity normalization of every input (stated in model metadata).

@@ -10,9 +10,6 @@ volume, so the regularization crosses tile borders and the result is one diffeom
 The network is fully convolutional, so tiles may be larger than the 48³ training patch (less of each tile
 is wasted). Network memory is bounded by the tile (and ``tile_batch``); the whole-volume part holds a few
 3-channel fields and runs its compositions in z-slabs.
-
-Also here: the input preparation shared by training and prediction (intensity normalization, resampling
-to the model spacing) and the per-tile momentum-magnitude marginals of the thesis' Fig. 5.3.
 """
 from __future__ import annotations
 
@@ -27,6 +24,7 @@ from ..core.errors import InputError
 from ..core.image import Grid
 from ..metrics.evaluation import field_difference_within_tolerance, lengths
 from . import lddmm
+from .model_input import voxels_to_mm
 
 MODEL_KIND = "diffeo"
 #: Intensity normalization of every input (stated in model metadata).
@@ -65,31 +63,9 @@ def check_tile(tile: int, discard: int, divisor: int) -> None:
         raise InputError(f"tile size {tile} must exceed twice the discarded border ({discard} voxels per side)")
 
 
-class MomentumMarginals:
-    """Voxel-wise mean and standard deviation of |m| over all predicted tiles (thesis §4.2, Fig. 5.3)."""
-
-    def __init__(self, tile: int):
-        self.count = 0
-        self.sum = np.zeros((tile,) * 3, np.float64)
-        self.sum_sq = np.zeros((tile,) * 3, np.float64)
-
-    def add(self, momentum: torch.Tensor) -> None:
-        magnitude = lengths(momentum).double().cpu().numpy()
-        self.count += magnitude.shape[0]
-        self.sum += magnitude.sum(axis=0)
-        self.sum_sq += (magnitude ** 2).sum(axis=0)
-
-    def mean(self) -> np.ndarray:
-        return self.sum / max(self.count, 1)
-
-    def std(self) -> np.ndarray:
-        return np.sqrt(np.maximum(self.sum_sq / max(self.count, 1) - self.mean() ** 2, 0.0))
-
-
 @torch.no_grad()
 def predict_momentum(net, fixed: np.ndarray, moving: np.ndarray, tile: int = 48, discard: int = DISCARD,
-                     device="cpu", tile_batch: int = None, marginals: MomentumMarginals = None,
-                     progress=None, precision: str = "float32") -> torch.Tensor:
+                     device="cpu", tile_batch: int = None, progress=None, precision: str = "float32") -> torch.Tensor:
     """Whole-volume momentum (1, 3, nz, ny, nx) from ``tile``³ tiles of the normalized arrays (z-first),
     ``tile_batch`` tiles per network call (default :func:`tiles_per_call`). With ``precision="bfloat16"``
     the network runs under autocast (bfloat16 convolutions, float32 accumulation); the momentum is float32."""
@@ -109,8 +85,6 @@ def predict_momentum(net, fixed: np.ndarray, moving: np.ndarray, tile: int = 48,
         mt = torch.as_tensor(np.stack([m[s] for s in sl]))[:, None].to(device)
         with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=precision == "bfloat16"):
             out = net(ft, mt).float()
-        if marginals is not None:
-            marginals.add(out)
         for k, t in enumerate(chunk):
             keep = tuple(slice(a - s, b - s) for s, a, b in t)
             dest = tuple(slice(a, b) for _, a, b in t)
@@ -119,14 +93,6 @@ def predict_momentum(net, fixed: np.ndarray, moving: np.ndarray, tile: int = 48,
             progress(min(1.0, (first + len(chunk)) / len(tiles)), "predicting momentum")
     crop = tuple(slice(lo, lo + n) for (lo, _), n in zip(pad, shape))
     return momentum[(slice(None), slice(None), *crop)].contiguous()
-
-
-@torch.no_grad()
-def integrate(momentum: torch.Tensor, spacing_zyx, alpha: float = lddmm.ALPHA, gamma: float = lddmm.GAMMA,
-              padding: int = lddmm.PADDING, steps: int = lddmm.STEPS) -> tuple:
-    """Whole-volume v = K⁻¹ * m, then φ = exp(v), φ⁻¹ = exp(−v): displacements in voxels (1, 3, ...)."""
-    v = lddmm.velocity_to_voxels(lddmm.smooth(momentum, spacing_zyx, alpha, gamma, padding), spacing_zyx)
-    return integrate_velocity(v, spacing_zyx, steps)[:2]
 
 
 @torch.no_grad()
@@ -176,7 +142,7 @@ def exponentials(v: torch.Tensor, steps: int = lddmm.STEPS, fine_steps: int = FI
 
 
 def predict_fields(net, fixed: np.ndarray, moving: np.ndarray, spacing_zyx, lddmm_params: dict, tile: int = 48,
-                   discard: int = DISCARD, device="cpu", tile_batch: int = None, marginals=None, progress=None,
+                   discard: int = DISCARD, device="cpu", tile_batch: int = None, progress=None,
                    precision: str = "float32", refine_velocity=None) -> tuple:
     """(φ, φ⁻¹, timings): voxel displacements (1, 3, nz, ny, nx), x-first, on the arrays' grid.
 
@@ -185,8 +151,8 @@ def predict_fields(net, fixed: np.ndarray, moving: np.ndarray, spacing_zyx, lddm
     progress_of = (lambda a, b: progress.sub(a, b)) if progress is not None else (lambda a, b: None)  # noqa: E731
     end_network = 0.8 if refine_velocity is None else 0.3
     t0 = time.perf_counter()
-    momentum = predict_momentum(net, fixed, moving, tile, discard, device, tile_batch, marginals,
-                                progress_of(0.0, end_network), precision)
+    momentum = predict_momentum(net, fixed, moving, tile, discard, device, tile_batch, progress_of(0.0, end_network),
+                                precision)
     t1 = time.perf_counter()
     if progress is not None:
         progress(end_network + 0.02, "smoothing")
@@ -209,11 +175,9 @@ def predict_fields(net, fixed: np.ndarray, moving: np.ndarray, spacing_zyx, lddm
 
 def voxels_to_lps_mm(u_vox: torch.Tensor, grid: Grid) -> np.ndarray:
     """(1, 3, nz, ny, nx) x-first voxel displacement to a z-first (nz, ny, nx, 3) LPS-mm array, slab by slab."""
-    matrix = torch.as_tensor(grid.direction @ np.diag(grid.spacing), dtype=torch.float32, device=u_vox.device)
     out = np.empty((*u_vox.shape[2:], 3), np.float32)
     slab = lddmm.slab_for(u_vox.shape)
     for z0 in range(0, u_vox.shape[2], slab):
-        part = u_vox[0, :, z0:z0 + slab].movedim(0, -1)
-        out[z0:z0 + slab] = (part @ matrix.T).cpu().numpy()
+        out[z0:z0 + slab] = voxels_to_mm(u_vox[0, :, z0:z0 + slab].movedim(0, -1), grid).cpu().numpy()
     return out
 

@@ -1,4 +1,4 @@
-"""Evaluation of registration results: Dice, Sedghi et al.'s rigid errors, target registration error, agreement
+"""Evaluation of registration results: Dice, Sedghi et al.'s rigid errors, the agreement
 of two displacement fields."""
 from __future__ import annotations
 
@@ -33,12 +33,6 @@ def rigid_errors(estimated: RigidTransform, true: RigidTransform) -> dict:
         "t_x_mm": float(abs(dt[0])), "t_y_mm": float(abs(dt[1])), "t_z_mm": float(abs(dt[2])),
         "theta_x_deg": float(dtheta[0]), "theta_y_deg": float(dtheta[1]), "theta_z_deg": float(dtheta[2]),
     }
-
-
-def target_registration_error(fixed_points_mm: np.ndarray, moving_points_mm: np.ndarray, fixed_to_moving) -> dict:
-    """Distances between T(fixed landmark) and the corresponding moving landmark (mm)."""
-    d = np.linalg.norm(fixed_to_moving.transform_points(fixed_points_mm) - moving_points_mm, axis=-1)
-    return {"tre_mean_mm": float(d.mean()), "tre_max_mm": float(d.max()), "tre_per_point_mm": d.tolist()}
 
 
 FIELD_MEAN_TOLERANCE_MM = 0.05

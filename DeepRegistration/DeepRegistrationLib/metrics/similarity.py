@@ -70,17 +70,6 @@ def nmi(a, b, bins: int = 64, mask=None, linear: bool = False) -> torch.Tensor:
     return (ha + hb) / hab
 
 
-def mutual_information(a, b, bins: int = 64, mask=None, linear: bool = False) -> torch.Tensor:
-    """MI = H(A) + H(B) - H(A, B), nats."""
-    ha, hb, hab = entropies(a, b, bins, mask, linear)
-    return ha + hb - hab
-
-
-def mae(a, b, mask=None) -> torch.Tensor:
-    a, b = _select(a, b, mask)
-    return (a - b).abs().mean()
-
-
 def ncc(a, b, mask=None) -> torch.Tensor:
     """Global normalized cross-correlation in [-1, 1]."""
     a, b = _select(a, b, mask)

@@ -17,18 +17,20 @@ registration head starts near zero so that an untrained network predicts the ide
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..core.settings import Settings
 
 #: slope of the LeakyReLU activations
 LEAKY_SLOPE = 0.2
 
 
 @dataclass
-class UNetConfig:
+class UNetConfig(Settings):
     """Architecture of a DeepSim U-Net; stored in model metadata."""
 
     ndim: int = 3
@@ -47,11 +49,6 @@ class UNetConfig:
     def divisor(self) -> int:
         """Input sides must be multiples of this (one halving per level below the first)."""
         return 2 ** (len(self.channels) - 1)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["channels"] = list(self.channels)
-        return d
 
 
 def _conv(ndim: int):

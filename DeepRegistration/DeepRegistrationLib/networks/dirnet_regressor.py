@@ -14,12 +14,13 @@ scale 0.1 so that training starts near the identity; "2×2 downsampling" is 2×2
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..core.bspline import SPLINE_ORDERS, bspline_displacement
+from ..core.settings import Settings
 from ..core.spatial_transformer import warp_voxels
 
 POOLINGS = ("avg", "max", "stride")
@@ -30,7 +31,7 @@ OUTPUT_BN_INITIAL_SCALE = 0.1
 
 
 @dataclass
-class DIRNetConfig:
+class DIRNetConfig(Settings):
     """Architecture of a DIRNet; stored in model metadata."""
 
     ndim: int = 2
@@ -65,9 +66,6 @@ class DIRNetConfig:
             raise ValueError(f"input shape {tuple(image_shape)} is not divisible by {f} "
                              f"(2^{self.downsamplings} downsamplings) along every axis")
         return tuple(s // f for s in image_shape)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     @classmethod
     def variant(cls, name: str, **options) -> "DIRNetConfig":

@@ -23,20 +23,19 @@ larger than the training patch.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
+from ..core.settings import Settings
+
 
 @dataclass
-class MomentumUNetConfig:
+class MomentumUNetConfig(Settings):
     channels: int = 16
     dropout: float = 0.1
     output_scale: float = 10.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _conv(cin: int, cout: int, dilation: int = 1) -> nn.Sequential:

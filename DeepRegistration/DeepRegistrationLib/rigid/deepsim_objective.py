@@ -21,7 +21,7 @@ from ..core.image import Image
 from ..core.transforms import RigidTransform
 from ..core.warp import warp
 from ..deformable.deepsim_registration import covering_grid
-from ..deformable.model_input import normalize_intensity, resample_to
+from ..core.network_input import normalize_intensity, resample_to
 from ..metrics.deepsim_similarity import DeepSim, deepsim_from_features
 from .powell import PowellSettings, maximize_rigid
 from .sampling_region import foreground, region_indices

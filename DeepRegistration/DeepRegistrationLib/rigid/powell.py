@@ -60,15 +60,22 @@ def maximize(objective: Callable, initial: np.ndarray, to_transform: Callable, s
     return to_transform(result.x / scale), info
 
 
+def _scale_and_bounds(settings: PowellSettings, linear: int) -> tuple:
+    """Powell units of ``linear`` rotation-like parameters then 3 translations: (scale, half-widths of the
+    search box, or None without bounds). A rotation-like step of 1 moves a point at ``rotation_radius_mm``
+    by about 1 mm."""
+    scale = np.array([settings.rotation_radius_mm] * linear + [1.0] * 3)
+    if settings.max_rotation_rad is None or settings.max_translation_mm is None:
+        return scale, None
+    return scale, np.array([settings.max_rotation_rad * settings.rotation_radius_mm] * linear +
+                           [settings.max_translation_mm] * 3)
+
+
 def maximize_rigid(objective: Callable[[RigidTransform], float], initial: RigidTransform,
                    settings: PowellSettings = None, progress: Progress = None, stage: str = "") -> tuple:
     """Maximize ``objective(T)`` over T's 6 Euler parameters with Powell; returns (best T, info dict)."""
     settings = settings or PowellSettings()
-    scale = np.array([settings.rotation_radius_mm] * 3 + [1.0] * 3)
-    half_width = None
-    if settings.max_rotation_rad is not None and settings.max_translation_mm is not None:
-        half_width = np.array([settings.max_rotation_rad * settings.rotation_radius_mm] * 3 +
-                              [settings.max_translation_mm] * 3)
+    scale, half_width = _scale_and_bounds(settings, 3)
     center = initial.center_mm
     return maximize(objective, initial.parameters, lambda p: RigidTransform.from_parameters(p, center), scale,
                     settings, half_width, progress, stage)
@@ -79,11 +86,7 @@ def maximize_affine(objective: Callable[[AffineTransform], float], initial: Affi
     """Maximize ``objective(T)`` over T's 12 affine parameters about ``center_mm`` with Powell (matrix entries
     scaled like rotations: a step of 1 moves a point at ``rotation_radius_mm`` by about 1 mm)."""
     settings = settings or PowellSettings()
-    scale = np.array([settings.rotation_radius_mm] * 9 + [1.0] * 3)
-    half_width = None
-    if settings.max_rotation_rad is not None and settings.max_translation_mm is not None:
-        half_width = np.array([settings.max_rotation_rad * settings.rotation_radius_mm] * 9 +
-                              [settings.max_translation_mm] * 3)
+    scale, half_width = _scale_and_bounds(settings, 9)
     return maximize(objective, initial.parameters(center_mm),
                     lambda p: AffineTransform.from_parameters(p, center_mm), scale, settings, half_width,
                     progress, stage)

@@ -123,11 +123,6 @@ def write_response_csv(rows: list, path) -> Path:
     return path
 
 
-def read_response_csv(path) -> list:
-    with open(path, newline="") as f:
-        return [{**r, "offset": float(r["offset"]), "value": float(r["value"])} for r in csv.DictReader(f)]
-
-
 def nmi_and_cnn_panels(fixed: Image, moving: Image, pose: RigidTransform, model: str, device="cpu",
                        patches: int = 64, steps: int = 31) -> list:
     """Side-by-side panels [(title, rows)] of NMI and of every stage of a CNN metric set around ``pose``."""

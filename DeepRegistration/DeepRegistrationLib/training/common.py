@@ -14,6 +14,8 @@ import torch.distributed as dist
 
 from ..core.device import resolve_device
 from ..core.errors import Cancelled, InputError
+from ..core.io import read_image
+from ..core.network_input import normalize_intensity, resample_to
 from ..core.progress import emit_json
 from ..data.corpus import code_version
 
@@ -50,6 +52,19 @@ def read_pairs_csv(path) -> list:
     if not rows:
         raise InputError(f"{path} lists no pairs")
     return rows
+
+
+def prepared_pairs(path, grid_of) -> list:
+    """(fixed, moving) images of every row of the pairs CSV ``path``, both resampled to ``grid_of(fixed image,
+    row)`` and their intensities normalized, as a model sees its inputs (:mod:`..core.network_input`)."""
+    pairs = []
+    for row in read_pairs_csv(path):
+        fixed = read_image(row["fixed"], "fixed image")
+        moving = read_image(row["moving"], "moving image")
+        grid = grid_of(fixed, row)
+        pairs.append(tuple(image.with_array(normalize_intensity(image.array))
+                           for image in (resample_to(fixed, grid), resample_to(moving, grid))))
+    return pairs
 
 
 def write_pairs_csv(path, rows: list) -> None:
@@ -240,3 +255,77 @@ def resume_checkpoint(resume: bool, ckpt_path: Path, settings_dict: dict) -> dic
         raise InputError(f"{ckpt_path} was written with other settings; resume with the same options "
                          "(only --epochs may change)")
     return ckpt
+
+
+def checkpoint_path(out: Path, checkpoint_dir, name: str) -> Path:
+    """``checkpoint_dir/name``; without a folder, ``<out stem>_checkpoints`` next to the model file ``out``."""
+    return (Path(checkpoint_dir) if checkpoint_dir else out.parent / f"{out.stem}_checkpoints") / name
+
+
+def batch_per_rank(batch_size: int, dist: Distributed) -> int:
+    """Each process's share of a mini-batch; refused when the processes cannot share it evenly."""
+    if batch_size % dist.world_size:
+        raise InputError(f"--batch-size {batch_size} is not divisible by the {dist.world_size} processes")
+    return batch_size // dist.world_size
+
+
+def seeded_network(build, seed: int, learning_rate: float, dist: Distributed) -> tuple:
+    """(network, Adam optimizer): ``build()`` on the device after seeding torch with ``seed``, so every process
+    and every resumed run starts from the same weights."""
+    torch.manual_seed(seed)
+    net = build().to(dist.device)
+    return net, torch.optim.Adam(net.parameters(), lr=learning_rate)
+
+
+def restore_training(state: dict, net: torch.nn.Module, optimizer) -> tuple:
+    """(step, history) of a checkpoint ``state`` whose weights and optimizer state are loaded; (0, []) for {}."""
+    if state:
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    return int(state.get("step", 0)), list(state.get("history", []))
+
+
+def descend(optimizer, loss: torch.Tensor) -> float:
+    """One optimizer step down ``loss``; returns its value."""
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def save_training(dist: Distributed, path: Path, net: torch.nn.Module, optimizer, step: int, history: list, settings,
+                  **extra) -> None:
+    """Rank 0 writes the training state of ``net``, the settings and ``extra`` to the checkpoint ``path``."""
+    if dist.is_main:
+        atomic_save({**training_state(net, optimizer, step, history), "settings": settings.to_dict(), **extra}, path)
+
+
+def training_state(net: torch.nn.Module, optimizer, step: int, history: list) -> dict:
+    """What a checkpoint holds of one network's training (read back by :func:`restore_training`)."""
+    return {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "history": history}
+
+
+def start_training(dist: Distributed, settings, build, ckpt_path: Path, resume: bool) -> tuple:
+    """What a run of one network starts from: (network, optimizer, the network as the step runs it (DDP),
+    step, history, sampling generator), resumed from ``ckpt_path`` when asked (:func:`seeded_network`,
+    :func:`restore_training`, :func:`step_generator`)."""
+    net, optimizer = seeded_network(build, settings.seed, settings.learning_rate, dist)
+    step, history = restore_training(resume_checkpoint(resume, ckpt_path, settings.to_dict()), net, optimizer)
+    return net, optimizer, dist.wrap(net), step, history, step_generator(settings.seed, dist, step)
+
+
+def step_generator(seed: int, dist: Distributed, step: int, candidate: int = 0) -> torch.Generator:
+    """The sampling generator of one process from ``step`` on (a resumed run draws new batches, not the first
+    ones again); ``candidate`` separates runs that share the seed (e.g. λ candidates)."""
+    return torch.Generator().manual_seed(seed * 1000 + dist.rank + 7919 * step + 104729 * candidate)
+
+
+def validation_generator(seed: int) -> torch.Generator:
+    """The generator of the fixed validation set: a seed no training batch uses."""
+    return torch.Generator().manual_seed(10 ** 6 + seed)
+
+
+def emit_done(progress_json: bool, settings, step: int, loss: float, out: Path, message: str = "done") -> None:
+    """The last progress event of a training run: the model file is written."""
+    emit_progress(progress_json, event="done", epoch=settings.epochs, step=step, fraction=1.0, loss=loss,
+                  message=message, model=str(out))

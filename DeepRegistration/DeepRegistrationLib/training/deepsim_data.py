@@ -21,7 +21,7 @@ from ..core.errors import InputError
 from ..core.io import read_image
 from ..core.warp import warp
 from ..deformable.deepsim_registration import covering_grid
-from ..deformable.model_input import normalize_intensity, resample_to
+from ..core.network_input import normalize_intensity, resample_to
 from ..data.corpus_pairs import CorpusPairs, content_slices, template_subjects
 from .common import read_pairs_csv
 

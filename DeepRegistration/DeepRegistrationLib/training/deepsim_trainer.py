@@ -18,7 +18,7 @@ its own batches (batch / world size) and DDP averages the gradients; only rank 0
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +26,14 @@ import torch
 import torch.nn.functional as F
 
 from ..core.errors import InputError
+from ..core.settings import Settings
 from ..deformable.deepsim_registration import MODEL_KIND, NORMALIZATION
 from ..metrics.deepsim_similarity import FEATURE_MODEL_KIND, load_deepsim
 from ..models.model_file import save_model
 from ..networks.deepsim_unet import FeatureExtractorUNet, RegistrationUNet, feature_config, registration_config
-from .common import StepLoop, atomic_save, distributed, emit_progress, provenance, resume_checkpoint
+from .common import (StepLoop, atomic_save, batch_per_rank, checkpoint_path, descend, distributed, emit_done,
+                     emit_progress, provenance, restore_training, resume_checkpoint, save_training, seeded_network,
+                     start_training, step_generator, training_state, validation_generator)
 from .deepsim_data import VolumeSet
 from .deepsim_losses import SIMILARITIES, RegistrationLoss, dice_scores
 from ..data.corpus import TISSUE_CLASSES
@@ -43,7 +46,7 @@ FEATURE_LAYERS = "outputs of the encoder blocks, one per resolution level (fines
 
 
 @dataclass
-class FeatureTraining:
+class FeatureTraining(Settings):
     """Stage 1 settings (the paper gives none; these are ours, chosen for minutes on a CPU)."""
 
     ndim: int = 3
@@ -60,15 +63,9 @@ class FeatureTraining:
     validation_batch: int = 8
     seed: int = 0
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        for k in ("channels", "classes", "size_xyz", "spacing_mm"):
-            d[k] = list(d[k])
-        return d
-
 
 @dataclass
-class RegistrationTraining:
+class RegistrationTraining(Settings):
     """Stage 2 settings; λ is tuned over ``lambdas`` on the validation pairs (the paper's protocol)."""
 
     ndim: int = 3
@@ -87,12 +84,6 @@ class RegistrationTraining:
     validation_pairs: int = 8
     features: str = ""
     seed: int = 0
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        for k in ("channels", "lambdas", "size_xyz", "spacing_mm"):
-            d[k] = list(d[k])
-        return d
 
 
 def _check_geometry(ndim: int, size_xyz, spacing_mm, divisor: int) -> None:
@@ -141,23 +132,12 @@ def train_features(settings: FeatureTraining, data: VolumeSet, validation: Volum
         raise InputError("train-deepsim-features trains on segmentation: every image needs a label map "
                          "(fixed_labels and moving_labels columns)")
     out = Path(out)
-    ckpt_path = (Path(checkpoint_dir) if checkpoint_dir else out.parent / f"{out.stem}_checkpoints") / FEATURES_CHECKPOINT
+    ckpt_path = checkpoint_path(out, checkpoint_dir, FEATURES_CHECKPOINT)
     with distributed(device) as dist:
-        if settings.batch_size % dist.world_size:
-            raise InputError(f"--batch-size {settings.batch_size} is not divisible by the {dist.world_size} processes")
-        torch.manual_seed(settings.seed)
-        net = FeatureExtractorUNet(config).to(dist.device)
-        optimizer = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
-        ckpt = resume_checkpoint(resume, ckpt_path, settings.to_dict())
-        step, history = int(ckpt.get("step", 0)), list(ckpt.get("history", []))
-        if ckpt:
-            net.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-        model = dist.wrap(net)
-        generator = torch.Generator().manual_seed(settings.seed * 1000 + dist.rank + 7919 * step)
-        val_images, val_labels = validation.sample_images(settings.validation_batch,
-                                                          torch.Generator().manual_seed(10 ** 6 + settings.seed))
-        per_rank = settings.batch_size // dist.world_size
+        per_rank = batch_per_rank(settings.batch_size, dist)
+        net, optimizer, model, step, history, generator = start_training(
+            dist, settings, lambda: FeatureExtractorUNet(config), ckpt_path, resume)
+        val_images, val_labels = validation.sample_images(settings.validation_batch, validation_generator(settings.seed))
         total = settings.epochs * settings.steps_per_epoch
 
         def step_fn(_step):
@@ -165,10 +145,7 @@ def train_features(settings: FeatureTraining, data: VolumeSet, validation: Volum
             images = _add_noise(images, settings.noise_std, generator)
             model.train()
             loss = F.cross_entropy(model(images.to(dist.device)), labels.to(dist.device))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            return loss.item()
+            return descend(optimizer, loss)
 
         @torch.no_grad()
         def validate():
@@ -178,9 +155,7 @@ def train_features(settings: FeatureTraining, data: VolumeSet, validation: Volum
                     "val_metric": _segmentation_dice(logits, val_labels.to(dist.device))}
 
         def save(at_step):
-            if dist.is_main:
-                atomic_save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": at_step,
-                             "history": history, "settings": settings.to_dict()}, ckpt_path)
+            save_training(dist, ckpt_path, net, optimizer, at_step, history, settings)
 
         t0 = time.perf_counter()
         step = StepLoop(dist, "train-deepsim-features", total, progress_json, save).run(
@@ -194,8 +169,7 @@ def train_features(settings: FeatureTraining, data: VolumeSet, validation: Volum
                         "history": history, "settings": settings.to_dict(),
                         **provenance(data.source, validation.source)}
             save_model(out, net.state_dict(), feature_metadata(settings, training))
-            emit_progress(progress_json, event="done", epoch=settings.epochs, step=step, fraction=1.0,
-                          loss=history[-1]["loss"] if history else float("nan"), message="done", model=str(out))
+            emit_done(progress_json, settings, step, history[-1]["loss"] if history else float("nan"), out)
         dist.barrier()
     return out
 
@@ -237,16 +211,14 @@ def train_registration(settings: RegistrationTraining, data: VolumeSet, validati
     if len(settings.lambdas) > 1 and not validation.has_labels:
         raise InputError("tuning λ over several values needs validation label maps (Dice); give one --lam or labels")
     out = Path(out)
-    ckpt_path = (Path(checkpoint_dir) if checkpoint_dir else out.parent / f"{out.stem}_checkpoints") / REGISTRATION_CHECKPOINT
+    ckpt_path = checkpoint_path(out, checkpoint_dir, REGISTRATION_CHECKPOINT)
     with distributed(device) as dist:
-        if settings.batch_size % dist.world_size:
-            raise InputError(f"--batch-size {settings.batch_size} is not divisible by the {dist.world_size} processes")
+        per_rank = batch_per_rank(settings.batch_size, dist)
         ckpt = resume_checkpoint(resume, ckpt_path, settings.to_dict())
         # every candidate's state is kept, so a resume with more --epochs continues each of them
         states, results = dict(ckpt.get("candidates", {})), dict(ckpt.get("results", {}))
-        per_rank = settings.batch_size // dist.world_size
         total = settings.epochs * settings.steps_per_epoch
-        val = validation.sample_pairs(settings.validation_pairs, torch.Generator().manual_seed(10 ** 6 + settings.seed))
+        val = validation.sample_pairs(settings.validation_pairs, validation_generator(settings.seed))
         val = [None if t is None else t.to(dist.device) for t in val]
         t0 = time.perf_counter()
         step = 0
@@ -255,16 +227,11 @@ def train_registration(settings: RegistrationTraining, data: VolumeSet, validati
             if saved is not None and saved["step"] >= total and index in results:
                 continue
             loss_fn = _registration_loss(settings, lam, dist.device)
-            torch.manual_seed(settings.seed)
-            net = RegistrationUNet(config).to(dist.device)
-            optimizer = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
-            step, history = 0, []
-            if saved is not None:
-                net.load_state_dict(saved["model"])
-                optimizer.load_state_dict(saved["optimizer"])
-                step, history = int(saved["step"]), list(saved["history"])
+            net, optimizer = seeded_network(lambda: RegistrationUNet(config), settings.seed, settings.learning_rate,
+                                            dist)
+            step, history = restore_training(saved or {}, net, optimizer)
             model = dist.wrap(net)
-            generator = torch.Generator().manual_seed(settings.seed * 1000 + dist.rank + 7919 * step + 104729 * index)
+            generator = step_generator(settings.seed, dist, step, index)
             if dist.is_main:
                 emit_progress(progress_json, event="stage", epoch=step // settings.steps_per_epoch, step=step,
                               fraction=index / len(settings.lambdas), loss=float("nan"),
@@ -275,10 +242,7 @@ def train_registration(settings: RegistrationTraining, data: VolumeSet, validati
                                          for t in data.sample_pairs(per_rank, generator)]
                 model.train()
                 loss, _ = loss_fn(model(torch.cat([moving, fixed], dim=1)), moving, fixed, ml, fl)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                return loss.item()
+                return descend(optimizer, loss)
 
             @torch.no_grad()
             def validate(net=net, loss_fn=loss_fn):
@@ -292,8 +256,8 @@ def train_registration(settings: RegistrationTraining, data: VolumeSet, validati
                 return out_val
 
             def save(at_step, net=net, optimizer=optimizer, history=history, index=index):
-                states[index] = {"model": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
-                                 "optimizer": optimizer.state_dict(), "step": at_step, "history": list(history)}
+                states[index] = {**training_state(net, optimizer, at_step, list(history)),
+                                 "model": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}}
                 if dist.is_main:
                     atomic_save({"settings": settings.to_dict(), "candidates": states, "results": results}, ckpt_path)
 
@@ -317,8 +281,8 @@ def train_registration(settings: RegistrationTraining, data: VolumeSet, validati
                         "history": results[best]["history"], "settings": settings.to_dict(),
                         **provenance(data.source, validation.source)}
             save_model(out, best_state, registration_metadata(settings, results[best]["lambda"], search, training))
-            emit_progress(progress_json, event="done", epoch=settings.epochs, step=step, fraction=1.0,
-                          loss=results[best]["val_loss"], message=f"λ = {results[best]['lambda']} kept", model=str(out))
+            emit_done(progress_json, settings, step, results[best]["val_loss"], out,
+                      f"λ = {results[best]['lambda']} kept")
         dist.barrier()
     return out
 

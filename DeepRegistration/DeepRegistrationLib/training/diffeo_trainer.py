@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -44,7 +44,7 @@ import torch
 
 from ..core.errors import InputError
 from ..core.image import Image
-from ..core.io import read_image
+from ..core.settings import Settings
 from ..core.warp import warp
 from ..data import sources
 from ..data.corpus_pairs import CorpusPairs, isotropic_grid
@@ -52,13 +52,14 @@ from ..data.synthetic import intensity_jitter, smooth_random_field
 from ..deformable import lddmm
 from ..deformable.diffeo_registration import lddmm_parameters, load_momentum_net
 from ..deformable.patchwise import MODEL_KIND, NORMALIZATION
-from ..deformable.model_input import normalize_intensity, resample_to
+from ..core.network_input import normalize_intensity, resample_to
 from ..core.spatial_transformer import inside_fraction_mask, warp_voxels
 from ..metrics.similarity import local_ncc, mse, normalized_mse
 from ..models.model_file import save_model
 from ..networks.momentum_unet import MomentumUNet, MomentumUNetConfig
-from .common import (StepLoop, atomic_save, distributed, emit_progress, provenance, read_pairs_csv,
-                     restore_torch_rng_state, resume_checkpoint, torch_rng_state)
+from .common import (StepLoop, batch_per_rank, checkpoint_path, descend, distributed, emit_done, prepared_pairs,
+                     provenance, restore_torch_rng_state, restore_training, resume_checkpoint, save_training,
+                     seeded_network, torch_rng_state)
 
 CHECKPOINT_NAME = "diffeo_last.pt"
 PAIR_GAMMA = (0.8, 1.25)
@@ -69,7 +70,7 @@ SIMILARITIES = {"mse": mse, "nmse": normalized_mse, "lncc": local_ncc}
 
 
 @dataclass
-class DiffeoTraining:
+class DiffeoTraining(Settings):
     """Training settings; defaults are the thesis' values (§4.4) where it gives them."""
 
     config: MomentumUNetConfig = field(default_factory=MomentumUNetConfig)
@@ -98,11 +99,6 @@ class DiffeoTraining:
     init_model: str = ""
     corpus: str = ""
     seed: int = 0
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["config"] = self.config.to_dict()
-        return d
 
     def reg_weight_at(self, step: int) -> float:
         return self.reg_weight * (self.warmup_factor if step < self.warmup_steps else 1.0)
@@ -171,17 +167,14 @@ class PairSource:
 
     @classmethod
     def from_csv(cls, path, settings: DiffeoTraining) -> "PairSource":
-        pairs = []
-        for row in read_pairs_csv(path):
-            fixed = read_image(row["fixed"], "fixed image")
-            moving = read_image(row["moving"], "moving image")
+        def grid_of(fixed: Image, row: dict):
             grid = fixed.grid.with_spacing([settings.spacing_mm] * 3)
             if min(grid.size) < settings.patch_size:
                 raise InputError(f"{row['fixed']}: at {settings.spacing_mm} mm the image is {grid.size} voxels, "
                                  f"smaller than the {settings.patch_size}³ training patch")
-            f, m = resample_to(fixed, grid), resample_to(moving, grid)
-            pairs.append((f.with_array(normalize_intensity(f.array)), m.with_array(normalize_intensity(m.array))))
-        return cls(pairs, settings, f"pairs of {path}", settings.augment)
+            return grid
+
+        return cls(prepared_pairs(path, grid_of), settings, f"pairs of {path}", settings.augment)
 
     def _deformed(self, image: Image, rng: np.random.Generator) -> Image:
         s = self.settings
@@ -265,22 +258,16 @@ def train(settings: DiffeoTraining, data: PairSource, out, checkpoint_dir=None, 
     validation = validation if validation is not None else data
     sim = resolve_similarity(similarity if similarity is not None else settings.similarity)
     out = Path(out)
-    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else out.parent / f"{out.stem}_checkpoints"
-    ckpt_path = checkpoint_dir / CHECKPOINT_NAME
+    ckpt_path = checkpoint_path(out, checkpoint_dir, CHECKPOINT_NAME)
     with distributed(device) as dist:
-        if settings.batch_size % dist.world_size:
-            raise InputError(f"--batch-size {settings.batch_size} is not divisible by the {dist.world_size} processes")
-        torch.manual_seed(settings.seed)
-        net = MomentumUNet(settings.config).to(dist.device)
+        per_rank = batch_per_rank(settings.batch_size, dist)
+        net, optimizer = seeded_network(lambda: MomentumUNet(settings.config), settings.seed, settings.learning_rate,
+                                        dist)
         initial = initial_weights(net, settings) if settings.init_model else None
-        optimizer = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
         ckpt = resume_checkpoint(resume, ckpt_path, settings.to_dict())
-        step, history = int(ckpt.get("step", 0)), list(ckpt.get("history", []))
-        if ckpt:
-            net.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            if "torch_rng" in ckpt:
-                restore_torch_rng_state(ckpt["torch_rng"], dist.device)
+        step, history = restore_training(ckpt, net, optimizer)
+        if "torch_rng" in ckpt:
+            restore_torch_rng_state(ckpt["torch_rng"], dist.device)
         model = dist.wrap(net)
         val_rng = np.random.default_rng([settings.seed, 10 ** 6])
         val_fixed, val_moving = random_patches(
@@ -292,7 +279,6 @@ def train(settings: DiffeoTraining, data: PairSource, out, checkpoint_dir=None, 
                                     "model": {k: v.clone() for k, v in net.state_dict().items()}}
         steps_per_epoch = settings.groups_per_epoch * settings.batches_per_group
         total = settings.epochs * steps_per_epoch
-        per_rank = settings.batch_size // dist.world_size
         group = {}
 
         def step_fn(at_step):
@@ -305,10 +291,7 @@ def train(settings: DiffeoTraining, data: PairSource, out, checkpoint_dir=None, 
             fixed, moving = (p[lo:lo + per_rank].to(dist.device) for p in group["patches"])
             model.train()
             loss, _ = diffeo_loss(model(fixed, moving), fixed, moving, settings, sim, settings.reg_weight_at(at_step))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            return loss.item()
+            return descend(optimizer, loss)
 
         def validate():
             net.eval()
@@ -319,10 +302,8 @@ def train(settings: DiffeoTraining, data: PairSource, out, checkpoint_dir=None, 
             return {"val_loss": val, "identity_val_loss": identity_val}
 
         def save(at_step):
-            if dist.is_main:
-                atomic_save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": at_step,
-                             "history": history, "settings": settings.to_dict(), "best": best,
-                             "torch_rng": torch_rng_state(dist.device)}, ckpt_path)
+            save_training(dist, ckpt_path, net, optimizer, at_step, history, settings, best=best,
+                          torch_rng=torch_rng_state(dist.device))
 
         t0 = time.perf_counter()
         step = StepLoop(dist, "train-diffeo", total, progress_json, save).run(
@@ -343,8 +324,7 @@ def train(settings: DiffeoTraining, data: PairSource, out, checkpoint_dir=None, 
                         "split": data.split, "validation": validation.description,
                         **provenance(data.corpus, validation.corpus)}
             save_model(out, best["model"], model_metadata(settings, training))
-            emit_progress(progress_json, event="done", epoch=settings.epochs, step=step, fraction=1.0,
-                  loss=history[-1]["loss"] if history else float("nan"), message="done", model=str(out))
+            emit_done(progress_json, settings, step, history[-1]["loss"] if history else float("nan"), out)
         dist.barrier()
     return out
 

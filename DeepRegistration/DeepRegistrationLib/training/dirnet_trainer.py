@@ -17,30 +17,30 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..core.errors import InputError
-from ..core.io import read_image
+from ..core.settings import Settings
 from ..data import sources
 from ..data.corpus_pairs import CorpusPairs
 from ..core.bspline import bspline_displacement
 from ..deformable.dirnet_registration import MODEL_KIND, NORMALIZATION, model_grid
-from ..deformable.model_input import normalize_intensity, resample_to
+from ..core.network_input import normalize_intensity, resample_to
 from ..core.spatial_transformer import warp_voxels
 from ..metrics.similarity import ncc
 from ..models.model_file import save_model
 from ..networks.dirnet_regressor import DIRNet, DIRNetConfig
-from .common import StepLoop, atomic_save, distributed, emit_progress, provenance, read_pairs_csv, resume_checkpoint
+from .common import (StepLoop, batch_per_rank, checkpoint_path, descend, distributed, emit_done, prepared_pairs,
+                     provenance, save_training, start_training, validation_generator)
 
 CHECKPOINT_NAME = "dirnet_last.pt"
 
 
 @dataclass
-class DIRNetTraining:
+class DIRNetTraining(Settings):
     """Training settings; defaults are the paper's where it gives them (batch 32, Adam, NCC)."""
 
     config: DIRNetConfig = field(default_factory=DIRNetConfig)
@@ -58,12 +58,6 @@ class DIRNetTraining:
     corpus: str = ""
     corpus_pairs: int = 16
     seed: int = 0
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["config"] = self.config.to_dict()
-        d["size_xyz"], d["spacing_mm"] = list(self.size_xyz), list(self.spacing_mm)
-        return d
 
 
 def ncc_loss(warped: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
@@ -128,14 +122,8 @@ class VolumePairs:
 
     @classmethod
     def from_csv(cls, path, settings: DIRNetTraining) -> "VolumePairs":
-        pairs = []
-        for row in read_pairs_csv(path):
-            fixed = read_image(row["fixed"], "fixed image")
-            moving = read_image(row["moving"], "moving image")
-            grid = model_grid(fixed.grid, settings.size_xyz, settings.spacing_mm)
-            pairs.append((normalize_intensity(resample_to(fixed, grid).array),
-                          normalize_intensity(resample_to(moving, grid).array)))
-        return cls(pairs, settings, f"pairs of {path}")
+        pairs = prepared_pairs(path, lambda fixed, _: model_grid(fixed.grid, settings.size_xyz, settings.spacing_mm))
+        return cls([(f.array, m.array) for f, m in pairs], settings, f"pairs of {path}")
 
     def sample(self, count: int, generator):
         fixed, moving = [], []
@@ -168,25 +156,13 @@ def train(settings: DIRNetTraining, data: VolumePairs, out, checkpoint_dir=None,
     (default: ``data``, drawn with a seed of their own)."""
     validation = validation if validation is not None else data
     out = Path(out)
-    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else out.parent / f"{out.stem}_checkpoints"
-    ckpt_path = checkpoint_dir / CHECKPOINT_NAME
+    ckpt_path = checkpoint_path(out, checkpoint_dir, CHECKPOINT_NAME)
     with distributed(device) as dist:
-        if settings.batch_size % dist.world_size:
-            raise InputError(f"--batch-size {settings.batch_size} is not divisible by the {dist.world_size} processes")
-        torch.manual_seed(settings.seed)
-        net = DIRNet(settings.config).to(dist.device)
-        optimizer = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
-        ckpt = resume_checkpoint(resume, ckpt_path, settings.to_dict())
-        step, history = int(ckpt.get("step", 0)), list(ckpt.get("history", []))
-        if ckpt:
-            net.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-        model = dist.wrap(net)
-        generator = torch.Generator().manual_seed(settings.seed * 1000 + dist.rank + 7919 * step)
-        val_fixed, val_moving = validation.sample(settings.validation_pairs,
-                                                  torch.Generator().manual_seed(10 ** 6 + settings.seed))
+        per_rank = batch_per_rank(settings.batch_size, dist)
+        net, optimizer, model, step, history, generator = start_training(
+            dist, settings, lambda: DIRNet(settings.config), ckpt_path, resume)
+        val_fixed, val_moving = validation.sample(settings.validation_pairs, validation_generator(settings.seed))
         total = settings.epochs * settings.steps_per_epoch
-        per_rank = settings.batch_size // dist.world_size
 
         def step_fn(_step):
             fixed, moving = data.sample(per_rank, generator)
@@ -194,15 +170,10 @@ def train(settings: DIRNetTraining, data: VolumePairs, out, checkpoint_dir=None,
             model.train()
             warped, _, _ = model(fixed, moving)
             loss = ncc_loss(warped, fixed)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            return loss.item()
+            return descend(optimizer, loss)
 
         def save(at_step):
-            if dist.is_main:
-                atomic_save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": at_step,
-                             "history": history, "settings": settings.to_dict()}, ckpt_path)
+            save_training(dist, ckpt_path, net, optimizer, at_step, history, settings)
 
         t0 = time.perf_counter()
         step = StepLoop(dist, "train-dirnet", total, progress_json, save).run(
@@ -220,8 +191,7 @@ def train(settings: DIRNetTraining, data: VolumePairs, out, checkpoint_dir=None,
                         if "SPM avg152" in data.description else "the pairs of the CSV",
                         "validation": validation.description, **provenance(data.corpus, validation.corpus)}
             save_model(out, net.state_dict(), model_metadata(settings, training))
-            emit_progress(progress_json, event="done", epoch=settings.epochs, step=step, fraction=1.0,
-                  loss=history[-1]["loss"] if history else float("nan"), message="done", model=str(out))
+            emit_done(progress_json, settings, step, history[-1]["loss"] if history else float("nan"), out)
         dist.barrier()
     return out
 

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from ..core.errors import InputError
 from ..core.io import read_image
+from ..core.settings import Settings
 from ..core.transforms import RigidTransform
 from ..metrics.evaluation import rigid_errors
 from ..networks.metric_cnn import MetricCNN, default_architecture
@@ -67,7 +68,7 @@ SELECTION_ROTATION_RADIUS_MM = 50.0
 
 
 @dataclass
-class MetricTrainingConfig:
+class MetricTrainingConfig(Settings):
     """Every default is the paper's value where the paper gives one (marked), else our choice."""
 
     stages: tuple = PAPER_STAGES                 # paper, experiment 2
@@ -95,12 +96,6 @@ class MetricTrainingConfig:
     init_model: str = ""                         # a metric set whose stage k starts stage k (fine-tuning)
     description: str = ""
     command: str = ""                            # the command line that ran the training (provenance)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["stages"] = [list(s) for s in self.stages]
-        d["channels"] = list(self.channels)
-        return d
 
 
 def split_pairs(n: int, fraction: float, seed: int) -> tuple:

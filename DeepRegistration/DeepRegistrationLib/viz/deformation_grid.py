@@ -7,6 +7,7 @@ import numpy as np
 
 from ..core.image import Grid, Image
 from ..core.transforms import DisplacementField
+from .figure import pyplot, save_figure
 
 
 def _axis_pairs(axis: int):
@@ -55,11 +56,7 @@ def plot_deformation_grid(ax, warped_slice: np.ndarray, u_rows_vox: np.ndarray, 
 def save_deformation_grid_figure(warped: Image, field: DisplacementField, path, title: str = "",
                                  spacing_vox: int = 6) -> Path:
     """Three orthogonal middle slices of ``warped`` with the field's morphed grid lines (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     if not field.grid.same_as(warped.grid):
         field = DisplacementField.from_transform(field, warped.grid)
     index_from_physical = np.linalg.inv(field.grid.direction @ np.diag(field.grid.spacing))
@@ -75,8 +72,4 @@ def save_deformation_grid_figure(warped: Image, field: DisplacementField, path, 
         ax.set_title(name, fontsize=9)
     fig.suptitle(title or "deformation grid over the warped image", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

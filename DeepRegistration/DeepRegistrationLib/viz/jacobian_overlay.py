@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .figure import gray
+
 #: det J shown over [0, 2], centred on 1 (no change in volume)
 DET_RANGE = (0.0, 2.0)
 FOLDING_COLOR = (0.0, 1.0, 0.0, 1.0)
-
-
-def _gray(a: np.ndarray) -> np.ndarray:
-    lo, hi = np.percentile(a, [1, 99])
-    return np.clip((a - lo) / max(hi - lo, 1e-12), 0, 1)
 
 
 def plot_jacobian_overlay(ax, background: np.ndarray, det: np.ndarray, alpha: float = 0.6, colorbar_axes=None):
@@ -21,7 +18,7 @@ def plot_jacobian_overlay(ax, background: np.ndarray, det: np.ndarray, alpha: fl
     ``colorbar_axes`` when given, else beside ``ax``."""
     from matplotlib.colors import ListedColormap
 
-    ax.imshow(_gray(background), cmap="gray", origin="lower")
+    ax.imshow(gray(background), cmap="gray", origin="lower")
     shown = ax.imshow(np.ma.masked_where(det <= 0, det), cmap="bwr", vmin=DET_RANGE[0], vmax=DET_RANGE[1],
                       alpha=alpha, origin="lower")
     folded = det <= 0

@@ -6,11 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.image import Image
-
-
-def _normalize(a: np.ndarray) -> np.ndarray:
-    lo, hi = np.percentile(a, [1, 99])
-    return np.clip((a - lo) / max(hi - lo, 1e-12), 0, 1)
+from .figure import gray, pyplot, save_figure
 
 
 def orthogonal_slices(array: np.ndarray) -> list:
@@ -27,12 +23,8 @@ def checkerboard(a: np.ndarray, b: np.ndarray, tiles: int = 8) -> np.ndarray:
 
 def save_checkerboard_figure(fixed: Image, before: Image, after: Image, path, title: str = "") -> Path:
     """Three orthogonal checkerboards of fixed vs moving, before and after registration (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    f, b, a = (_normalize(im.array) for im in (fixed, before, after))
+    plt = pyplot()
+    f, b, a = (gray(im.array) for im in (fixed, before, after))
     aspect = [fixed.grid.spacing[1] / fixed.grid.spacing[0], fixed.grid.spacing[2] / fixed.grid.spacing[0],
               fixed.grid.spacing[2] / fixed.grid.spacing[1]]
     fig, axes = plt.subplots(2, 3, figsize=(10, 6.5))
@@ -45,8 +37,4 @@ def save_checkerboard_figure(fixed: Image, before: Image, after: Image, path, ti
             ax.axis("off")
     fig.suptitle(title or "checkerboard of fixed and moving", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

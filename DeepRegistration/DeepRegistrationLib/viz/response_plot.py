@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ..rigid.response_functions import PARAMETERS, UNITS
+from .figure import pyplot, save_figure
 
 
 def save_response_plot(rows: list, path, title: str = "", normalize: bool = True, panels: list = None) -> Path:
@@ -13,11 +14,7 @@ def save_response_plot(rows: list, path, title: str = "", normalize: bool = True
     [0, 1] over all its values (so metrics with different units share an axis, and the relative
     sharpness of a metric across parameters is kept). ``panels`` puts several groups of rows side by
     side: a list of (panel title, rows)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     groups = panels or [(title, rows)]
     params = [p for p in PARAMETERS if any(r["parameter"] == p for _, g in groups for r in g)]
     fig = plt.figure(figsize=(2.6 * len(params), 2.9 * len(groups)), layout="constrained")
@@ -45,8 +42,4 @@ def save_response_plot(rows: list, path, title: str = "", normalize: bool = True
             axes[-1].legend(fontsize=6, loc="lower right")
     if title and panels:
         fig.suptitle(title, fontsize=10)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
