@@ -61,11 +61,13 @@ def test_cli_register_dirnet_default_model_end_to_end(brain_pair, tmp_path, caps
     folder, fixed, moving = brain_pair
     rc = main(["register", str(folder / "fixed.nii.gz"), str(folder / "moving.nii.gz"), "--method", "dirnet",
                "--out-transform", str(tmp_path / "t.h5"), "--out-volume", str(tmp_path / "w.nii.gz"),
-               "--report", str(tmp_path / "r.json"), "--device", "cpu", "--quiet"])
+               "--report", str(tmp_path / "r.json"), "--device", "cpu", "--quiet",
+               "--param", "iterations=3"])          # instance optimization on, short (its own tests go further)
     out = capsys.readouterr().out
     assert rc == 0 and "used the bundled model 'dirnet_brain_t1_3d'" in out
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["model_dimension"] == 3 and report["folding_percent"] < 1.0
+    assert report["instance_optimization"]["iterations_done"] > 0
     warped = read_image(tmp_path / "w.nii.gz")
     assert warped.grid.same_as(fixed.grid)
     assert ncc_of(fixed, warped) > ncc_of(fixed, moving)
