@@ -139,8 +139,9 @@ def test_masks_restrict_the_similarity(case, capsys):
     corrupt = moving.array.copy()
     corrupt[:, :, -14:] = np.percentile(moving.array, 99) * 1.5
     corrupted = moving.with_array(corrupt)
-    masked = register(fixed, corrupted, "dirnet", fixed_mask=Image(mask, fixed.grid), **QUICK).transform
-    unmasked = register(fixed, corrupted, "dirnet", **QUICK).transform
+    one_level = {"iterations": 24, "io_levels": 1}     # the model grid only: ~1/9 of a second level's cost per step
+    masked = register(fixed, corrupted, "dirnet", fixed_mask=Image(mask, fixed.grid), **one_level).transform
+    unmasked = register(fixed, corrupted, "dirnet", **one_level).transform
     field = {k: DisplacementField.from_transform(t, fixed.grid).displacement_mm
              for k, t in (("masked", masked), ("unmasked", unmasked))}
     inside = mask.astype(bool) & (normalize_intensity(fixed.array) > 0.1)
@@ -149,8 +150,8 @@ def test_masks_restrict_the_similarity(case, capsys):
     with capsys.disabled():
         print(f"\ndirnet IO with a slab outside the mask: error in the mask {error['masked']:.3f} mm with the mask, "
               f"{error['unmasked']:.3f} mm without; fields differ by {change:.3f} mm there")
-    assert change > 0.05                                  # measured: 0.872 mm
-    assert error["masked"] < error["unmasked"]             # measured: 1.216 vs 1.440 mm
+    assert change > 0.05                                  # measured: 1.387 mm
+    assert error["masked"] < error["unmasked"]             # measured: 1.570 vs 1.986 mm
 
 
 def test_divergence_keeps_the_best_iterate_and_says_so(case, results):
