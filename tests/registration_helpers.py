@@ -26,10 +26,12 @@ def momentum_fields(momentum, spacing_zyx, alpha: float = lddmm.ALPHA, gamma: fl
     return integrate_velocity(v, spacing_zyx, steps)[:2]
 
 
-def cli_register(folder, method: str, out, capsys) -> tuple:
-    """``deepregistration register`` of ``folder``'s fixed.nii.gz and moving.nii.gz with ``method`` on the CPU,
-    writing t.h5, w.nii.gz and r.json into ``out``: (exit code, console output, report)."""
+def cli_register(folder, method: str, out, capsys, *params: str) -> tuple:
+    """``deepregistration register`` of ``folder``'s fixed.nii.gz and moving.nii.gz with ``method`` on the CPU
+    (``params``: ``KEY=VALUE`` options), writing t.h5, w.nii.gz and r.json into ``out``: (exit code, console
+    output, report)."""
     rc = main(["register", str(folder / "fixed.nii.gz"), str(folder / "moving.nii.gz"), "--method", method,
                "--out-transform", str(out / "t.h5"), "--out-volume", str(out / "w.nii.gz"),
-               "--report", str(out / "r.json"), "--device", "cpu", "--quiet"])
+               "--report", str(out / "r.json"), "--device", "cpu", "--quiet"]
+              + [a for p in params for a in ("--param", p)])
     return rc, capsys.readouterr().out, json.loads((out / "r.json").read_text())

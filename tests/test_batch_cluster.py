@@ -28,6 +28,9 @@ RIGID = "nmi"
 #: ends at a worse pose, which the confidence flags; a known issue, see docs/rigid-robustness.md)
 RIGID_PARAMS = {"init": "none"}
 DEFORMABLE = "deepsim"
+#: the network alone: these tests are about the batch, not instance optimization (tests/test_instance_optimization.py),
+#: which costs about 30 times the network's time per pair here
+DEFORMABLE_PARAMS = {"iterations": "0"}
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
 
@@ -107,13 +110,13 @@ def test_changed_parameters_rerun_only_that_pair(cluster, cohort, tmp_path):
     csv = tmp_path / "pairs.csv"
     csv.write_text("\n".join(rows).replace("fixed.nii.gz", str(cohort.parent / "fixed.nii.gz"))
                    .replace("subject_", str(cohort.parent / "subject_")) + "\n")
-    assert len(run_batch(csv, DEFORMABLE, out, scheduler=cluster).done) == 2
+    assert len(run_batch(csv, DEFORMABLE, out, DEFORMABLE_PARAMS, scheduler=cluster).done) == 2
     text = csv.read_text().splitlines()
     text[0] += ",params"
     text[1] += ",smoothing=0"
     text[2] += ","
     csv.write_text("\n".join(text) + "\n")
-    again = run_batch(csv, DEFORMABLE, out, scheduler=cluster)
+    again = run_batch(csv, DEFORMABLE, out, DEFORMABLE_PARAMS, scheduler=cluster)
     assert again.skipped == ["subject_01"]
     assert again.failed == ["subject_00"]          # deepsim has no 'smoothing' option: recorded, not raised
     assert "smoothing" in again.report["rows"][0]["error"]
@@ -187,7 +190,7 @@ def test_report_opens_in_a_browser_with_every_thumbnail_and_sorts(cluster, cohor
     csv = cohort.parent / "mixed.csv"
     csv.write_text("fixed,moving,method\n" + "\n".join(f"{line}," for line in lines[1:4])
                    + f"\n{lines[4]},{RIGID}\nfixed.nii.gz,broken.nii.gz,\n")
-    result = run_batch(csv, DEFORMABLE, tmp_path / "out", scheduler=cluster)
+    result = run_batch(csv, DEFORMABLE, tmp_path / "out", DEFORMABLE_PARAMS, scheduler=cluster)
     assert len(result.done) == 4 and result.failed == ["broken"]
 
     browser.get((tmp_path / "out" / "report.html").as_uri())

@@ -21,6 +21,9 @@ import slicer_gui_harness as harness  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 #: a method `register` takes, with a bundled model
 DEFORMABLE = "deepsim"
+#: the network alone: these tests are about the batch through the module logic; instance optimization has its own
+#: tests (tests/test_instance_optimization.py) and costs about 30 times the network's time per pair here
+NETWORK_ALONE = ["--param", "iterations=0"]
 
 
 @pytest.fixture
@@ -51,7 +54,7 @@ def test_scene_volumes_to_a_reference_through_the_module_logic(script, cohort, t
     before = [slicer.util.arrayFromVolume(n).copy() for n in moving]
     out = tmp_path / "qa"
 
-    assert batch.main(["--reference", "template", "--out", str(out), "--method", DEFORMABLE]) == 1
+    assert batch.main(["--reference", "template", "--out", str(out), "--method", DEFORMABLE, *NETWORK_ALONE]) == 1
     rows = json.loads((out / "report.json").read_text())["pairs"]
     assert [r["id"] for r in rows][0] == "empty" and rows[0]["status"] == "failed"
     assert "no voxels" in rows[0]["error"]
@@ -68,7 +71,7 @@ def test_scene_volumes_to_a_reference_through_the_module_logic(script, cohort, t
     stamps = {r["id"]: os.stat(out / "pairs" / r["id"] / "status.json").st_mtime_ns for r in registered}
 
     # a rerun over the scene (now holding the Jacobian volumes the batch added) redoes only the failed pair
-    assert batch.main(["--reference", "template", "--out", str(out), "--method", DEFORMABLE]) == 1
+    assert batch.main(["--reference", "template", "--out", str(out), "--method", DEFORMABLE, *NETWORK_ALONE]) == 1
     rows = json.loads((out / "report.json").read_text())["pairs"]
     assert {r["id"] for r in rows} == {"subject_0", "subject_1", "empty"}
     assert {i: os.stat(out / "pairs" / i / "status.json").st_mtime_ns for i in stamps} == stamps
@@ -79,7 +82,7 @@ def test_folder_to_a_reference_file_leaves_the_scene_as_it_was(script, cohort, t
     nodes_before = scene.GetNumberOfNodes()
     out = tmp_path / "qa"
     argv = ["--reference", str(cohort / "fixed.nii.gz"), "--folder", str(cohort), "--pattern", "subject_*.nii.gz",
-            "--out", str(out), "--method", DEFORMABLE]
+            "--out", str(out), "--method", DEFORMABLE, *NETWORK_ALONE]
     assert batch.main(argv) == 0
     assert scene.GetNumberOfNodes() == nodes_before
     assert sorted(p.name for p in (out / "pairs").iterdir()) == ["subject_00", "subject_01", "subject_02"]

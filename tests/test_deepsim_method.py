@@ -76,15 +76,17 @@ def test_bundled_models_state_their_provenance_and_are_tiny():
 
 def test_cli_register_deepsim_default_model_end_to_end(brain_pair, tmp_path, capsys):
     folder, fixed, moving, labels, moving_labels = brain_pair
-    rc, out, report = cli_register(folder, "deepsim", tmp_path, capsys)
+    rc, out, report = cli_register(folder, "deepsim", tmp_path, capsys,
+                                   "iterations=3")   # instance optimization on, short (its own tests go further)
     assert rc == 0 and "used the bundled model 'deepsim_brain_t1_3d'" in out
     assert report["model_dimension"] == 3 and report["model_similarity"] == "deepsim"
+    assert report["instance_optimization"]["iterations_done"] > 0
     assert report["folding_percent"] < 1.0
     assert read_image(tmp_path / "w.nii.gz").grid.same_as(fixed.grid)
     transform = DisplacementField.from_transform(read_transform(tmp_path / "t.h5"), fixed.grid)
     warped_labels = warp(moving_labels, fixed.grid, transform, mode="nearest")
     before, after = mean_dice(labels, moving_labels), mean_dice(labels, warped_labels)
-    assert after > before + 0.01          # measured: 0.833 -> 0.849 with the bundled 3D model
+    assert after > before + 0.01          # measured: 0.833 -> 0.851 with the bundled 3D model and 3 IO iterations
 
 
 def test_2d_model_registers_slice_by_slice_in_plane(brain_pair):

@@ -44,7 +44,8 @@ def test_objective_peaks_near_the_true_pose(rigid_case):
 
 def test_powell_with_deepsim_recovers_the_pose(rigid_case):
     fixed, moving, truth = rigid_case
-    settings = PowellSettings(max_evaluations=300, max_rotation_rad=0.2, max_translation_mm=15.0)
+    # 120 evaluations (Powell converges after ~170): measured 0.28 mm, 0.03 deg from the true pose (90: 0.27 mm, 0.67 deg)
+    settings = PowellSettings(max_evaluations=120, max_rotation_rad=0.2, max_translation_mm=15.0)
     found, info = register_rigid_deepsim(fixed, moving, load_deepsim("deepsim_features_brain_t1_3d"), settings=settings)
     errors = rigid_errors(found, truth)
     assert info["metric_after"] > info["metric_before"]

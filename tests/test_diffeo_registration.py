@@ -155,9 +155,10 @@ def test_momentum_fitted_with_eq_3_2_registers_the_pair_through_the_prediction_p
     f = torch.as_tensor(normalize_intensity(fixed.array))[None, None].float()
     m = torch.as_tensor(normalize_intensity(moving.array))[None, None].float()
     settings = DiffeoTraining(spacing_mm=2.0)
+    steps = 10                                   # the checks below, measured with 10 and with 40 steps
     momentum = torch.zeros(1, 3, *f.shape[2:], requires_grad=True)
     optimizer = torch.optim.Adam([momentum], lr=1.0)
-    for _ in range(40):
+    for _ in range(steps):
         loss = diffeo_loss(momentum, f, m, settings, normalized_mse, settings.reg_weight)[0]
         optimizer.zero_grad()
         loss.backward()
@@ -172,10 +173,10 @@ def test_momentum_fitted_with_eq_3_2_registers_the_pair_through_the_prediction_p
     dice_after = dice_per_label(gm, warped_gm > 0.5)[1]
     det = jacobian_determinant(field)
     with capsys.disabled():
-        print(f"\nmomentum fitted with eq. 3.2 (40 Adam steps) on the held-out pair: MSE {mse_before:.1f} -> "
+        print(f"\nmomentum fitted with eq. 3.2 ({steps} Adam steps) on the held-out pair: MSE {mse_before:.1f} -> "
               f"{mse_after:.1f}, GM Dice {dice_before:.4f} -> {dice_after:.4f}, det J [{det.min():.3f}, {det.max():.3f}]")
-    assert mse_after < 0.5 * mse_before          # measured: 122.3 -> 32.1
-    assert dice_after > dice_before + 0.02       # measured: 0.9245 -> 0.9667
+    assert mse_after < 0.5 * mse_before          # measured: 122.3 -> 41.4 (40 steps: 32.1)
+    assert dice_after > dice_before + 0.02       # measured: 0.9245 -> 0.9570 (40 steps: 0.9667)
     assert det.min() > 0
 
 

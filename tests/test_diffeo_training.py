@@ -113,14 +113,14 @@ def test_network_learns_to_register_a_fixed_batch_through_eq_3_2(device):
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
     loss = lambda momentum: diffeo_loss(momentum, fixed, moving, settings, normalized_mse, 1e-4)[0]  # noqa: E731
     zero = float(loss(torch.zeros(2, 3, 24, 24, 24, device=device)))
-    for _ in range(60):
+    for _ in range(30):
         value = loss(net(fixed, moving))
         optimizer.zero_grad()
         value.backward()
         optimizer.step()
     fitted = value.item()
-    print(f"\neq. 3.2 on one batch of two 24³ patches: zero momentum {zero:.4f}, network after 60 steps {fitted:.4f}")
-    assert fitted < 0.5 * zero
+    print(f"\neq. 3.2 on one batch of two 24³ patches: zero momentum {zero:.4f}, network after 30 steps {fitted:.4f}")
+    assert fitted < 0.5 * zero         # measured on the CPU: 0.36 x zero after 30 steps (0.29 x after 60)
 
 
 def test_warmup_lowers_the_regularization_first():

@@ -60,9 +60,11 @@ def test_bundled_models_state_their_provenance():
 
 def test_cli_register_dirnet_default_model_end_to_end(brain_pair, tmp_path, capsys):
     folder, fixed, moving = brain_pair
-    rc, out, report = cli_register(folder, "dirnet", tmp_path, capsys)
+    rc, out, report = cli_register(folder, "dirnet", tmp_path, capsys,
+                                   "iterations=3")   # instance optimization on, short (its own tests go further)
     assert rc == 0 and "used the bundled model 'dirnet_brain_t1_3d'" in out
     assert report["model_dimension"] == 3 and report["folding_percent"] < 1.0
+    assert report["instance_optimization"]["iterations_done"] > 0
     warped = read_image(tmp_path / "w.nii.gz")
     assert warped.grid.same_as(fixed.grid)
     assert ncc_of(fixed, warped) > ncc_of(fixed, moving)

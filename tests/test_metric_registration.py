@@ -38,7 +38,7 @@ def test_cnn_registration_with_the_bundled_set_recovers_a_known_pose(shifted_pai
     fixed, moving, true = shifted_pair
     fixed_3mm = anti_aliased_resample(fixed, 3.0)  # another spacing than the data's: resampled to the model's levels
     result = register(fixed_3mm, moving, "learned-metric", device, patches=64, max_evaluations=150, start="none",
-                      init="none")
+                      init="none", confidence=False)     # ~30 % of the time; confidence runs in the MRML adapter test
     assert "sedghi-t1-t2" in result.report["model_note"]
     err = rigid_errors(result.transform, true)
     before = rigid_errors(RigidTransform(center_mm=true.center_mm), true)
