@@ -47,9 +47,9 @@ COMMANDS = {
     "deepsim_comparison_2d": "OMP_NUM_THREADS=1 python benchmarks/accuracy/deepsim_comparison.py --dim 2 --work W "
                              "--evaluate --figures docs/figures (after training, see benchmarks/README.md)",
     "metric_corpus_t1_t2": "python benchmarks/accuracy/metric_corpus_evaluation.py --task t1-t2 --split test "
-                           "--cases 6 --model sedghi-t1-t2",
+                           "--cases 4 --model sedghi-t1-t2",
     "metric_corpus_t1_gm": "python benchmarks/accuracy/metric_corpus_evaluation.py --task t1-gm --split test "
-                           "--cases 6 --model sedghi-t1-gm",
+                           "--cases 4 --model sedghi-t1-gm",
     "rigid_evaluation": "python benchmarks/accuracy/rigid_evaluation.py --split test --cases 4",
     "deformable_evaluation": "OMP_NUM_THREADS=1 python benchmarks/accuracy/deformable_evaluation.py "
                              "--same-subject-pairs 1 --threads 1",
