@@ -334,6 +334,14 @@ def validation_text(meta: dict) -> str:
     return "–"
 
 
+def training_data_text(t: dict) -> str:
+    corpus = t.get("corpus")
+    if corpus and not t.get("data"):
+        return (f"subject corpus, {corpus['mode']}: train split {', '.join(corpus['train_subjects'])}; "
+                f"selected on the validation split {', '.join(corpus['validation_subjects'])}")
+    return (t.get("data") or t.get("description")) + (f"; {t['split']}" if t.get("split") else "")
+
+
 def model_cards(kinds) -> str:
     """The bundled models of these kinds, from their metadata (``models.model_file.read_metadata``)."""
     sys.path.insert(0, str(ROOT / "DeepRegistration"))
@@ -355,8 +363,7 @@ def model_cards(kinds) -> str:
         lines = [f"**`{name}`** ({meta['kind']}, created {meta['created'][:10]})", "",
                  f"- architecture: {arch.get('name', '')}; {compact(arch.get('config', arch))}",
                  f"- input: {size}; intensities {meta['intensity_normalization']}",
-                 f"- training data: {t.get('data') or t.get('description')}"
-                 + (f"; {t['split']}" if t.get("split") else ""),
+                 f"- training data: {training_data_text(t)}",
                  f"- validation: {validation_text(meta)}"]
         chain, node = [], t
         while node:
@@ -409,10 +416,16 @@ def status_learned_metric(results_dir, task):
     pair = task.upper().replace("-", "↔")
     return (f"rigid learned metric (`learned-metric`), {pair}",
             f"{cnn['cases']} unseen SPM avg152-derived {pair} subjects",
-            f"‖Δt‖ {pm(cnn['t_norm_mm'])} mm (`{r['model']}`)", f"NMI: {pm(nmi['t_norm_mm'])} mm",
+            f"‖Δt‖ {pm(cnn['t_norm_mm'])} mm (`{r['model']}`{older_weights(r, r['model'])})", f"NMI: {pm(nmi['t_norm_mm'])} mm",
             f"{cnn['seconds_per_case'] / nmi['seconds_per_case']:.1f}× NMI's time",
             f"CNN below NMI (p < 0.05): **{'met' if met else 'not met'}** (paired t-test p = {p_value(t['t_test_p'])})",
             name)
+
+
+def older_weights(record: dict, model: str) -> str:
+    """A note when a results file was made before the bundled model's current weights."""
+    from DeepRegistrationLib.models.model_file import read_metadata
+    return ", its weights before the corpus fine-tuning" if record["date"] < read_metadata(model)["created"] else ""
 
 
 def status_diffeo(results_dir):
