@@ -158,6 +158,15 @@ def test_divergence_keeps_the_best_iterate_and_says_so(case, results):
     assert error_mm(case, r.transform) <= error_mm(case, results["diffeo", "network"].transform) + 0.05
 
 
+@pytest.mark.parametrize("method", ["dirnet", "deepsim"])
+def test_an_iterate_that_folds_is_refused_for_every_method(case, method):
+    """A step far too large folds the field at once; the refusal keeps the last fold-free iterate."""
+    r = register(case["fixed"], case["moving"], method, iterations=4, io_levels=1, learning_rate=500.0)
+    stages = r.report["instance_optimization"]["stages"]
+    assert any("folding voxels" in (s["stopped"] or "") for s in stages), stages
+    assert r.report["folding_voxels"] == 0
+
+
 def test_cancel_during_instance_optimization_raises_and_writes_nothing(case, tmp_path):
     seen = []
     progress = Progress(lambda f, message: seen.append(message),

@@ -138,7 +138,7 @@ def optimize_field(u_net: torch.Tensor, fixed: torch.Tensor, moving: torch.Tenso
             if mw is not None:
                 carried = warp_voxels(mw, u)
                 weights = carried if weights is None else weights * carried
-            return similarity(warp_voxels(m, u), f, weights) + lam * diffusion(u), None
+            return similarity(warp_voxels(m, u), f, weights) + lam * diffusion(u), io.folding_refusal(u)
 
         stage = io.Stage(k + 1, list(level) if ndim == 3 else [u_net.shape[0], *level], spacing, options["iterations"])
         io.optimize([c], loss_fn, options["iterations"], options["learning_rate"] * spacing[-1] / spacing_zyx[-1],

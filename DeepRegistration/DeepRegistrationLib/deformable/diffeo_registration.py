@@ -113,8 +113,7 @@ def optimize_velocity(v_net: torch.Tensor, fixed: torch.Tensor, moving: torch.Te
             loss = (options["reg_weight"] * operator_norm(v, spacing, alpha, gamma)
                     + 0.5 * similarity(warp_voxels(moving_levels[k], u, padding_mode="zeros"), f, w_forward)
                     + 0.5 * similarity(warp_voxels(fixed_levels[k], u_inv, padding_mode="zeros"), m, w_inverse))
-            folds = io.folding_voxels(u.detach()) + io.folding_voxels(u_inv.detach())
-            return loss, (f"{folds} folding voxels" if folds else None)
+            return loss, io.folding_refusal(u, u_inv)
 
         stage = io.Stage(k + 1, list(shape), spacing, options["iterations"])
         io.optimize([delta], loss_fn, options["iterations"], options["learning_rate"],

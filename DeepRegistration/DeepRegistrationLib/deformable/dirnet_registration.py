@@ -121,7 +121,7 @@ def optimize_control_points(net: DIRNet, control: torch.Tensor, fixed: Image, mo
             if mw is not None:
                 carried = warp_voxels(mw, u)
                 weights = carried if weights is None else weights * carried
-            return similarity(warp_voxels(m, u), f, weights), None
+            return similarity(warp_voxels(m, u), f, weights), io.folding_refusal(u)
 
         stage = io.Stage(k + 1, list(f.shape[2:]) if ndim == 3 else [f.shape[0], *f.shape[2:]],
                          list(reversed(level_grid.spacing.tolist())), options["iterations"])

@@ -16,7 +16,7 @@ the three share; each method's model and loss live next to its registration modu
   modality does not pull the deformation), ``deepsim`` its own training similarity (DeepSim).
 - The loop (:func:`optimize`): Adam, one progress report per iteration (which raises ``Cancelled`` when
   the user cancels), and a divergence guard: a non-finite loss, a loss above the best for
-  :data:`PATIENCE` iterations in a row, or an iterate the model's check refuses (folding, for diffeo)
+  :data:`PATIENCE` iterations in a row, or an iterate with folding voxels (3D fields; diffeo: either direction)
   stops the stage; the best iterate seen is kept and the stage record says why it stopped.
 """
 from __future__ import annotations
@@ -179,6 +179,13 @@ def report(similarity: str, stages: list, **settings) -> tuple:
              "iterations_done": sum(s.iterations_done for s in stages),
              "seconds": round(sum(s.seconds for s in stages), 3)}
     return entry, warnings
+
+
+def folding_refusal(*fields: torch.Tensor) -> Optional[str]:
+    """Why an iterate is refused: folding voxels in any of these 3D displacements (voxels, x-first); 2D fields
+    are not checked."""
+    folds = sum(folding_voxels(u.detach()) for u in fields if u.dim() == 5)
+    return f"{folds} folding voxels" if folds else None
 
 
 @torch.no_grad()
