@@ -313,20 +313,34 @@ def speedups_vs_demons(rows: list) -> dict:
     return out
 
 
+def read_rows(path: Path) -> list:
+    """The rows of a results file, or those a run printed to its log (a run stopped before it finished)."""
+    if path.suffix == ".json":
+        return json.loads(path.read_text())["results"]["rows"]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith('{"pair"')]
+
+
 def merge(paths, out: Path) -> None:
-    """One results file from runs that each evaluated some of the pairs (run side by side on the CPU's cores)."""
-    parts = [json.loads(Path(p).read_text()) for p in paths]
+    """One results file from runs that each evaluated some of the pairs (run side by side on the CPU's cores),
+    the first run's row of a (pair, method) kept; logs of runs stopped early give their printed rows."""
+    paths = [Path(p) for p in paths]
+    parts = [json.loads(p.read_text()) for p in paths if p.suffix == ".json"]
     rows = {}
-    for part in parts:
-        for r in part["results"]["rows"]:
-            rows.setdefault((r["pair"], r["method"]), r)      # a pair's row once, even where two runs made it
+    for path in paths:
+        for r in read_rows(path):
+            rows.setdefault((r["pair"], r["method"]), r)
     rows = list(rows.values())
     extra = {k: parts[0][k] for k in ("test_subjects", "models", "bspline_tuning", "spacing_mm", "deform_max_mm",
                                       "threads")}
-    write_results(out, "deformable_evaluation", parts[0]["data"],
+    write_results(out, "deformable_evaluation", data_text(rows, extra["spacing_mm"]),
                   {"rows": rows, "speedup_vs_demons": speedups_vs_demons(rows)},
-                  parts=[{"command": p["command"], "commit": p["commit"], "machine": p["machine"]} for p in parts],
-                  **extra)
+                  parts=[{"command": p["command"], "commit": p["commit"], "machine": p["machine"]} for p in parts]
+                  + [{"log": p.name, "note": "rows printed by a run stopped before it finished"}
+                     for p in paths if p.suffix != ".json"], **extra)
+
+
+def data_text(rows: list, spacing_mm: float) -> str:
+    return f"corpus test split at {spacing_mm:g} mm: " + "; ".join(r["pair"] for r in rows if r["method"] == "none")
 
 
 def main(argv=None) -> int:
@@ -346,7 +360,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(default_path("deformable_evaluation")))
-    p.add_argument("--merge", nargs="+", metavar="JSON", help="merge the results files of partial runs into --out")
+    p.add_argument("--merge", nargs="+", metavar="FILE", help="merge the results files (or logs) of partial runs "
+                                                             "into --out")
     args = p.parse_args(argv)
     if args.merge:
         merge(args.merge, Path(args.out))
@@ -401,16 +416,14 @@ def main(argv=None) -> int:
                 row["error"] = f"{type(err).__name__}: {err}"
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k not in ("options",)}, default=float), flush=True)
-
-    write_results(args.out, "deformable_evaluation",
-                  f"corpus test split at {args.spacing_mm:g} mm: " + "; ".join(r["pair"] for r in rows
-                                                                              if r["method"] == "none"),
-                  {"rows": rows, "speedup_vs_demons": speedups_vs_demons(rows)},
-                  test_subjects=[s.to_dict() for s in corpus.subjects("test")],
-                  models={m: {"model": LEARNED[m], "trained_on_test_subjects": trained_on_test_subjects(LEARNED[m])}
-                          for m in LEARNED if any(n.partition("/")[0] == m for n in methods)},
-                  bspline_tuning=tuning, spacing_mm=args.spacing_mm, deform_max_mm=args.deform_max_mm,
-                  threads=args.threads)
+            write_results(args.out, "deformable_evaluation", data_text(rows, args.spacing_mm),
+                          {"rows": rows, "speedup_vs_demons": speedups_vs_demons(rows)},
+                          test_subjects=[s.to_dict() for s in corpus.subjects("test")],
+                          models={m: {"model": LEARNED[m],
+                                      "trained_on_test_subjects": trained_on_test_subjects(LEARNED[m])}
+                                  for m in LEARNED if any(n.partition("/")[0] == m for n in methods)},
+                          bspline_tuning=tuning, spacing_mm=args.spacing_mm, deform_max_mm=args.deform_max_mm,
+                          threads=args.threads)
     return 0
 
 
