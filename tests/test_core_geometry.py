@@ -231,3 +231,24 @@ def test_threaded_grid_sample_equals_torch(monkeypatch, coords_shape, mode, padd
             assert batches[-1] == min(n, max(coords_shape[1:-1]), points // grid_sampling.POINTS_PER_THREAD)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_field_continued_onto_a_larger_oblique_grid_keeps_its_values_and_has_no_jump():
+    """A network's field covers part of an image: inside its grid it is interpolated as is; beyond, it continues
+    with its border values (zero outside would jump there, and a jump of a few mm over a voxel folds)."""
+    direction = RigidTransform([0.2, -0.1, 0.3]).rotation_matrix()
+    small = Grid((12, 10, 8), np.array([3.0, 3.0, 3.0]), np.array([-10.0, -5.0, 2.0]), direction)
+    rng = np.random.default_rng(0)
+    u = gaussian_filter(rng.normal(0, 3.0, (8, 10, 12, 3)), (1, 1, 1, 0)).astype(np.float32) + 4.0
+    field = DisplacementField(u, small)
+    large = Grid((40, 36, 30), np.array([1.5, 2.0, 2.5]), small.origin - direction @ np.array([20.0, 20.0, 20.0]),
+                 direction)
+    continued = field.continued_onto(large)
+    points = physical_grid_points(large, "cpu", torch.float64)
+    inside = inside_mask(small, points).numpy()
+    expected = field.transform_points(points.numpy().reshape(-1, 3)).reshape(points.shape) - points.numpy()
+    np.testing.assert_allclose(continued.displacement_mm[inside], expected[inside], atol=1e-4)
+    assert np.abs(continued.displacement_mm[~inside]).min() > 0.5       # zero-padding would give 0 there
+    assert inside.any() and (~inside).any()
+    step = np.abs(np.diff(continued.displacement_mm, axis=0)).max()     # no jump at the small grid's border
+    assert step < np.abs(np.diff(u, axis=0)).max() + 1e-3

@@ -202,6 +202,13 @@ class DisplacementField:
         img = Image(self.displacement_mm.astype(np.float64), self.grid).to_sitk()
         return sitk.DisplacementFieldTransform(img)
 
+    def continued_onto(self, grid: Grid, device="cpu") -> "DisplacementField":
+        """This field sampled on ``grid``, continued beyond its own grid by its border values: a network's field
+        that covers only part of an image then has no jump (and no fold) where the network's view ends."""
+        points = physical_grid_points(grid, device, torch.float64)
+        u = sample_at_points(self._field_on(points.device), self.grid, points, mode="bilinear", padding_mode="border")
+        return DisplacementField(u.movedim(0, -1).cpu().numpy(), grid)
+
     @classmethod
     def from_transform(cls, transform, grid: Grid, device="cpu") -> "DisplacementField":
         """Sample any transform on a grid: u(x) = T(x) - x."""

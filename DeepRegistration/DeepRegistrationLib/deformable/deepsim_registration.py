@@ -183,7 +183,7 @@ def register_deepsim(fixed: Image, moving: Image, ctx: RegistrationContext) -> M
         warnings.append(MASKS_UNUSED)
     field = displacement_on(u, grid, ndim)
     ctx.progress(0.88, "field on the fixed grid")
-    on_fixed = DisplacementField.from_transform(field, fixed.grid, ctx.device)
+    on_fixed = field.continued_onto(fixed.grid, ctx.device)
     transform = on_fixed if initial is None else compose(on_fixed, initial)
     report.update({"model": str(resolve_model_path(name)), "model_dimension": ndim,
                    "model_similarity": meta.get("similarity", "unknown"),

@@ -161,7 +161,7 @@ def register_dirnet(fixed: Image, moving: Image, ctx: RegistrationContext) -> Me
     with torch.no_grad():
         field = displacement_on(field_from_control(net, control, grid, factor), field_grid, net.config.ndim)
     ctx.progress(0.88, "field on the fixed grid")
-    on_fixed = DisplacementField.from_transform(field, fixed.grid, ctx.device)
+    on_fixed = field.continued_onto(fixed.grid, ctx.device)
     transform = on_fixed if initial is None else compose(on_fixed, initial)
     report.update({"model": str(resolve_model_path(name)), "model_dimension": net.config.ndim,
                    "model_grid": grid.to_dict(), "control_grid_zyx": list(control_shape),
