@@ -532,8 +532,13 @@ def deformable_evaluation(results_dir: Path) -> str:
     touched = {m: v["trained_on_test_subjects"] for m, v in r["models"].items() if v["trained_on_test_subjects"]}
     note = "".join(f" The bundled `{m}` model's training drew on test subject(s) {', '.join(v)}: its rows for "
                    f"them are on training data." for m, v in touched.items())
+    parts = "".join(f" Part `{p['command']}` ran at load average {p['machine']['load_average_1min']['start']}–"
+                    f"{p['machine']['load_average_1min']['end']}." for p in r.get("parts", []) if "command" in p)
+    if parts:
+        parts = (" The runs were made in parts side by side on the 2-core CPU (a row comes from the first part "
+                 "that has it); compare seconds within one part only." + parts)
     return "\n".join(lines + ["", f"One row per subject pair and method; → the moving image onto the fixed one, ← the inverse "
-                                   f"direction. {r['threads']} thread(s).{note} " + source(r, "deformable_evaluation")])
+                                   f"direction. {r['threads']} thread(s).{note}{parts} " + source(r, "deformable_evaluation")])
 
 
 def status_deformable_test(results_dir, method):
@@ -568,8 +573,9 @@ def status_deformable_test(results_dir, method):
         better = all(o["forward"]["displacement_error_mm"] < n["forward"]["displacement_error_mm"]
                      and o["forward"]["dice_tissue"] > n["forward"]["dice_tissue"] for o, n in zip(ours, none))
         target = f"IO better than no registration in every pair: **{'met' if better else 'not met'}**"
-        speed_text = ", ".join(f"{speed[(method, p)]:.2f}×" for p in pairs if (method, p) in speed) + \
-            " demons' speed"
+        ratios = [f"{speed[(method, p)]:.2f}×" for p in pairs if (method, p) in speed]
+        speed_text = (", ".join(ratios) + " demons' speed") if ratios else \
+            f"{sum(o['seconds_one_direction'] for o in ours) / len(ours):.0f} s per direction (not timed beside demons)"
     return (f"`{method}` with instance optimization, unseen heads", "test split: " + ", ".join(
                 p.split(" /")[0] for p in pairs) + ", each under a known diffeomorphism, 2 mm",
             cell(method) + f" (network alone: {cell(net)})", "demons: " + cell("demons") + "; none: " + cell("none"),

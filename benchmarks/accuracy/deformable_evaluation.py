@@ -298,13 +298,14 @@ def choose_bspline_spacing(candidates, spacing: float, seed: int, max_mm: float)
 
 
 def speedups_vs_demons(rows: list) -> dict:
-    """Per method and pair: demons' seconds over the method's, for one direction and for both."""
+    """Per method and pair: demons' seconds over the method's, for one direction and for both (rows of merged
+    runs only against demons of the same run)."""
     out = {}
     for r in rows:
         if r["method"] in ("none", "demons") or "seconds_one_direction" not in r:
             continue
         d = next((d for d in rows if d["pair"] == r["pair"] and d["method"] == "demons"
-                  and "seconds_one_direction" in d), None)
+                  and "seconds_one_direction" in d and d.get("part") == r.get("part")), None)
         if d:
             both = d.get("seconds_both_directions", np.nan) / r.get("seconds_both_directions", np.nan)
             out.setdefault(r["method"], []).append({"pair": r["pair"], "both_directions": both,
@@ -326,9 +327,9 @@ def merge(paths, out: Path) -> None:
     paths = [Path(p) for p in paths]
     parts = [json.loads(p.read_text()) for p in paths if p.suffix == ".json"]
     rows = {}
-    for path in paths:
+    for index, path in enumerate(paths):
         for r in read_rows(path):
-            rows.setdefault((r["pair"], r["method"]), r)
+            rows.setdefault((r["pair"], r["method"]), {**r, "part": index})
     rows = list(rows.values())
     extra = {k: parts[0][k] for k in ("test_subjects", "models", "bspline_tuning", "spacing_mm", "deform_max_mm",
                                       "threads")}
