@@ -586,10 +586,11 @@ class DeepRegistrationLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def confidenceText(entries: list) -> tuple:
-        """(text, flagged, reasons) of the confidence entries: 'uncertainty 0.42 mm / 0.31°' per rigid or affine
-        stage; flagged when a stage is, with its reasons."""
+        """(text, flagged, reasons) of the confidence entries: 'uncertainty 0.42 mm / 0.31°' per rigid stage,
+        'uncertainty 0.42 mm' per affine one; flagged when a stage is, with its reasons."""
         parts = [(f"{e['method']}: " if len(entries) > 1 else "")
-                 + _("uncertainty {mm:.2f} mm / {deg:.2f}°").format(mm=e["uncertainty_mm"], deg=e["uncertainty_deg"])
+                 + (_("uncertainty {mm:.2f} mm").format(mm=e["uncertainty_mm"]) if e["uncertainty_deg"] is None else
+                    _("uncertainty {mm:.2f} mm / {deg:.2f}°").format(mm=e["uncertainty_mm"], deg=e["uncertainty_deg"]))
                  for e in entries]
         flagged = any(e["flagged"] for e in entries)
         reasons = "; ".join(f"{e['method']}: {r}" for e in entries for r in e["reasons"])

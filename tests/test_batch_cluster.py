@@ -132,7 +132,7 @@ def test_ctrl_c_on_the_command_line_stops_cleanly(cluster, cohort, tmp_path, cap
     proc = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while time.time() < deadline and not ((out / "pairs").is_dir() and pair_folders(out)):
+    while time.time() < deadline and not ((out / "pairs").is_dir() and done_pairs(out)):    # a registered pair
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=300)

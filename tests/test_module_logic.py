@@ -315,11 +315,13 @@ def test_pipeline_from_apply_adds_each_stage_transform_and_shows_the_confidence(
     assert not np.allclose(mrml.node_to_transform(rigid).matrix4(), mrml.node_to_transform(output).matrix4())
 
     entries = logic.confidenceOf(output)
-    assert [e["method"] for e in entries] == ["nmi"] and not entries[0]["flagged"]
-    assert 0 < entries[0]["uncertainty_mm"] < 5
-    assert ui.confidenceLabel.text == "uncertainty {:.2f} mm / {:.2f}°".format(entries[0]["uncertainty_mm"],
-                                                                              entries[0]["uncertainty_deg"])
-    assert ui.confidenceLabel.styleSheet == ""
+    assert [e["method"] for e in entries] == ["nmi", "nmi-affine"] and not entries[0]["flagged"]
+    assert 0 < entries[0]["uncertainty_mm"] < 5 and entries[1]["uncertainty_deg"] is None     # affine: no angle
+    shown = "nmi: uncertainty {:.2f} mm / {:.2f}°; nmi-affine: uncertainty {:.2f} mm".format(
+        entries[0]["uncertainty_mm"], entries[0]["uncertainty_deg"], entries[1]["uncertainty_mm"])
+    flagged = entries[1]["flagged"]
+    assert ui.confidenceLabel.text == ("Likely failure: " + shown if flagged else shown)
+    assert (ui.confidenceLabel.styleSheet != "") == flagged
     logic.storeConfidence(output, [dict(entries[0], flagged=True, reasons=["a flat response"])])
     widget.updateGui()
     assert ui.confidenceLabel.text.startswith("Likely failure: uncertainty")
