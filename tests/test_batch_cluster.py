@@ -129,8 +129,10 @@ def test_ctrl_c_on_the_command_line_stops_cleanly(cluster, cohort, tmp_path, cap
     env = {**os.environ, "PYTHONPATH": str(ROOT / "DeepRegistration"), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "DeepRegistrationLib.cli", "batch", str(cohort), "--method", RIGID,
                "--out", str(out), "--workers", "2", "--threads-per-worker", "1", "--quiet"]
+    # as from a terminal: SIGINT handled (a child inherits "ignored" from a parent that ignores it)
     proc = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while time.time() < deadline and not ((out / "pairs").is_dir() and done_pairs(out)):    # a registered pair
         time.sleep(0.1)
