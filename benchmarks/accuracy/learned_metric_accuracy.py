@@ -31,12 +31,13 @@ from scipy import stats
 from DeepRegistrationLib.api import register
 from DeepRegistrationLib.core.io import read_image
 from DeepRegistrationLib.core.transforms import RigidTransform
+from DeepRegistrationLib.data.corpus_pairs import METRIC_TASKS
 from DeepRegistrationLib.metrics.evaluation import rigid_errors
 from DeepRegistrationLib.rigid.sampling_region import automatic_foreground
 from DeepRegistrationLib.training.common import read_pairs_csv
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from metric_subjects import TASKS, make_split  # noqa: E402
+from metric_subjects import make_split  # noqa: E402
 from results_json import default_path, write_results  # noqa: E402
 
 COLUMNS = [("t_norm_mm", "‖Δt‖ mm"), ("t_x_mm", "|Δt_x|"), ("t_y_mm", "|Δt_y|"), ("t_z_mm", "|Δt_z|"),
@@ -125,7 +126,7 @@ def summary(result: dict) -> list:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--task", choices=list(TASKS), required=True)
+    p.add_argument("--task", choices=list(METRIC_TASKS), required=True)
     p.add_argument("--data", help="folder written by metric_subjects.py --task TASK --seed 0 (default: make the "
                                   "test subjects here)")
     p.add_argument("--model", help="metric set (bundled name or file; default: the task's bundled set)")
@@ -137,7 +138,7 @@ def main(argv=None) -> int:
     model = args.model or DEFAULT_MODELS[args.task]
     name = f"learned_metric_{args.task.replace('-', '_')}"
     args.json = args.json or default_path(name)
-    (lo, hi), rotation = TASKS[args.task]
+    (lo, hi), rotation = METRIC_TASKS[args.task]
     data = (f"SPM avg152-derived {args.task.upper()} test subjects {TEST_SEED0}..{TEST_SEED0 + args.cases - 1} of "
             f"metric_subjects.py --seed 0 (unseen in training); translations U{{{lo:g},{hi:g}}} mm, rotations "
             f"U{{-{rotation:g},{rotation:g}}} rad")
