@@ -415,7 +415,8 @@ def status_learned_metric(results_dir, task):
     met = cnn["t_norm_mm"]["mean"] < nmi["t_norm_mm"]["mean"] and (t["t_test_p"] or 1) < 0.05
     pair = task.upper().replace("-", "↔")
     return (f"rigid learned metric (`learned-metric`), {pair}",
-            f"{cnn['cases']} unseen SPM avg152-derived {pair} subjects",
+            f"{cnn['cases']} new subjects (seeds unseen in training) of the SPM avg152 template the set was first "
+            f"trained on, {pair}",
             f"‖Δt‖ {pm(cnn['t_norm_mm'])} mm (`{r['model']}`{older_weights(r, r['model'])})", f"NMI: {pm(nmi['t_norm_mm'])} mm",
             f"{cnn['seconds_per_case'] / nmi['seconds_per_case']:.1f}× NMI's time",
             f"CNN below NMI (p < 0.05): **{'met' if met else 'not met'}** (paired t-test p = {p_value(t['t_test_p'])})",
@@ -576,8 +577,10 @@ def status_deformable_test(results_dir, method):
         ratios = [f"{speed[(method, p)]:.2f}×" for p in pairs if (method, p) in speed]
         speed_text = (", ".join(ratios) + " demons' speed") if ratios else \
             f"{sum(o['seconds_one_direction'] for o in ours) / len(ours):.0f} s per direction (not timed beside demons)"
-    return (f"`{method}` with instance optimization, unseen heads", "test split: " + ", ".join(
-                p.split(" /")[0] for p in pairs) + ", each under a known diffeomorphism, 2 mm",
+    seen = r["models"].get(method, {}).get("trained_on_test_subjects") or []
+    return (f"`{method}` with instance optimization, test-split heads", "test split: " + ", ".join(
+                p.split(" /")[0] for p in pairs) + ", each under a known diffeomorphism, 2 mm"
+            + (f" ({', '.join(seen)}: training data of this model)" if seen else ""),
             cell(method) + f" (network alone: {cell(net)})", "demons: " + cell("demons") + "; none: " + cell("none"),
             speed_text, target, "deformable_evaluation")
 

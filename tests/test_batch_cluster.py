@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: method names as `register` takes them (the rigid one becomes "nmi" with the method rename)
 RIGID = "nmi"
 #: the cohort's pairs start close: no rotation search, to keep the test short (on these five pairs the
-#: default search start reaches the same NMI, 1.233-1.244, as init=none)
+#: default search start reached the same NMI as init=none when checked by hand)
 RIGID_PARAMS = {"init": "none"}
 DEFORMABLE = "deepsim"
 #: the network alone: these tests are about the batch, not instance optimization (tests/test_instance_optimization.py),

@@ -331,8 +331,9 @@ def merge(paths, out: Path) -> None:
         for r in read_rows(path):
             rows.setdefault((r["pair"], r["method"]), {**r, "part": index})
     rows = list(rows.values())
-    extra = {k: parts[0][k] for k in ("test_subjects", "models", "bspline_tuning", "spacing_mm", "deform_max_mm",
-                                      "threads")}
+    extra = {k: parts[0][k] for k in ("test_subjects", "spacing_mm", "deform_max_mm", "threads")}
+    extra["models"] = {m: v for p in parts for m, v in p["models"].items()}
+    extra["bspline_tuning"] = next((p["bspline_tuning"] for p in parts if p["bspline_tuning"]), None)
     write_results(out, "deformable_evaluation", data_text(rows, extra["spacing_mm"]),
                   {"rows": rows, "speedup_vs_demons": speedups_vs_demons(rows)},
                   parts=[{"command": p["command"], "commit": p["commit"], "machine": p["machine"]} for p in parts]
