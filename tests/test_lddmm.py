@@ -6,7 +6,9 @@ import torch
 from DeepRegistrationLib.core.image import Grid
 from DeepRegistrationLib.core.jacobian import jacobian_determinant, jacobian_statistics
 from DeepRegistrationLib.core.transforms import DisplacementField
+from DeepRegistrationLib.core.scaling_and_squaring import compose, exponential, squarings
 from DeepRegistrationLib.deformable import lddmm
+from DeepRegistrationLib.deformable.model_input import mm_per_voxel
 
 torch.set_num_threads(1)
 
@@ -82,7 +84,7 @@ def test_inverse_consistency_residual_in_mm(capsys):
     shape, spacing = (40, 44, 36), (1.5, 1.0, 1.2)
     v = _velocity(shape, spacing, peak_mm=4.0)
     u, u_inv = lddmm.forward_and_inverse(v)
-    residual_vox = lddmm.compose(u_inv, u)         # exp(−v)∘exp(v) − id
+    residual_vox = compose(u_inv, u)         # exp(−v)∘exp(v) − id
     residual = _field_mm(residual_vox, spacing).displacement_mm
     norm = np.linalg.norm(residual, axis=-1)
     core = norm[8:-8, 8:-8, 8:-8]                   # away from the border clamping of the sampling
@@ -95,7 +97,7 @@ def test_inverse_consistency_residual_in_mm(capsys):
 
 def test_sliced_composition_equals_whole_composition():
     v = _velocity((20, 16, 18), (1.0, 1.0, 1.0), peak_mm=3.0)
-    np.testing.assert_allclose(lddmm.exponential(v, slab=3).numpy(), lddmm.exponential(v).numpy(), atol=1e-5)
+    np.testing.assert_allclose(exponential(v, lddmm.STEPS, slab=3).numpy(), exponential(v, lddmm.STEPS).numpy(), atol=1e-5)
 
 
 @pytest.mark.parametrize("slab", [None, 3])
@@ -103,14 +105,14 @@ def test_two_buffer_squarings_equal_the_plain_ones(slab):
     """The inference path's ping-pong buffers change the memory, not one bit of the fields."""
     from DeepRegistrationLib.deformable.patchwise import exponentials
     v = _velocity((20, 16, 18), (1.0, 1.0, 1.0), peak_mm=3.0).float()
-    forward = lddmm.exponential(v, slab=slab)
+    forward = exponential(v, lddmm.STEPS, slab=slab)
     start = v / 2 ** lddmm.STEPS
     buffers = (start.clone(), torch.empty_like(v))
-    buffered, spare = lddmm.squarings(buffers[0], slab=slab, spare=buffers[1])
+    buffered, spare = squarings(buffers[0], lddmm.STEPS, slab=slab, spare=buffers[1])
     assert torch.equal(buffered, forward)
     assert {buffered.data_ptr(), spare.data_ptr()} == {b.data_ptr() for b in buffers}   # no third field
     whole_forward, whole_inverse = exponentials(v.clone(), fine_steps=lddmm.STEPS)
-    assert torch.equal(whole_forward, lddmm.exponential(v)) and torch.equal(whole_inverse, lddmm.exponential(-v))
+    assert torch.equal(whole_forward, exponential(v, lddmm.STEPS)) and torch.equal(whole_inverse, exponential(-v, lddmm.STEPS))
 
 
 def test_refine_inverts_coarsen_on_affine_fields():
@@ -135,7 +137,7 @@ def test_integration_on_every_other_voxel_only_where_that_grid_holds_the_velocit
     from DeepRegistrationLib.metrics.evaluation import fields_agree
     spacing = (2.5, 1.5, 2.0)                                    # z, y, x: anisotropic voxels, checked in mm
     rough = lddmm.smooth(_smooth_momentum((40, 48, 44), 1.0, 3).float(), spacing)
-    mm = lddmm.spacing_xyz(spacing, rough)
+    mm = mm_per_voxel(spacing, 3, rough)
     for smoothings, expected_coarse in ((1, 0), (2, lddmm.STEPS - FINE_SQUARINGS)):
         v = rough if smoothings == 1 else lddmm.smooth(rough, spacing)
         v = lddmm.velocity_to_voxels(v * (3.0 / float(v.abs().max())), spacing)

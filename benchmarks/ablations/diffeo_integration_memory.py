@@ -4,7 +4,7 @@ Each measurement runs in its own process, so ``ru_maxrss`` is that step's peak; 
 *above* what the process held with its input field (a random smooth 3-channel field of N³ voxels), in
 GB and in fields of 3×N³ float32 voxels, and the step's time:
 
-- integration, baseline: ``lddmm.exponential(v)`` then ``lddmm.exponential(-v)`` with ``v`` negated in
+- integration, baseline: ``exponential(v)`` then ``exponential(-v)`` with ``v`` negated in
   place, each squaring in a new tensor (the inference path before 2026-12-03);
 - integration, ours: ``patchwise.exponentials`` with every squaring on the full grid (two buffers that
   the squarings alternate in, the velocity's memory reused for the inverse);
@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from DeepRegistrationLib.core.scaling_and_squaring import exponential
 from DeepRegistrationLib.deformable import lddmm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -49,8 +50,8 @@ def smooth_field(n: int) -> torch.Tensor:
 @torch.no_grad()
 def baseline_exponentials(v: torch.Tensor, steps: int = lddmm.STEPS) -> tuple:
     slab = lddmm.slab_for(v.shape)
-    forward = lddmm.exponential(v, steps, slab)
-    return forward, lddmm.exponential(v.neg_(), steps, slab)
+    forward = exponential(v, steps, slab)
+    return forward, exponential(v.neg_(), steps, slab)
 
 
 def full_grid_exponentials(v: torch.Tensor) -> tuple:

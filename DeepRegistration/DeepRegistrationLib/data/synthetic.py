@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 
 from ..core.image import Grid, Image
+from ..core.scaling_and_squaring import exponential
 from ..core.transforms import DisplacementField, RigidTransform
-from ..core.warp import warp
 
 #: Gaussian derivative scale (mm) of the gradient-magnitude modality (Sedghi et al., experiment 3).
 GRADIENT_MAGNITUDE_SIGMA_MM = 1.0
@@ -51,13 +52,13 @@ def bspline_field(grid: Grid, control_spacing_mm: float, draw) -> DisplacementFi
 
 
 def scaling_and_squaring(velocity: DisplacementField, steps: int = 6) -> DisplacementField:
-    """exp(v): u <- v / 2^N, then N times u <- u + u∘(id + u)."""
+    """exp(v) of a stationary velocity (LPS mm) on its own grid: u ← v / 2^N, then N times u ← u∘u,
+    computed in voxels along the grid's index axes (:func:`..core.scaling_and_squaring.exponential`)."""
     grid = velocity.grid
-    field = DisplacementField(velocity.displacement_mm / 2 ** steps, grid)
-    for _ in range(steps):
-        composed = warp(Image(field.displacement_mm, grid), grid, field).array
-        field = DisplacementField(field.displacement_mm + composed, grid)
-    return field
+    voxel_to_mm = grid.direction @ np.diag(grid.spacing)
+    v_vox = velocity.displacement_mm.astype(np.float64) @ np.linalg.inv(voxel_to_mm).T
+    u_vox = exponential(torch.as_tensor(v_vox, dtype=torch.float32).movedim(-1, 0)[None], steps)
+    return DisplacementField((u_vox[0].movedim(0, -1).numpy() @ voxel_to_mm.T).astype(np.float32), grid)
 
 
 def intensity_jitter(image: Image, rng: np.random.Generator, gamma_range=(0.8, 1.25), noise_std: float = 0.01) -> Image:

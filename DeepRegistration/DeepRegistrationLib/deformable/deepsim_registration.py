@@ -36,7 +36,7 @@ from ..networks.deepsim_unet import RegistrationUNet, UNetConfig
 from ..metrics.similarity import diffusion, local_ncc, mse
 from . import instance_optimization as io
 from ..core.network_input import normalize_intensity, resample_to
-from .model_input import MASKS_UNUSED, domain_warnings, in_plane, initial_or_none, voxels_to_mm
+from .model_input import MASKS_UNUSED, displacement_on, domain_warnings, initial_or_none, mm_per_voxel
 
 MODEL_KIND = "deepsim"
 NORMALIZATION = "per image: (I - p1) / (p99 - p1) clipped to [0, 1], percentiles over the model grid"
@@ -80,13 +80,6 @@ def predict_displacement(net: RegistrationUNet, fixed: np.ndarray, moving: np.nd
                       for z in range(0, f.shape[0], SLICE_BATCH)])
 
 
-def displacement_on(u_vox: torch.Tensor, grid: Grid, ndim: int) -> DisplacementField:
-    """A network batch of voxel displacements (x-first) as an LPS-mm field on ``grid``."""
-    if ndim == 3:
-        return DisplacementField(voxels_to_mm(u_vox[0].movedim(0, -1).cpu().numpy(), grid), grid)
-    return DisplacementField(voxels_to_mm(in_plane(u_vox.movedim(1, -1).cpu().numpy()), grid), grid)
-
-
 @torch.no_grad()
 def predict_field(net: RegistrationUNet, fixed: np.ndarray, moving: np.ndarray, grid: Grid, device) -> DisplacementField:
     """Φ − id (LPS mm) on ``grid`` for normalized arrays already on ``grid``."""
@@ -102,12 +95,6 @@ def dissimilarity(name: str, meta: dict, device):
         from ..metrics.deepsim_similarity import load_deepsim
         return load_deepsim(meta["features"], device), f"deepsim ({meta['features']})"
     return (mse, "mse") if trained == "mse" else (local_ncc, "lncc")
-
-
-def mm_per_voxel(spacing_zyx, ndim: int, like: torch.Tensor) -> torch.Tensor:
-    """Voxel size per x-first component of the first ``ndim`` axes, shaped to scale a field batch."""
-    values = list(reversed([float(s) for s in spacing_zyx[-ndim:]]))
-    return torch.as_tensor(values, dtype=like.dtype, device=like.device).view(1, ndim, *[1] * ndim)
 
 
 def optimize_field(u_net: torch.Tensor, fixed: torch.Tensor, moving: torch.Tensor, spacing_zyx, lam: float,

@@ -29,7 +29,7 @@ from ..models.model_file import load_network, resolve_model_path
 from ..networks.dirnet_regressor import DIRNet, DIRNetConfig
 from . import instance_optimization as io
 from ..core.network_input import normalize_intensity, resample_to
-from .model_input import MASKS_UNUSED, domain_warnings, in_plane, initial_or_none, voxels_to_mm
+from .model_input import MASKS_UNUSED, displacement_on, domain_warnings, initial_or_none
 
 MODEL_KIND = "dirnet"
 #: Intensity normalization of every input (stated in model metadata).
@@ -74,13 +74,6 @@ def field_from_control(net: DIRNet, control: torch.Tensor, grid: Grid, factor: i
     first, step = zip(*[patch_centres(n, c) for n, c in zip(reversed(model_shape), reversed(control.shape[2:]))])
     return bspline_displacement(control * factor, shape, net.config.spline_order, [f * factor for f in first],
                                 [s * factor for s in step])
-
-
-def displacement_on(u_vox: torch.Tensor, grid: Grid, ndim: int) -> DisplacementField:
-    """A network batch of voxel displacements (x-first) as an LPS-mm field on ``grid``."""
-    if ndim == 3:
-        return DisplacementField(voxels_to_mm(u_vox[0].movedim(0, -1).cpu().numpy(), grid), grid)
-    return DisplacementField(voxels_to_mm(in_plane(u_vox.movedim(1, -1).cpu().numpy()), grid), grid)
 
 
 @torch.no_grad()

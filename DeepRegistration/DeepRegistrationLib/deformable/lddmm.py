@@ -16,7 +16,8 @@ integration.
 - Scaling and squaring with N = 7 steps (eq. 3.4): u ← v / 2^N, then N times u ← u + u∘(id + u);
   the same with −v gives φ⁻¹. Compositions run in z-slabs (``slab``) so a large volume needs only the
   field, its successor and one slab of sampling coordinates in memory; without autograd the two
-  alternate between two buffers (:func:`squarings`).
+  alternate between two buffers (:func:`..core.scaling_and_squaring.squarings`, shared with the synthetic
+  deformations of :mod:`..data.synthetic`).
 - On whole volumes (inference) the first N − 1 squarings may run on the grid of every other voxel
   (:func:`coarsen`, :func:`refine`), where the field is still small and smooth, and the last on the full
   grid; benchmarks/ablations/diffeo_integration_grid.py measures the agreement with the full-grid integration.
@@ -27,6 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from ..core.grid_sampling import grid_sample
+from ..core.scaling_and_squaring import exponential
+from .model_input import mm_per_voxel
 
 ALPHA = 20.0
 GAMMA = 1.0
@@ -84,61 +87,9 @@ def smooth(momentum: torch.Tensor, spacing_zyx, alpha: float = ALPHA, gamma: flo
     return out
 
 
-def spacing_xyz(spacing_zyx, like: torch.Tensor) -> torch.Tensor:
-    """Voxel size (mm) per x-first component, shaped (1, 3, 1, 1, 1) to scale a field like ``like``."""
-    return torch.as_tensor(list(reversed([float(s) for s in spacing_zyx])), dtype=like.dtype,
-                           device=like.device).view(1, 3, 1, 1, 1)
-
-
 def velocity_to_voxels(v_mm: torch.Tensor, spacing_zyx) -> torch.Tensor:
     """x-first millimetre components along the index axes to voxels."""
-    return v_mm / spacing_xyz(spacing_zyx, v_mm)
-
-
-def _normalized_coords(u_vox: torch.Tensor, z0: int, full_shape) -> torch.Tensor:
-    """grid_sample coordinates (B, dz, ny, nx, 3) of x + u(x) for the z-slab starting at ``z0``."""
-    b, _, dz, ny, nx = u_vox.shape
-    sizes = (full_shape[2], full_shape[1], full_shape[0])
-    axes = ((0, nx, (1, 1, 1, nx)), (0, ny, (1, 1, ny, 1)), (z0, z0 + dz, (1, dz, 1, 1)))   # x, y, z index ranges
-    coords = torch.empty((b, dz, ny, nx, 3), dtype=u_vox.dtype, device=u_vox.device)
-    for c, (start, stop, view) in enumerate(axes):
-        scale = 2.0 / max(sizes[c] - 1, 1)
-        base = torch.arange(start, stop, dtype=u_vox.dtype, device=u_vox.device).view(view)
-        coords[..., c] = u_vox[:, c] * scale + (base * scale - 1.0)
-    return coords
-
-
-def compose(u_outer: torch.Tensor, u_inner: torch.Tensor, slab: int = None, out: torch.Tensor = None) -> torch.Tensor:
-    """Displacement (voxels) of (id + u_outer)∘(id + u_inner) = u_inner + u_outer(x + u_inner(x)).
-
-    Border values outside the grid (``padding_mode="border"``). With ``slab`` the sampling runs over
-    z-slabs of that many planes, bounding the coordinate buffers by the slab. ``out`` (no autograd) is
-    written instead of a new tensor; it must not share memory with either input.
-    """
-    nz = u_inner.shape[2]
-    slab = nz if slab is None else max(1, int(slab))
-    if slab >= nz:
-        coords = _normalized_coords(u_inner, 0, u_inner.shape[2:])
-        return torch.add(u_inner, grid_sample(u_outer, coords, padding_mode="border"), out=out)
-    out = torch.empty_like(u_inner) if out is None else out
-    for z0 in range(0, nz, slab):
-        part = u_inner[:, :, z0:z0 + slab]
-        coords = _normalized_coords(part, z0, u_inner.shape[2:])
-        out[:, :, z0:z0 + slab] = part + grid_sample(u_outer, coords, padding_mode="border")
-    return out
-
-
-def squarings(u: torch.Tensor, steps: int = STEPS, slab: int = None, spare: torch.Tensor = None) -> tuple:
-    """``steps`` times u ← u∘u, i.e. u + u(x + u(x)) (eq. 3.4): ``(result, spare)``.
-
-    With a ``spare`` field (no autograd) the steps write alternately into ``spare`` and ``u``'s own
-    memory, so the whole integration holds two fields; the buffer not holding the result is returned.
-    """
-    for _ in range(steps):
-        out = compose(u, u, slab, out=spare)
-        spare = None if spare is None else u
-        u = out
-    return u, spare
+    return v_mm / mm_per_voxel(spacing_zyx, 3, v_mm)
 
 
 def _every_other(u: torch.Tensor, dim: int) -> torch.Tensor:
@@ -178,13 +129,8 @@ def refine(u_coarse: torch.Tensor, shape, slab: int = None, out: torch.Tensor = 
     return out
 
 
-def exponential(v_vox: torch.Tensor, steps: int = STEPS, slab: int = None) -> torch.Tensor:
-    """exp(v) by scaling and squaring (eq. 3.4): displacement in voxels of φ = exp(v)."""
-    return squarings(v_vox / (2 ** steps), steps, slab)[0]
-
-
 def forward_and_inverse(v_vox: torch.Tensor, steps: int = STEPS, slab: int = None):
-    """(φ, φ⁻¹) displacements in voxels: exp(v) and exp(−v)."""
+    """(φ, φ⁻¹) displacements in voxels: exp(v) and exp(−v) by scaling and squaring (eq. 3.4)."""
     return exponential(v_vox, steps, slab), exponential(-v_vox, steps, slab)
 
 

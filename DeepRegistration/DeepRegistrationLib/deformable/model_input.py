@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ..core.image import Grid, Image
-from ..core.transforms import LinearTransform
+from ..core.transforms import DisplacementField, LinearTransform
 
 
 def initial_or_none(transform):
@@ -28,6 +28,19 @@ def voxels_to_mm(u_vox, grid: Grid):
 def in_plane(u2: np.ndarray) -> np.ndarray:
     """2D slice-wise displacements (..., 2) as 3D ones with no displacement along the third axis."""
     return np.concatenate([u2, np.zeros(u2.shape[:-1] + (1,), np.float32)], axis=-1)
+
+
+def displacement_on(u_vox: torch.Tensor, grid: Grid, ndim: int) -> DisplacementField:
+    """A network batch of voxel displacements (x-first) as an LPS-mm field on ``grid``."""
+    if ndim == 3:
+        return DisplacementField(voxels_to_mm(u_vox[0].movedim(0, -1).cpu().numpy(), grid), grid)
+    return DisplacementField(voxels_to_mm(in_plane(u_vox.movedim(1, -1).cpu().numpy()), grid), grid)
+
+
+def mm_per_voxel(spacing_zyx, ndim: int, like: torch.Tensor) -> torch.Tensor:
+    """Voxel size per x-first component of the first ``ndim`` axes, shaped to scale a field batch."""
+    values = list(reversed([float(s) for s in spacing_zyx[-ndim:]]))
+    return torch.as_tensor(values, dtype=like.dtype, device=like.device).view(1, ndim, *[1] * ndim)
 
 
 #: Report warning when masks were given but instance optimization, their only user, was switched off.

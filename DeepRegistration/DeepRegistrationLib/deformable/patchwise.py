@@ -22,9 +22,10 @@ import torch
 from ..core.device import resolve_precision
 from ..core.errors import InputError
 from ..core.image import Grid
+from ..core.scaling_and_squaring import squarings
 from ..metrics.evaluation import field_difference_within_tolerance, lengths
 from . import lddmm
-from .model_input import voxels_to_mm
+from .model_input import mm_per_voxel, voxels_to_mm
 
 MODEL_KIND = "diffeo"
 #: Intensity normalization of every input (stated in model metadata).
@@ -106,7 +107,7 @@ def integrate_velocity(v: torch.Tensor, spacing_zyx, steps: int = lddmm.STEPS) -
 def coarse_grid_holds(v: torch.Tensor, spacing_zyx) -> bool:
     """Whether the grid of every other voxel holds the velocity ``v`` (voxels): interpolated back from it
     (:func:`lddmm.refine`), it agrees with ``v`` by the tile benchmark's field-agreement rule, in mm."""
-    mm = lddmm.spacing_xyz(spacing_zyx, v)
+    mm = mm_per_voxel(spacing_zyx, 3, v)
     slab = lddmm.slab_for(v.shape)
     back = lddmm.refine(lddmm.coarsen(v), v.shape[2:], slab)
     total_diff, total_norm, largest = 0.0, 0.0, 0.0
@@ -127,16 +128,16 @@ def exponentials(v: torch.Tensor, steps: int = lddmm.STEPS, fine_steps: int = FI
     scale = 2.0 ** -steps
     fine_slab = lddmm.slab_for(v.shape)
     if fine_steps >= steps:
-        forward, spare = lddmm.squarings(v * scale, steps, fine_slab, spare=torch.empty_like(v))
-        inverse, _ = lddmm.squarings(v.mul_(-scale), steps, fine_slab, spare=spare)
+        forward, spare = squarings(v * scale, steps, fine_slab, spare=torch.empty_like(v))
+        inverse, _ = squarings(v.mul_(-scale), steps, fine_slab, spare=spare)
         return forward, inverse
     coarse = lddmm.coarsen(v).mul_(scale)
     coarse_slab = lddmm.slab_for(coarse.shape)
     fields, buffer = [], v
     for sign in (1.0, -1.0):
-        u, _ = lddmm.squarings(coarse * sign, steps - fine_steps, coarse_slab, spare=torch.empty_like(coarse))
+        u, _ = squarings(coarse * sign, steps - fine_steps, coarse_slab, spare=torch.empty_like(coarse))
         u = lddmm.refine(u, v.shape[2:], fine_slab, out=buffer)
-        u, buffer = lddmm.squarings(u, fine_steps, fine_slab, spare=torch.empty_like(v))
+        u, buffer = squarings(u, fine_steps, fine_slab, spare=torch.empty_like(v))
         fields.append(u)
     return tuple(fields)
 
