@@ -33,7 +33,7 @@ DOCUMENTS = ("README.md", "docs/rigid.md", "docs/learned-metric.md", "docs/diffe
 BLOCK = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 #: How each results file is made (for the line a missing file leaves in its table).
 COMMANDS = {
-    "rigid_nmi_accuracy": "python benchmarks/accuracy/rigid_nmi_accuracy.py --cases 20",
+    "rigid_nmi_accuracy": "OMP_NUM_THREADS=1 python benchmarks/accuracy/rigid_nmi_accuracy.py --cases 20 --threads 1",
     "learned_metric_t1_t2": "python benchmarks/accuracy/learned_metric_accuracy.py --task t1-t2 --cases 8",
     "learned_metric_t1_gm": "python benchmarks/accuracy/learned_metric_accuracy.py --task t1-gm --cases 8",
     "diffeo_evaluation_bfloat16": "OMP_NUM_THREADS=1 python benchmarks/accuracy/diffeo_evaluation.py --pairs 2 "
@@ -124,12 +124,17 @@ RIGID_COLUMNS = (("t_norm_mm", "‖Δt‖ mm"), ("t_x_mm", "Δt_x"), ("t_y_mm", 
 @table("rigid-nmi")
 def rigid_nmi(results_dir: Path) -> str:
     r = load(results_dir, "rigid_nmi_accuracy")
-    lines = ["| task | method | " + " | ".join(c[1] for c in RIGID_COLUMNS) + " | ‖Δt‖ < 2 mm | s / case |",
-             "|---|---|" + "---|" * (len(RIGID_COLUMNS) + 2)]
+    lines = ["| task | method | " + " | ".join(c[1] for c in RIGID_COLUMNS) + " | ‖Δt‖ < 2 mm "
+             "| s / case: transform / whole call |", "|---|---|" + "---|" * (len(RIGID_COLUMNS) + 2)]
     for row in r["results"]:
         lines.append(f"| {row['task']} | {row['method']} | " + " | ".join(pm(row[c]) for c, _ in RIGID_COLUMNS)
-                     + f" | {row['recovered_below_2mm_percent']:.0f} % | {row['seconds_per_case']:.1f} |")
-    lines += ["", f"{r['results'][0]['cases']} cases per task, mean ± sd. " + source(r, "rigid_nmi_accuracy")]
+                     + f" | {row['recovered_below_2mm_percent']:.0f} % | {row['seconds_transform_per_case']:.1f} / "
+                     f"{row['seconds_per_case']:.1f} |")
+    lines += ["", f"{r['results'][0]['cases']} cases per task, mean ± sd. \"Default call\": coarse rotation search, "
+              "the NMI pyramid and the confidence; \"registration alone\": from the identity without the confidence, "
+              "as SimpleITK's is run. \"Transform\" is the computation of the transform (our report's "
+              "`seconds_method`); our whole call adds the QA report and the resampled image. "
+              + source(r, "rigid_nmi_accuracy")]
     return "\n".join(lines)
 
 
@@ -396,15 +401,22 @@ for _name, _kinds in (("learned-metric", ("cnn-metric",)), ("diffeo", ("diffeo",
 
 def status_rigid(results_dir):
     r = load(results_dir, "rigid_nmi_accuracy")["results"]
-    ours = [x for x in r if x["method"].startswith("NMI")]
+    ours = [x for x in r if "default call" in x["method"]]
+    alone = [x for x in r if "registration alone" in x["method"]]
     theirs = [x for x in r if not x["method"].startswith("NMI")]
     tasks = " / ".join(x["task"].split(" ")[0].replace("-", "↔") for x in ours)
-    ratios = [t["seconds_per_case"] / o["seconds_per_case"] for o, t in zip(ours, theirs)]
+
+    def ratio_range(arm):
+        ratios = [t["seconds_transform_per_case"] / o["seconds_transform_per_case"] for o, t in zip(arm, theirs)]
+        return f"{min(ratios):.2f}–{max(ratios):.2f}"
+
     return ("rigid NMI (`nmi`)", f"{ours[0]['cases']} random misregistrations per task, {tasks}",
             "‖Δt‖ " + " / ".join(pm(x["t_norm_mm"]) for x in ours) + " mm; "
             + f"{min(x['recovered_below_2mm_percent'] for x in ours):.0f} % within 2 mm",
             "SimpleITK Mattes MI: " + " / ".join(pm(x["t_norm_mm"]) for x in theirs) + " mm",
-            f"SimpleITK takes {min(ratios):.2f}–{max(ratios):.2f} of our time", "–", "rigid_nmi_accuracy")
+            f"SimpleITK takes {ratio_range(alone)} of the time of our registration alone (from the identity) "
+            f"and {ratio_range(ours)} of our default call (rotation search and confidence included)", "–",
+            "rigid_nmi_accuracy")
 
 
 def status_learned_metric(results_dir, task):

@@ -83,7 +83,7 @@ class SampledNMI:
         m = transform.matrix4()
         na = torch.as_tensor(a @ m[:3, :3], dtype=torch.float32, device=self.device)
         nb = torch.as_tensor(a @ m[:3, 3] + b, dtype=torch.float32, device=self.device)
-        return torch.addmm(nb, self.points, na.T)
+        return torch.mm(self.points, na.T).add_(nb)              # (faster than addmm for 3 columns)
 
     def __call__(self, transform) -> float:
         """NMI under ``transform`` (fixed -> moving); a linear one is composed with the moving grid's normalization."""
