@@ -38,10 +38,10 @@ COMMANDS = {
     "learned_metric_t1_gm": "python benchmarks/accuracy/learned_metric_accuracy.py --task t1-gm --cases 8",
     "diffeo_evaluation_bfloat16": "OMP_NUM_THREADS=1 python benchmarks/accuracy/diffeo_evaluation.py --pairs 2 "
                                   "--figure docs/figures/diffeo_momentum_marginals.png` on a CPU with bfloat16 "
-                                  "instructions, where `auto` runs the network in bfloat16; elsewhere `--precision "
-                                  "bfloat16` emulates it slowly",
+                                  "instructions",
     "diffeo_evaluation_float32": "OMP_NUM_THREADS=1 python benchmarks/accuracy/diffeo_evaluation.py --pairs 2 "
-                                 "--precision float32",
+                                 "--figure docs/figures/diffeo_momentum_marginals.png` on a CPU without bfloat16 "
+                                 "instructions",
     "dirnet_vs_bspline": "OMP_NUM_THREADS=1 python benchmarks/accuracy/dirnet_vs_bspline.py --pairs-2d 20 "
                          "--pairs-3d 3 --figure docs/figures/dirnet_qualitative.png",
     "deepsim_comparison_2d": "OMP_NUM_THREADS=1 python benchmarks/accuracy/deepsim_comparison.py --dim 2 --work W "
@@ -223,9 +223,6 @@ def diffeo(results_dir: Path) -> str:
                   f"{transforms:.1f}× our time for the transforms and {whole:.1f}× for the whole call"
                   + (f" ({other['pairs']} pairs, mean ± sd above). " if other_name == name else ". ")
                   + source(other, other_name)]
-    for missing in DIFFEO_FILES:
-        if missing not in dict(runs):
-            lines += ["", missing_line(missing)]
     return "\n".join(lines)
 
 
@@ -370,6 +367,11 @@ def model_cards(kinds) -> str:
                  f"- input: {size}; intensities {meta['intensity_normalization']}",
                  f"- training data: {training_data_text(t)}",
                  f"- validation: {validation_text(meta)}"]
+        if meta.get("selection"):
+            sel = meta["selection"]
+            lines.append(f"- selection: by {sel['criterion']} ({sel['data']}): "
+                         + "; ".join(f"{c['name']}: {c['error_mm']:.3f} mm" for c in sel["candidates"])
+                         + f". Kept: {sel['chosen']} (`{sel['command']}`, commit {sel['code_commit'][:10]})")
         chain, node = [], t
         while node:
             chain.append(node)
@@ -453,8 +455,8 @@ def status_diffeo(results_dir):
                            for p, (a, b) in speed.items())
     targets = [f"Dice ≥ demons: **{'met' if gm[ours] >= gm[demons] else 'not met'}**"]
     targets += [f"≥ 10× demons ({p}): **{'met' if min(v) >= 10 else 'not met'}**" for p, v in speed.items()]
-    return ("diffeomorphic patch-wise (`diffeo`)", f"{r['pairs']} ICBM 2009a pairs (a train-split subject since "
-            "the corpus fine-tuning; measured with the previous weights, network alone)",
+    return ("diffeomorphic patch-wise (`diffeo`)", f"{r['pairs']} ICBM 2009a pairs (held out from the model's "
+            "training), network alone",
             f"GM Dice {gm[rigid]:.3f} (rigid only) → {gm[ours]:.4f}; "
             + ("no folding voxels" if folding == 0 else f"folding in {folding} transforms"),
             f"SimpleITK diffeomorphic demons: GM Dice {gm[demons]:.4f}",

@@ -88,7 +88,7 @@ def test_end_to_end_improves_mse_and_dice_without_folding(case, capsys):
               f"{r.report['inverse_consistency_mm']['mean']:.4f} mm, {r.report['seconds_total']:.1f} s")
     assert "bundled" in r.report["model_note"]
     assert mse_after < 0.9 * mse_before
-    assert dice_after > dice_before + 0.005        # bundled model: +0.0071 (+0.031 before the corpus fine-tuning)
+    assert dice_after > dice_before + 0.01         # bundled model: +0.031
     assert r.report["folding_voxels"] == 0 and r.report["jacobian_min"] > 0
     assert r.report["inverse_consistency_mm"]["mean"] < 0.1
     assert r.report["nmi64_after"] > r.report["nmi64_before"]

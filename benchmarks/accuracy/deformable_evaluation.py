@@ -82,9 +82,8 @@ def add_noise(image: Image, rng, fraction: float = 0.01) -> Image:
 def same_subject_pair(subject_id: str, spacing: float, seed: int, max_mm: float) -> dict:
     """Moving = the subject; fixed = the subject under φ = exp(v); truth fixed→moving φ, moving→fixed exp(−v)."""
     t1 = isotropic(corpus.load_image(subject_id), spacing)
-    labels = {"tissue": isotropic(corpus.load_labels(subject_id, "tissue"), spacing, True)}
-    if "aal" in corpus.subject(subject_id).labels:
-        labels["aal"] = isotropic(corpus.load_labels(subject_id, "aal"), spacing, True)
+    labels = {name: isotropic(corpus.load_labels(subject_id, name), spacing, True)
+              for name in ("tissue", "aal") if name in corpus.subject(subject_id).labels}
     rng = np.random.default_rng(seed)
     v = smooth_random_field(t1.grid, rng, max_mm, 24.0, integrate=False)
     phi = scaling_and_squaring(v)
@@ -332,7 +331,7 @@ def merge(paths, out: Path) -> None:
             rows.setdefault((r["pair"], r["method"]), {**r, "part": index})
     rows = list(rows.values())
     extra = {k: parts[0][k] for k in ("test_subjects", "spacing_mm", "deform_max_mm", "threads")}
-    extra["models"] = {m: v for p in parts for m, v in p["models"].items()}
+    extra["models"] = {m: v for p in reversed(parts) for m, v in p["models"].items()}   # the first part's wins
     extra["bspline_tuning"] = next((p["bspline_tuning"] for p in parts if p["bspline_tuning"]), None)
     write_results(out, "deformable_evaluation", data_text(rows, extra["spacing_mm"]),
                   {"rows": rows, "speedup_vs_demons": speedups_vs_demons(rows)},

@@ -1,14 +1,17 @@
 """Diffeomorphic patch-wise registration evaluated as the thesis' Tables 5.1-5.3 (and Fig. 5.3).
 
-Held-out pairs (test split): subjects made from the nilearn ICBM 2009a T1 template (the bundled model was
-trained on subjects made from the SPM avg152 T1 and then SPM's single-subject T1, never on ICBM data), at 2 mm. Each subject is the template
+The thesis' setting: pairs of subjects made from one template, the nilearn ICBM 2009a T1, at 2 mm. ICBM 2009a
+is a train-split subject of the corpus, and the bundled model's last fine-tuning step (on the corpus) saw it, so
+these pairs are of the model's training distribution (with unseen seeds); the results file records the model's
+training data, and benchmarks/accuracy/deformable_evaluation.py evaluates on unseen heads. Each subject is the template
 under its own random diffeomorphism (data.synthetic.smooth_random_field, 4 mm, seeds 1000+) with its own
 gamma and noise; the GM and WM probability maps are deformed with it (label masks: p > 0.5). The moving
 subject is also displaced rigidly (|t_i| ~ U[1, 5] mm, θ_i ~ U[-0.05, 0.05] rad), so every method starts
 from the same rigid NMI registration ("rigid only", the floor).
 
 Methods, both directions (moving→fixed with the forward transform; fixed→moving with the inverse):
-- ours: ``register(..., 'diffeo', initial_transform=rigid)`` (forward and inverse from one prediction);
+- ours: the network alone, as in the thesis: ``register(..., 'diffeo', initial_transform=rigid, iterations=0)``
+  (forward and inverse from one prediction; instance optimization is evaluated in deformable_evaluation.py);
 - SimpleITK diffeomorphic demons (histogram matching, 3 levels, 50 iterations per level, σ 1.5 voxels),
   registered separately in each direction as the thesis did with NiftyReg, from the same rigid transform.
   (A B-spline FFD with Mattes MI took over 6 minutes per registration on this shared 2-core machine, so
@@ -18,11 +21,11 @@ Metrics (thesis §4.1): NMI (Studholme, 64 bins), MSE, MAE (intensities scaled t
 image's p1-p99), Dice of label masks (GM, WM) and of a threshold mask (normalized T1 > 0.3), % folding
 voxels, mean Jacobian, wall times. Fig. 5.3: voxel-wise mean and std of |m| over all predicted tiles.
 
-Results: benchmarks/results/diffeo_evaluation_<precision>.json (the network precision that ran).
+Results: benchmarks/results/diffeo_evaluation_<precision>.json (the network precision that ran: float32 on a
+CPU without bfloat16 instructions, bfloat16 on one with them).
 
     OMP_NUM_THREADS=1 python benchmarks/accuracy/diffeo_evaluation.py --pairs 2 \
         --figure docs/figures/diffeo_momentum_marginals.png
-    OMP_NUM_THREADS=1 python benchmarks/accuracy/diffeo_evaluation.py --pairs 2 --precision float32
 """
 from __future__ import annotations
 
@@ -167,7 +170,7 @@ def main():
     grid = sources.icbm152("t1").grid.with_spacing([SPACING] * 3)
     t1, gm, wm = (resample_to(sources.icbm152(k), grid) for k in ("t1", "gm", "wm"))
     ours_name = "bundled model" if args.model == DEFAULT_MODEL else args.model
-    methods = ("rigid only (NMI, Powell)", f"ours (diffeo, {ours_name})", "SimpleITK diffeomorphic demons")
+    methods = ("rigid only (NMI, Powell)", f"ours (diffeo network alone, {ours_name})", "SimpleITK diffeomorphic demons")
     table = {(m, d): [] for m in methods for d in ("moving→fixed", "fixed→moving")}
     reg_stats = {(m, d): [] for m in methods[1:] for d in ("forward", "inverse")}
     times = {m: [] for m in methods}
@@ -188,7 +191,8 @@ def main():
         table[(methods[0], "fixed→moving")].append(evaluate_direction(m, m_gm, m_wm, f, f_gm, f_wm, rigid.inverse()))
 
         t0 = time.perf_counter()
-        ours = register(f, m, "diffeo", device="cpu", initial_transform=rigid, models=[args.model], precision=precision)
+        ours = register(f, m, "diffeo", device="cpu", initial_transform=rigid, models=[args.model], precision=precision,
+                        iterations=0)
         times[methods[1]].append(time.perf_counter() - t0)
         inference[methods[1]].append(ours.report["seconds_method"])
         table[(methods[1], "moving→fixed")].append(evaluate_direction(f, f_gm, f_wm, m, m_gm, m_wm, ours.transform))
@@ -212,7 +216,7 @@ def main():
         reg_stats[(methods[2], "inverse")].append(regularity(inv, m.grid))
         print(f"pair {k + 1}/{args.pairs} done", flush=True)
 
-    print(f"\nData: test split = {args.pairs} pairs of subjects made from the ICBM 2009a T1 (2 mm, {grid.size}); "
+    print(f"\nData: {args.pairs} pairs of subjects made from the ICBM 2009a T1 (2 mm, {grid.size}); "
           f"model trained on {training_data(meta)}. Machine: {platform.processor() or platform.machine()}, "
           f"{args.threads} thread(s), CPU; our network in {precision}. Mean ± sd over pairs.\n")
     print("Table 5.1 (regularity): % folding voxels and mean Jacobian\n")
@@ -263,7 +267,7 @@ def main():
                     for meth in methods],
     }
     write_results(args.json or default_path(f"diffeo_evaluation_{precision}"), "benchmarks/accuracy/diffeo_evaluation.py",
-                  f"test split: {args.pairs} pairs of subjects made from the ICBM 2009a T1 (2 mm, {tuple(grid.size)}), "
+                  f"{args.pairs} pairs of subjects made from the ICBM 2009a T1 (2 mm, {tuple(grid.size)}), "
                   f"GM/WM masks p > 0.5; model trained on {training_data(meta)}",
                   record, model=args.model, precision=precision, threads=args.threads, pairs=args.pairs,
                   figure=args.figure)

@@ -1,0 +1,86 @@
+"""Choose between diffeo weights by registration error on validation subjects (never on test subjects).
+
+The validation loss of training (eq. 3.2 on validation pairs) is a proxy; this measures what a user gets.
+Pairs: each validation-split subject of the corpus with a T1 (``--subjects``), resampled to 2 mm, against
+itself under ``--pairs`` known smooth diffeomorphisms (the generator of deformable_evaluation.py: φ = exp(v),
+v a cubic B-spline velocity at 24 mm, coefficients U(±6) mm, 1 % noise on each image; seeds 5000+k, apart
+from the test evaluation's). Each candidate registers each pair once, network alone (``iterations=0``:
+the weights are what is being chosen) or with ``--param KEY=VALUE`` options; both directions come from one
+call. Reported per candidate and pair: the mean displacement error (mm, inside the head) of each direction
+and the folding voxels; the candidate with the lowest mean over pairs (one value per pair: the mean of
+its two directions) is chosen. Results: ``--json`` (default benchmarks/results/diffeo_model_selection.json).
+
+    OMP_NUM_THREADS=1 python benchmarks/ablations/diffeo_model_selection.py \
+        --candidate previous=PREVIOUS.pt --candidate bundled=diffeo_brain_t1
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from DeepRegistrationLib.api import register
+from DeepRegistrationLib.models.model_file import read_metadata, resolve_model_path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "accuracy"))
+from deformable_evaluation import direction_metrics, same_subject_pair  # noqa: E402
+from results_json import add_json_argument, write_results  # noqa: E402
+
+SEED = 5000
+
+
+def pair_error(pair: dict, model: str, options: dict) -> dict:
+    """Displacement error and folding of both directions of one diffeo call with ``model``."""
+    result = register(pair["fixed"], pair["moving"], "diffeo", device="cpu", models=[model], **options)
+    forward = direction_metrics(pair, result.transform, False)
+    reverse = direction_metrics(pair, result.inverse, True)
+    return {"forward_error_mm": forward["displacement_error_mm"], "reverse_error_mm": reverse["displacement_error_mm"],
+            "error_mm": (forward["displacement_error_mm"] + reverse["displacement_error_mm"]) / 2,
+            "folding_voxels": forward["folding_voxels"] + reverse["folding_voxels"],
+            "seconds_method": result.report["seconds_method"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--candidate", action="append", required=True, metavar="NAME=MODEL",
+                   help="a diffeo model file or bundled name, labelled NAME")
+    p.add_argument("--subjects", default="robex-atlas,mni305", help="validation-split subjects with a T1")
+    p.add_argument("--pairs", type=int, default=2, help="known-deformation pairs per subject")
+    p.add_argument("--param", action="append", default=["iterations=0"], metavar="KEY=VALUE",
+                   help="diffeo options of every call (default: iterations=0, the network alone)")
+    add_json_argument(p, "diffeo_model_selection")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    candidates = dict(c.split("=", 1) for c in args.candidate)
+    options = {k: int(v) if v.lstrip("-").isdigit() else v for k, v in (o.split("=", 1) for o in args.param)}
+    pairs = [(s, k) for s in args.subjects.split(",") for k in range(args.pairs)]
+    rows = []
+    for subject, k in pairs:
+        pair = same_subject_pair(subject, 2.0, SEED + k, 6.0)
+        none = (direction_metrics(pair, None, False)["displacement_error_mm"]
+                + direction_metrics(pair, None, True)["displacement_error_mm"]) / 2
+        for name, model in candidates.items():
+            row = {"pair": pair["name"], "candidate": name, "error_before_mm": none, **pair_error(pair, model, options)}
+            rows.append(row)
+            print(row, flush=True)
+    summary = {name: {"mean_error_mm": float(np.mean([r["error_mm"] for r in rows if r["candidate"] == name])),
+                      "folding_voxels": int(sum(r["folding_voxels"] for r in rows if r["candidate"] == name)),
+                      "model": str(resolve_model_path(model)),
+                      "created": read_metadata(model).get("created")}
+               for name, model in candidates.items()}
+    chosen = min(summary, key=lambda n: summary[n]["mean_error_mm"])
+    for name, s in summary.items():
+        print(f"{name}: mean displacement error {s['mean_error_mm']:.3f} mm over {len(pairs)} validation pairs, "
+              f"{s['folding_voxels']} folding voxels" + ("  <- chosen" if name == chosen else ""))
+    write_results(args.json, "benchmarks/ablations/diffeo_model_selection.py",
+                  f"validation split: {', '.join(args.subjects.split(','))}, {args.pairs} known-deformation pairs each "
+                  f"(seeds {SEED}+), 2 mm", {"rows": rows, "summary": summary, "chosen": chosen},
+                  options=options, candidates=candidates)
+
+
+if __name__ == "__main__":
+    main()
