@@ -1,9 +1,9 @@
 """Diffeomorphic patch-wise registration evaluated as the thesis' Tables 5.1-5.3 (and Fig. 5.3).
 
-The thesis' setting: pairs of subjects made from one template, the nilearn ICBM 2009a T1, at 2 mm. ICBM 2009a
-is a train-split subject of the corpus, and the bundled model's last fine-tuning step (on the corpus) saw it, so
-these pairs are of the model's training distribution (with unseen seeds); the results file records the model's
-training data, and benchmarks/accuracy/deformable_evaluation.py evaluates on unseen heads. Each subject is the template
+The thesis' setting: pairs of subjects made from one template, the nilearn ICBM 2009a T1, at 2 mm. The bundled
+model never trained on ICBM data (models trained on the corpus may: ICBM 2009a is a train-split subject there);
+the results file records the model's training data, and benchmarks/accuracy/deformable_evaluation.py evaluates
+on the corpus's test heads. Each subject is the template
 under its own random diffeomorphism (data.synthetic.smooth_random_field, 4 mm, seeds 1000+) with its own
 gamma and noise; the GM and WM probability maps are deformed with it (label masks: p > 0.5). The moving
 subject is also displaced rigidly (|t_i| ~ U[1, 5] mm, θ_i ~ U[-0.05, 0.05] rad), so every method starts
