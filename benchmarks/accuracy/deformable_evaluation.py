@@ -296,14 +296,14 @@ def choose_bspline_spacing(candidates, spacing: float, seed: int, max_mm: float)
             "validation_pair": pair["name"]}
 
 
-def speedups_vs_demons(rows: list) -> dict:
+def speedups_vs_demons(rows: list, demons_rows: list = None) -> dict:
     """Per method and pair: demons' seconds over the method's, for one direction and for both (rows of merged
-    runs only against demons of the same run)."""
+    runs only against demons of the same run, taken from ``demons_rows``: every part's, by default ``rows``)."""
     out = {}
     for r in rows:
         if r["method"] in ("none", "demons") or "seconds_one_direction" not in r:
             continue
-        d = next((d for d in rows if d["pair"] == r["pair"] and d["method"] == "demons"
+        d = next((d for d in demons_rows or rows if d["pair"] == r["pair"] and d["method"] == "demons"
                   and "seconds_one_direction" in d and d.get("part") == r.get("part")), None)
         if d:
             both = d.get("seconds_both_directions", np.nan) / r.get("seconds_both_directions", np.nan)
@@ -325,16 +325,18 @@ def merge(paths, out: Path) -> None:
     the first run's row of a (pair, method) kept; logs of runs stopped early give their printed rows."""
     paths = [Path(p) for p in paths]
     parts = [json.loads(p.read_text()) for p in paths if p.suffix == ".json"]
-    rows = {}
+    rows, demons = {}, []
     for index, path in enumerate(paths):
         for r in read_rows(path):
             rows.setdefault((r["pair"], r["method"]), {**r, "part": index})
+            if r["method"] == "demons":
+                demons.append({**r, "part": index})
     rows = list(rows.values())
     extra = {k: parts[0][k] for k in ("test_subjects", "spacing_mm", "deform_max_mm", "threads")}
     extra["models"] = {m: v for p in reversed(parts) for m, v in p["models"].items()}   # the first part's wins
     extra["bspline_tuning"] = next((p["bspline_tuning"] for p in parts if p["bspline_tuning"]), None)
     write_results(out, "deformable_evaluation", data_text(rows, extra["spacing_mm"]),
-                  {"rows": rows, "speedup_vs_demons": speedups_vs_demons(rows)},
+                  {"rows": rows, "speedup_vs_demons": speedups_vs_demons(rows, demons)},
                   parts=[{"command": p["command"], "commit": p["commit"], "machine": p["machine"]} for p in parts]
                   + [{"log": p.name, "note": "rows printed by a run stopped before it finished"}
                      for p in paths if p.suffix != ".json"], **extra)
