@@ -50,7 +50,7 @@ COMMANDS = {
                            "--cases 4 --model sedghi-t1-t2",
     "metric_corpus_t1_gm": "python benchmarks/accuracy/metric_corpus_evaluation.py --task t1-gm --split test "
                            "--cases 4 --model sedghi-t1-gm",
-    "rigid_evaluation": "python benchmarks/accuracy/rigid_evaluation.py --split test --cases 4",
+    "rigid_evaluation": "OMP_NUM_THREADS=1 python benchmarks/accuracy/rigid_evaluation.py --split test --cases 5 --ants-cases 1",
     "deformable_evaluation": "OMP_NUM_THREADS=1 python benchmarks/accuracy/deformable_evaluation.py "
                              "--same-subject-pairs 1 --threads 1",
     "deepsim_comparison_3d": "OMP_NUM_THREADS=1 python benchmarks/accuracy/deepsim_comparison.py --dim 3 --work W "

@@ -23,7 +23,7 @@ a results file and the thresholds it was judged with always agree.
     python benchmarks/accuracy/rigid_evaluation.py --split validation --cases 3 --ants-cases 0 \
         --json validation.json
     python benchmarks/accuracy/rigid_evaluation.py --calibrate validation.json
-    python benchmarks/accuracy/rigid_evaluation.py --split test --cases 4
+    OMP_NUM_THREADS=1 python benchmarks/accuracy/rigid_evaluation.py --split test --cases 5 --ants-cases 1
 """
 from __future__ import annotations
 
