@@ -35,16 +35,19 @@ def test_a_new_results_file_drops_in(tmp_path):
     text = "before\n<!-- table:rigid-nmi -->\nold\n<!-- /table -->\nafter\n"
     assert "No results file yet: `benchmarks/results/rigid_nmi_accuracy.json`" in readme_tables.rewrite(text, tmp_path)
     stat = {"mean": 0.5, "sd": 0.1}
-    row = {"task": "T1-T2", "cases": 3, "seconds_per_case": 2.0, "recovered_below_2mm_percent": 100.0,
-           **{c: stat for c, _ in readme_tables.RIGID_COLUMNS}}
+    row = {"task": "T1-T2", "cases": 3, "seconds_per_case": 2.0, "seconds_transform_per_case": 1.6,
+           "recovered_below_2mm_percent": 100.0, **{c: stat for c, _ in readme_tables.RIGID_COLUMNS}}
     record = {"command": "python benchmarks/accuracy/rigid_nmi_accuracy.py --cases 3", "commit": "0" * 40,
               "dirty": False, "date": "2026-12-07T00:00:00+00:00", "machine": {"cpu": "x86_64", "cpu_count": 2},
-              "results": [{**row, "method": "NMI (ours)"}, {**row, "method": "SimpleITK", "seconds_per_case": 1.0}]}
+              "results": [{**row, "method": "NMI (ours, default call)"},
+                          {**row, "method": "NMI (ours, registration alone)", "seconds_transform_per_case": 0.8},
+                          {**row, "method": "SimpleITK", "seconds_per_case": 1.0, "seconds_transform_per_case": 1.0}]}
     (tmp_path / "rigid_nmi_accuracy.json").write_text(json.dumps(record))
     new = readme_tables.rewrite(text, tmp_path)
     assert new.startswith("before\n<!-- table:rigid-nmi -->\n| task | method |")
     assert new.endswith("<!-- /table -->\nafter\n")
-    assert "| T1-T2 | NMI (ours) | 0.50 ± 0.10 |" in new and "--cases 3" in new
+    assert "| T1-T2 | NMI (ours, default call) | 0.50 ± 0.10 |" in new and "| 1.6 / 2.0 |" in new and "--cases 3" in new
     assert readme_tables.rewrite(new, tmp_path) == new
     status = readme_tables.render("status", tmp_path)
-    assert "SimpleITK takes 0.50–0.50 of our time" in status and "none yet (`dirnet_vs_bspline.json`)" in status
+    assert ("SimpleITK takes 1.25–1.25 of the time of our registration alone" in status
+            and "0.62–0.62 of our default call" in status) and "none yet (`dirnet_vs_bspline.json`)" in status
