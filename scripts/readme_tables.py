@@ -479,7 +479,7 @@ def status_deepsim(results_dir, dim):
     name = f"deepsim_comparison_{dim}"
     s = load(results_dir, name)["results"]["summary"]
     beaten = [label for key, label in DEEPSIM_METRICS[2:4] if (s[key].get("wilcoxon_p_deepsim_better") or 1) < 0.05]
-    return (f"DeepSim (`deepsim`), {dim.upper()}", f"{s['deepsim']['pairs']} unseen ICBM 2009a test pairs",
+    return (f"DeepSim (`deepsim`), {dim.upper()}", f"{s['deepsim']['pairs']} test pairs of new subjects (seeds) of the ICBM 2009a template the models were trained on",
             f"Dice {s['deepsim']['dice_mean']:.3f} (before registration {s['identity']['dice_mean']:.3f})",
             ", ".join(f"{label} {s[key]['dice_mean']:.3f}" for key, label in DEEPSIM_METRICS[2:]), "–",
             f"above MSE and NCC (p < 0.05): **{'met' if len(beaten) == 2 else 'not met'}**", name)
