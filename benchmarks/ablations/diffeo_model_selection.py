@@ -50,13 +50,13 @@ def main() -> None:
                    help="a diffeo model file or bundled name, labelled NAME")
     p.add_argument("--subjects", default="robex-atlas,mni305", help="validation-split subjects with a T1")
     p.add_argument("--pairs", type=int, default=2, help="known-deformation pairs per subject")
-    p.add_argument("--param", action="append", default=["iterations=0"], metavar="KEY=VALUE",
-                   help="diffeo options of every call (default: iterations=0, the network alone)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="diffeo options of every call, over iterations=0 (the network alone)")
     add_json_argument(p, "diffeo_model_selection")
     args = p.parse_args()
     torch.set_num_threads(1)
     candidates = dict(c.split("=", 1) for c in args.candidate)
-    options = {k: int(v) if v.lstrip("-").isdigit() else v for k, v in (o.split("=", 1) for o in args.param)}
+    options = {"iterations": "0", **dict(o.split("=", 1) for o in args.param)}
     pairs = [(s, k) for s in args.subjects.split(",") for k in range(args.pairs)]
     rows = []
     for subject, k in pairs:
