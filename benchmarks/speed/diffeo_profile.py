@@ -115,7 +115,7 @@ def composition_coords(shape) -> torch.Tensor:
 def numpy_det_jacobian(field: DisplacementField) -> np.ndarray:
     """The baseline: I + ∂u/∂x stacked as (..., 3, 3) and ``numpy.linalg.det``."""
     u = field.displacement_mm
-    index_from_physical = np.linalg.inv(field.grid.direction @ np.diag(field.grid.spacing)).astype(np.float32)
+    index_from_physical = np.linalg.inv(field.grid.voxel_to_mm).astype(np.float32)
     grads = np.stack([np.gradient(u, axis=ax) for ax in (2, 1, 0)], axis=-1)
     return np.linalg.det(grads @ index_from_physical + np.eye(3, dtype=np.float32))
 

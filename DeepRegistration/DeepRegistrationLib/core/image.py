@@ -44,23 +44,29 @@ class Grid:
     def num_voxels(self) -> int:
         return int(np.prod(self.size))
 
+    @property
+    def voxel_to_mm(self) -> np.ndarray:
+        """Linear part of the index → LPS map, direction · diag(spacing): column k is voxel axis k in mm, so it
+        turns x-first index displacements into LPS millimetres (its inverse the other way)."""
+        return self.direction @ np.diag(self.spacing)
+
     def index_to_physical_matrix(self) -> np.ndarray:
         """Homogeneous matrix mapping continuous (i, j, k) indices to LPS millimetres."""
         d = self.ndim
         m = np.eye(d + 1)
-        m[:d, :d] = self.direction @ np.diag(self.spacing)
+        m[:d, :d] = self.voxel_to_mm
         m[:d, d] = self.origin
         return m
 
     def index_to_physical(self, index_xyz: np.ndarray) -> np.ndarray:
         """Continuous indices (..., 3) in x-first order to LPS points (..., 3)."""
         index_xyz = np.asarray(index_xyz, dtype=np.float64)
-        return index_xyz @ (self.direction @ np.diag(self.spacing)).T + self.origin
+        return index_xyz @ self.voxel_to_mm.T + self.origin
 
     def physical_to_index(self, points_lps: np.ndarray) -> np.ndarray:
         """LPS points (..., 3) to continuous x-first indices (..., 3)."""
         points_lps = np.asarray(points_lps, dtype=np.float64)
-        inv = np.linalg.inv(self.direction @ np.diag(self.spacing))
+        inv = np.linalg.inv(self.voxel_to_mm)
         return (points_lps - self.origin) @ inv.T
 
     def corners_physical(self) -> np.ndarray:

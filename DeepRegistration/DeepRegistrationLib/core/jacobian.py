@@ -15,7 +15,7 @@ def jacobian_determinant(field: DisplacementField, slab: int = 32) -> np.ndarray
     """
     u = field.displacement_mm
     nz = u.shape[0]
-    index_from_physical = np.linalg.inv(field.grid.direction @ np.diag(field.grid.spacing)).astype(np.float32)
+    index_from_physical = np.linalg.inv(field.grid.voxel_to_mm).astype(np.float32)
     out = np.empty(u.shape[:3], np.float32)
     for z0 in range(0, nz, slab):
         z1 = min(z0 + slab, nz)

@@ -55,10 +55,9 @@ def scaling_and_squaring(velocity: DisplacementField, steps: int = 6) -> Displac
     """exp(v) of a stationary velocity (LPS mm) on its own grid: u ← v / 2^N, then N times u ← u∘u,
     computed in voxels along the grid's index axes (:func:`..core.scaling_and_squaring.exponential`)."""
     grid = velocity.grid
-    voxel_to_mm = grid.direction @ np.diag(grid.spacing)
-    v_vox = velocity.displacement_mm.astype(np.float64) @ np.linalg.inv(voxel_to_mm).T
+    v_vox = velocity.displacement_mm.astype(np.float64) @ np.linalg.inv(grid.voxel_to_mm).T
     u_vox = exponential(torch.as_tensor(v_vox, dtype=torch.float32).movedim(-1, 0)[None], steps)
-    return DisplacementField((u_vox[0].movedim(0, -1).numpy() @ voxel_to_mm.T).astype(np.float32), grid)
+    return DisplacementField((u_vox[0].movedim(0, -1).numpy() @ grid.voxel_to_mm.T).astype(np.float32), grid)
 
 
 def intensity_jitter(image: Image, rng: np.random.Generator, gamma_range=(0.8, 1.25), noise_std: float = 0.01) -> Image:

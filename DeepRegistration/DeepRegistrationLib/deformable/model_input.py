@@ -19,7 +19,7 @@ def initial_or_none(transform):
 def voxels_to_mm(u_vox, grid: Grid):
     """Displacements (..., 3) in x-first voxel units of ``grid`` to LPS millimetres: a float32 array for an
     array, a tensor on its device for a tensor."""
-    matrix = grid.direction @ np.diag(grid.spacing)
+    matrix = grid.voxel_to_mm
     if isinstance(u_vox, torch.Tensor):
         return u_vox @ torch.as_tensor(matrix, dtype=torch.float32, device=u_vox.device).T
     return (u_vox @ matrix.T).astype(np.float32)

@@ -28,7 +28,7 @@ def in_plane_displacement_vox(transform, grid: Grid, axis: int, index: int) -> t
     ijk = kji[:, ::-1].astype(np.float64)
     points = grid.index_to_physical(ijk)
     u_mm = transform.transform_points(points) - points
-    index_from_physical = np.linalg.inv(grid.direction @ np.diag(grid.spacing))
+    index_from_physical = np.linalg.inv(grid.voxel_to_mm)
     u_vox = (u_mm @ index_from_physical.T).reshape(*[n for d, n in enumerate(shape) if d != axis], 3)
     _, (comp_r, comp_c) = _axis_pairs(axis)
     return u_vox[..., comp_r], u_vox[..., comp_c]
@@ -59,7 +59,7 @@ def save_deformation_grid_figure(warped: Image, field: DisplacementField, path, 
     plt = pyplot()
     if not field.grid.same_as(warped.grid):
         field = DisplacementField.from_transform(field, warped.grid)
-    index_from_physical = np.linalg.inv(field.grid.direction @ np.diag(field.grid.spacing))
+    index_from_physical = np.linalg.inv(field.grid.voxel_to_mm)
     u_vox = field.displacement_mm @ index_from_physical.T  # x-first index displacement
     fig, axes = plt.subplots(1, 3, figsize=(11, 4))
     for axis, ax, name in zip(range(3), axes, ("axial", "coronal", "sagittal")):
