@@ -113,13 +113,10 @@ class SampledNMI:
         moving_bin, moving_weight = _split(_bins(moving_values, lo, hi, n), n, self.linear)
         if self.linear:
             w0, w1 = self._fixed_weights
-            v1 = weights * moving_weight
-            v0 = weights - v1
+            v0, v1 = weights * (1 - moving_weight), weights * moving_weight
             index = self._fixed_index + moving_bin
-            # the four corners of each sample's bin square, one histogram per corner shifted into place (lower
-            # bins are at most n - 2 on both axes, so no count wraps around)
-            hist = sum(torch.bincount(index, w * v, minlength=n * n).roll(shift)
-                       for w, v, shift in ((w0, v0, 0), (w0, v1, 1), (w1, v0, n), (w1, v1, n + 1)))
+            hist = torch.bincount(torch.cat([index, index + 1, index + n, index + n + 1]),
+                                  torch.cat([w0 * v0, w0 * v1, w1 * v0, w1 * v1]), minlength=n * n)
         else:
             hist = torch.bincount(self._fixed_index + moving_bin, weights, minlength=n * n)
         p = (hist.to(torch.float64) / hist.sum().clamp(min=1e-12)).reshape(n, n)
