@@ -56,7 +56,11 @@ class SampledNMI:
         f = fixed_values.to(torch.float32)
         fixed_bin, fixed_weight = _split(_bins(f, float(f.min()), float(f.max()), bins), bins, linear)
         self._fixed_index = fixed_bin * bins
-        self._fixed_weights = (1 - fixed_weight, fixed_weight)
+        # linear binning: the four corners of each sample's bin square (lower/upper fixed bin x lower/upper
+        # moving bin, before the moving bin is added) and the fixed weights of the lower and upper fixed bin
+        corners = torch.tensor([0, 1, bins, bins + 1], device=self.device)[:, None]
+        self._corner_index = self._fixed_index[None] + corners
+        self._fixed_weights = torch.stack((1 - fixed_weight, fixed_weight))[:, None]
         m = np.linalg.inv(moving.grid.index_to_physical_matrix())
         scale = 2.0 / np.maximum(np.asarray(moving.grid.size, dtype=np.float64) - 1, 1)
         self._normalize = (scale[:, None] * m[:3, :3], scale * m[:3, 3] - 1.0)
@@ -112,12 +116,11 @@ class SampledNMI:
         lo, hi = self.moving_range
         moving_bin, moving_weight = _split(_bins(moving_values, lo, hi, n), n, self.linear)
         if self.linear:
-            w0, w1 = self._fixed_weights
-            v0, v1 = weights * (1 - moving_weight), weights * moving_weight
-            index = self._fixed_index + moving_bin
-            hist = torch.bincount(torch.cat([index, index + 1, index + n, index + n + 1]),
-                                  torch.cat([w0 * v0, w0 * v1, w1 * v0, w1 * v1]), minlength=n * n)
+            v1 = weights * moving_weight
+            moving_weights = torch.stack((weights - v1, v1))    # weights are 0 or 1: weights - v1 = weights (1 - w)
+            hist = torch.bincount((self._corner_index + moving_bin).view(-1),
+                                  (self._fixed_weights * moving_weights).view(-1), minlength=n * n)
         else:
             hist = torch.bincount(self._fixed_index + moving_bin, weights, minlength=n * n)
-        p = (hist.to(torch.float64) / hist.sum().clamp(min=1e-12)).reshape(n, n)
+        p = (hist.to(torch.float64) / hist.sum().clamp(min=1e-12)).view(n, n)
         return (_entropy(p.sum(1)) + _entropy(p.sum(0))) / _entropy(p)
