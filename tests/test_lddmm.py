@@ -128,6 +128,30 @@ def test_refine_inverts_coarsen_on_affine_fields():
         torch.testing.assert_close(lddmm.refine(coarse, u.shape[2:], slab), u, atol=1e-5, rtol=0)
 
 
+def test_differentiable_integration_on_every_other_voxel_is_the_inference_one():
+    """Instance optimization integrates as the output is integrated: forward_and_inverse with coarse squarings
+    gives the fields of the inference path (two buffers, no autograd), and the gradient reaches the velocity
+    through coarsen and refine (it equals a finite difference of the loss)."""
+    from DeepRegistrationLib.deformable.patchwise import FINE_SQUARINGS, exponentials
+    v = _velocity((20, 16, 18), (1.0, 1.0, 1.0), peak_mm=3.0).float()
+    coarse_steps = lddmm.STEPS - FINE_SQUARINGS
+    forward, inverse = lddmm.forward_and_inverse(v, coarse_steps=coarse_steps)
+    expected_forward, expected_inverse = exponentials(v.clone())
+    torch.testing.assert_close(forward, expected_forward, atol=1e-5, rtol=0)
+    torch.testing.assert_close(inverse, expected_inverse, atol=1e-5, rtol=0)
+    assert float((forward - exponential(v, lddmm.STEPS)).abs().max()) > 1e-4     # not the full-grid result
+    v64 = v.double().requires_grad_(True)
+    direction = torch.randn(v.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def loss(x):
+        a, b = lddmm.forward_and_inverse(x, coarse_steps=coarse_steps)
+        return (a ** 2).sum() + (b ** 3).sum()
+    loss(v64).backward()
+    eps = 1e-5
+    numeric = (loss(v64.detach() + eps * direction) - loss(v64.detach() - eps * direction)) / (2 * eps)
+    assert float((v64.grad * direction).sum()) == pytest.approx(float(numeric), rel=1e-5)
+
+
 def test_integration_on_every_other_voxel_only_where_that_grid_holds_the_velocity():
     """Whole-volume integration runs 6 squarings on every other voxel and the last on the full grid when the
     coarse grid holds the velocity; then it agrees with 7 full-grid squarings by the tile benchmark's rule

@@ -13,7 +13,8 @@ momentum optimized on its level (the finest level has voxels of ``resolution`` m
 model's own 2 mm; a coarser finest level costs about 8 times less per halving but, measured on a
 held-out T1, left the result worse than the network's: the 4 mm loss cannot see a 1 mm misalignment;
 the velocity itself stays on the model grid) (the same kernel K = (α∇² + γ)², read on the level's voxel size, and
-scaling and squaring), so the result is exp(v) with its exact inverse exp(−v). The loss is eq. 3.2 with
+scaling and squaring, integrated as the output is: the first squarings on every other voxel where that grid
+holds the level's starting velocity), so the result is exp(v) with its exact inverse exp(−v). The loss is eq. 3.2 with
 the chosen similarity ε: w·‖Lv‖² + ½ ε(I₁∘φ⁻¹, I₂) + ½ ε(I₂∘φ, I₁), ‖Lv‖² = ⟨v, m⟩ with m = L²v (L by
 finite differences). Masks weight ε: the fixed mask on the fixed side and the moving mask carried
 through φ (and the other way round for the inverse term). An iterate with a folding voxel in either
@@ -35,7 +36,8 @@ from ..models.model_file import load_network, resolve_model_path
 from ..networks.momentum_unet import MomentumUNet, MomentumUNetConfig
 from . import instance_optimization as io
 from . import lddmm
-from .patchwise import MODEL_KIND, predict_fields, tiles_per_call, voxels_to_lps_mm
+from .patchwise import (FINE_SQUARINGS, MODEL_KIND, coarse_grid_holds, predict_fields, tiles_per_call,
+                        voxels_to_lps_mm)
 from ..core.network_input import normalize_intensity, resample_to
 from .model_input import MASKS_UNUSED, domain_warnings, initial_or_none
 
@@ -100,11 +102,15 @@ def optimize_velocity(v_net: torch.Tensor, fixed: torch.Tensor, moving: torch.Te
         mw = None if moving_weights is None else io.resize(moving_weights, shape)
         with torch.no_grad():
             base = io.resize(v_net, shape) + (0.0 if correction is None else io.resize(correction, shape))
+            # the integration of the output (patchwise.integrate_velocity), on the level's grid
+            coarse_steps = steps - FINE_SQUARINGS if coarse_grid_holds(lddmm.velocity_to_voxels(base, spacing),
+                                                                       spacing) else 0
         delta = torch.zeros_like(base, requires_grad=True)
 
         def loss_fn():
             v = base + lddmm.smooth(delta, spacing, alpha, gamma, params["padding"])
-            u, u_inv = lddmm.forward_and_inverse(lddmm.velocity_to_voxels(v, spacing), steps)
+            u, u_inv = lddmm.forward_and_inverse(lddmm.velocity_to_voxels(v, spacing), steps,
+                                                 coarse_steps=coarse_steps)
             w_forward, w_inverse = inside_fraction_mask(u), inside_fraction_mask(u_inv)
             if fw is not None:
                 w_forward, w_inverse = w_forward * fw, w_inverse * warp_voxels(fw, u_inv, padding_mode="zeros")

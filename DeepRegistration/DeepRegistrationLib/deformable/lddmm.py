@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.grid_sampling import grid_sample
-from ..core.scaling_and_squaring import exponential
+from ..core.scaling_and_squaring import exponential, squarings
 from .model_input import mm_per_voxel
 
 ALPHA = 20.0
@@ -129,9 +129,15 @@ def refine(u_coarse: torch.Tensor, shape, slab: int = None, out: torch.Tensor = 
     return out
 
 
-def forward_and_inverse(v_vox: torch.Tensor, steps: int = STEPS, slab: int = None):
-    """(φ, φ⁻¹) displacements in voxels: exp(v) and exp(−v) by scaling and squaring (eq. 3.4)."""
-    return exponential(v_vox, steps, slab), exponential(-v_vox, steps, slab)
+def forward_and_inverse(v_vox: torch.Tensor, steps: int = STEPS, slab: int = None, coarse_steps: int = 0):
+    """(φ, φ⁻¹) displacements in voxels: exp(v) and exp(−v) by scaling and squaring (eq. 3.4), the first
+    ``coarse_steps`` squarings on the grid of every other voxel (:func:`coarsen`, :func:`refine`; autograd
+    flows through both), the others on the full grid."""
+    if not coarse_steps:
+        return exponential(v_vox, steps, slab), exponential(-v_vox, steps, slab)
+    coarse = coarsen(v_vox) / 2 ** steps
+    return tuple(squarings(refine(squarings(sign * coarse, coarse_steps)[0], v_vox.shape[2:], slab),
+                           steps - coarse_steps, slab)[0] for sign in (1.0, -1.0))
 
 
 def slab_for(shape, voxels: int = 2 ** 22) -> int:

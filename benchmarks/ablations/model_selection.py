@@ -1,6 +1,7 @@
-"""Choose between diffeo weights by registration error on validation subjects (never on test subjects).
+"""Choose between a deformable method's weights by registration error on validation subjects (never on test
+subjects).
 
-The validation loss of training (eq. 3.2 on validation pairs) is a proxy; this measures what a user gets.
+The validation loss of training is a proxy; this measures what a user gets.
 Pairs: each validation-split subject of the corpus with a T1 (``--subjects``), resampled to 2 mm, against
 itself under ``--pairs`` known smooth diffeomorphisms (the generator of deformable_evaluation.py: φ = exp(v),
 v a cubic B-spline velocity at 24 mm, coefficients U(±6) mm, 1 % noise on each image; seeds 5000+k, apart
@@ -28,31 +29,37 @@ from DeepRegistrationLib.models.model_file import read_metadata, resolve_model_p
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "accuracy"))
 from deformable_evaluation import direction_metrics, same_subject_pair  # noqa: E402
-from results_json import add_json_argument, write_results  # noqa: E402
+from results_json import default_path, write_results  # noqa: E402
 
 SEED = 5000
 
 
-def pair_error(pair: dict, model: str, options: dict) -> dict:
-    """Displacement error and folding of both directions of one diffeo call with ``model``."""
-    result = register(pair["fixed"], pair["moving"], "diffeo", device="cpu", models=[model], **options)
+def pair_error(pair: dict, method: str, model: str, options: dict) -> dict:
+    """Displacement error and folding of both directions of ``method`` with ``model``."""
+    result = register(pair["fixed"], pair["moving"], method, device="cpu", models=[model], **options)
+    seconds = result.report["seconds_method"]
+    inverse = result.inverse
+    if inverse is None:
+        swapped = register(pair["moving"], pair["fixed"], method, device="cpu", models=[model], **options)
+        inverse, seconds = swapped.transform, seconds + swapped.report["seconds_method"]
     forward = direction_metrics(pair, result.transform, False)
-    reverse = direction_metrics(pair, result.inverse, True)
+    reverse = direction_metrics(pair, inverse, True)
     return {"forward_error_mm": forward["displacement_error_mm"], "reverse_error_mm": reverse["displacement_error_mm"],
             "error_mm": (forward["displacement_error_mm"] + reverse["displacement_error_mm"]) / 2,
             "folding_voxels": forward["folding_voxels"] + reverse["folding_voxels"],
-            "seconds_method": result.report["seconds_method"]}
+            "seconds_method_both_directions": seconds}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--method", choices=("diffeo", "dirnet", "deepsim"), default="diffeo")
     p.add_argument("--candidate", action="append", required=True, metavar="NAME=MODEL",
-                   help="a diffeo model file or bundled name, labelled NAME")
+                   help="a model file or bundled name of --method, labelled NAME")
     p.add_argument("--subjects", default="robex-atlas,mni305", help="validation-split subjects with a T1")
     p.add_argument("--pairs", type=int, default=2, help="known-deformation pairs per subject")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="diffeo options of every call, over iterations=0 (the network alone)")
-    add_json_argument(p, "diffeo_model_selection")
+                   help="options of every call, over iterations=0 (the network alone)")
+    p.add_argument("--json", help="results file (default benchmarks/results/METHOD_model_selection.json)")
     args = p.parse_args()
     torch.set_num_threads(1)
     candidates = dict(c.split("=", 1) for c in args.candidate)
@@ -64,7 +71,8 @@ def main() -> None:
         none = (direction_metrics(pair, None, False)["displacement_error_mm"]
                 + direction_metrics(pair, None, True)["displacement_error_mm"]) / 2
         for name, model in candidates.items():
-            row = {"pair": pair["name"], "candidate": name, "error_before_mm": none, **pair_error(pair, model, options)}
+            row = {"pair": pair["name"], "candidate": name, "error_before_mm": none,
+                   **pair_error(pair, args.method, model, options)}
             rows.append(row)
             print(row, flush=True)
     summary = {name: {"mean_error_mm": float(np.mean([r["error_mm"] for r in rows if r["candidate"] == name])),
@@ -76,10 +84,11 @@ def main() -> None:
     for name, s in summary.items():
         print(f"{name}: mean displacement error {s['mean_error_mm']:.3f} mm over {len(pairs)} validation pairs, "
               f"{s['folding_voxels']} folding voxels" + ("  <- chosen" if name == chosen else ""))
-    write_results(args.json, "benchmarks/ablations/diffeo_model_selection.py",
+    write_results(args.json or default_path(f"{args.method}_model_selection"),
+                  "benchmarks/ablations/model_selection.py",
                   f"validation split: {', '.join(args.subjects.split(','))}, {args.pairs} known-deformation pairs each "
                   f"(seeds {SEED}+), 2 mm", {"rows": rows, "summary": summary, "chosen": chosen},
-                  options=options, candidates=candidates)
+                  method=args.method, options=options, candidates=candidates)
 
 
 if __name__ == "__main__":
