@@ -1,6 +1,7 @@
 """The subject corpus (split by subject) and SynthMorph-style synthesis, on the real offline images."""
 import numpy as np
 import pytest
+import torch
 
 from DeepRegistrationLib.core.errors import InputError
 from DeepRegistrationLib.core.jacobian import jacobian_determinant, jacobian_statistics
@@ -114,6 +115,19 @@ def test_corpus_pairs_draw_from_their_split_only_and_record_provenance():
     assert len(record["validation_subjects"]) == 1 and record["available_validation_subjects"] == val.subject_ids
     assert record["synthesis"]["gamma_std"] == 0.25 and record["code"]
     assert not set(record["train_subjects"]) & {s.id for s in corpus.subjects("test")}
+
+
+def test_deepsim_corpus_pairs_join_subjects_of_one_grid_only():
+    """DeepSim's corpus volumes come from sources of different sizes and fields of view: a pair joins two
+    subjects on one grid, so its two crops cover the same place (the pair batches stack)."""
+    from DeepRegistrationLib.training.deepsim_data import VolumeSet
+    source = corpus_pairs.CorpusPairs("train", "synthmorph", corpus_pairs.isotropic_grid(6.0), need_tissue=True)
+    volumes = VolumeSet.from_corpus(source, 8, 3, (24, 32, 24), seed=0)
+    shapes = [img.shape for img, _ in volumes.volumes]
+    assert len(set(shapes)) > 1                               # the test draws from sources on different grids
+    assert volumes.pairs and all(shapes[i] == shapes[j] for i, j in volumes.pairs)
+    moving, fixed, moving_labels, fixed_labels = volumes.sample_pairs(16, torch.Generator().manual_seed(0))
+    assert moving.shape == fixed.shape == (16, 1, 24, 32, 24) and moving_labels.shape == (16, 24, 32, 24)
 
 
 def test_trainers_record_corpus_subjects_synthesis_and_code(tmp_path, capsys):

@@ -7,7 +7,7 @@ axis) that show enough content; a pair's two crops are taken at the same place. 
 drawn once with a fixed seed.
 
 Sources: ``from_corpus`` (synthetic subjects of one split of the subject corpus, :mod:`..data.corpus_pairs`,
-with their tissue classes; every ordered pair of distinct subjects), ``from_subjects`` (ICBM 2009a template
+with their tissue classes; every ordered pair of distinct subjects on one grid), ``from_subjects`` (ICBM 2009a template
 subjects of one seed stream, :func:`..data.corpus_pairs.template_subjects`) or ``from_csv`` (the training contract's pairs CSV: each fixed image
 on a grid of the model spacing covering it, the moving image resampled onto the same grid, label maps
 with nearest-neighbour; every fifth row is kept apart for validation when there are at least two).
@@ -45,13 +45,15 @@ class VolumeSet:
     @classmethod
     def from_corpus(cls, source: CorpusPairs, count: int, ndim: int, size_xyz, seed: int = 0) -> "VolumeSet":
         """``count`` synthetic subjects (pairs of :meth:`CorpusPairs.subject_pair`, seeds [seed, k]) of a
-        corpus split, with tissue labels; pairs are formed between distinct subjects."""
-        vols = []
+        corpus split, with tissue labels; pairs are formed between distinct subjects on one grid (drawn from
+        one source: the sources' grids differ in size and field of view)."""
+        vols, grids = [], []
         for k in range((count + 1) // 2):
             for s in source.subject_pair(np.random.default_rng([seed, k])):
                 vols.append((normalize_intensity(s.image.array), s.labels.array.astype(np.int64)))
-        vols = vols[:count]
-        pairs = [(i, j) for i in range(len(vols)) for j in range(len(vols)) if i != j]
+                grids.append(s.image.grid)
+        vols, grids = vols[:count], grids[:count]
+        pairs = [(i, j) for i in range(len(vols)) for j in range(len(vols)) if i != j and grids[i].same_as(grids[j])]
         volume_set = cls(vols, pairs, ndim, size_xyz, f"{len(vols)} subjects of the {source.description}")
         volume_set.source = source
         return volume_set
