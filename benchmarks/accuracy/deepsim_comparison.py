@@ -16,9 +16,10 @@ signed-rank test of DeepSim against each baseline (paired, one-sided "DeepSim be
 Cohen's d (mean difference over the pooled standard deviation); the standard deviation of the Jacobian
 determinant inside the fixed brain and the folding fraction, on clean test images and with Gaussian
 noise of σ added to both (intensities in [0, 1]); the training time per step of each loss relative to
-MSE, measured in this run. Models are cached in ``--work``. The DeepSim model of each dimension is the
-bundled one, trained by the CLI with the settings the benchmark uses for the baselines (same λ grid
-size, steps, batch and seed); the baselines are trained by this script. Commands of the recorded run
+MSE, measured in this run. Models are cached in ``--work``. The DeepSim model of each dimension is trained
+into ``--work`` by the CLI with the settings the benchmark uses for the baselines (same λ grid size, steps,
+batch and seed; the bundled 2D model was made by this command, the bundled 3D one is now trained on the
+subject corpus, see docs/deepsim.md); the baselines are trained by this script. Commands of the recorded run
 (``docs/deepsim.md``), 2D (3D: ``--dim 3``, ``deepsim_features_brain_t1_3d``, ``--epochs 12
 --batch-size 4`` everywhere):
 
