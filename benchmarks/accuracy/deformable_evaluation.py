@@ -265,10 +265,14 @@ TEST_SUBJECT_MARKERS = {"colin27": ("single-subject", "single_subj", "colin27"),
 
 
 def trained_on_test_subjects(model: str) -> list:
-    """Test-split subjects a model's training (or any model it was fine-tuned from) drew on."""
+    """Test-split subjects a model's training (or any model it was fine-tuned from) drew on (the corpus record's
+    map of every subject's split names the test subjects without drawing on them, so it is left out)."""
     text, training = [], read_metadata(model).get("training", {})
     while training:
-        text.append(json.dumps({k: v for k, v in training.items() if k != "history"}).lower())
+        record = {k: v for k, v in training.items() if k != "history"}
+        if isinstance(record.get("corpus"), dict):
+            record["corpus"] = {k: v for k, v in record["corpus"].items() if k != "splits"}
+        text.append(json.dumps(record).lower())
         training = training.get("initialized_from") or {}
     return [s for s, markers in TEST_SUBJECT_MARKERS.items() if any(m in t for t in text for m in markers)]
 
@@ -322,7 +326,8 @@ def read_rows(path: Path) -> list:
 
 def merge(paths, out: Path) -> None:
     """One results file from runs that each evaluated some of the pairs (run side by side on the CPU's cores),
-    the first run's row of a (pair, method) kept; logs of runs stopped early give their printed rows."""
+    the first run's row of a (pair, method) kept; logs of runs stopped early give their printed rows. Which test
+    subjects each model was trained on is read from the model files (merge at the commit the parts ran)."""
     paths = [Path(p) for p in paths]
     parts = [json.loads(p.read_text()) for p in paths if p.suffix == ".json"]
     rows, demons = {}, []
@@ -334,6 +339,8 @@ def merge(paths, out: Path) -> None:
     rows = list(rows.values())
     extra = {k: parts[0][k] for k in ("test_subjects", "spacing_mm", "deform_max_mm", "threads")}
     extra["models"] = {m: v for p in reversed(parts) for m, v in p["models"].items()}   # the first part's wins
+    for record in extra["models"].values():         # read again: the check may have been fixed since the run
+        record["trained_on_test_subjects"] = trained_on_test_subjects(record["model"])
     extra["bspline_tuning"] = next((p["bspline_tuning"] for p in parts if p["bspline_tuning"]), None)
     write_results(out, "deformable_evaluation", data_text(rows, extra["spacing_mm"]),
                   {"rows": rows, "speedup_vs_demons": speedups_vs_demons(rows, demons)},
