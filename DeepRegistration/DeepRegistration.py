@@ -310,6 +310,9 @@ class DeepRegistrationWidget(ParameterNodeWidget):
             stages = self._lastNodes["stages"]
             self.ui.statusLabel.text = _("Done.") if len(stages) == 1 else _(
                 "Done. The transform of each stage: {names}.").format(names=", ".join(n.GetName() for n in stages))
+            if self.jobWarnings:
+                self.ui.statusLabel.text += " " + _("{count} warning(s): see the log.").format(
+                    count=len(self.jobWarnings))
             self.ui.progressBar.value = 100
         self.stopJob()
 

@@ -280,6 +280,31 @@ def test_background_deepsim_registration_adds_nodes_and_leaves_inputs(scene, bra
     assert "--initial-transform" in args
 
 
+def test_apply_shows_the_results_warnings_in_the_log_and_the_status(scene, brain):
+    """The warnings of the result (here: masks given to the network alone, which cannot use them) reach the
+    panel: each in the log, and their count in the status line."""
+    import time
+    from PySide6.QtWidgets import QApplication
+    mod, widget = harness.build_widget("DeepRegistration", scene)
+    harness.PyTorchUtilsRecorder.installed = True
+    image, _, moving, _ = brain
+    ui, p, logic = widget.ui, widget._parameterNode, widget.logic
+    p.fixedVolume = mrml.image_to_volume_node(image, scene, "fixed")
+    p.movingVolume = mrml.image_to_volume_node(moving, scene, "moving")
+    p.fixedMask = mrml.image_to_volume_node(image.with_array((image.array > image.array.mean()).astype(np.uint8)),
+                                            scene, "fixed mask")
+    p.method, p.device = mod.Method("diffeo"), "cpu"
+    p.methodOptions = logic.withOptionValues(p, {"iterations": 0})
+    ui.applyButton.click()
+    deadline = time.time() + 300
+    while widget._job is not None and time.time() < deadline:
+        QApplication.processEvents()
+        time.sleep(0.05)
+    assert widget._job is None and p.outputTransform is not None, ui.statusLabel.text
+    assert "Warning: the masks were not used" in ui.logTextEdit.toPlainText()
+    assert "warning(s): see the log" in ui.statusLabel.text
+
+
 def test_pipeline_from_apply_adds_each_stage_transform_and_shows_the_confidence(scene, brain):
     """``nmi+nmi-affine`` from Apply (one background ``register`` call): the rigid stage's transform joins the
     output transform (the affine composite) in the scene, referenced by it; the rigid stage's confidence is put on

@@ -8,7 +8,7 @@ from DeepRegistrationLib.core.image import Image
 from DeepRegistrationLib.core.jacobian import jacobian_determinant
 from DeepRegistrationLib.core.transforms import AffineTransform, DisplacementField, RigidTransform, compose
 from DeepRegistrationLib.core.warp import physical_points_at, sample_voxel_indices
-from DeepRegistrationLib.metrics.quality_report import REPORT_POINTS, mapped_sample, quality_report
+from DeepRegistrationLib.metrics.quality_report import REPORT_POINTS, folding_warning, mapped_sample, quality_report
 from DeepRegistrationLib.metrics.sampled_nmi import SampledNMI
 
 
@@ -73,3 +73,19 @@ def test_sample_images_read_the_field_at_its_voxels_or_interpolate_it(smooth_vol
     assert direct.dtype == every.dtype
     assert float((direct - transform.transform_points_torch(every)).abs().max()) < 1e-4
     assert torch.equal(mapped_sample(transform, grid, some), transform.transform_points_torch(some))
+
+
+def test_a_folding_result_gets_a_warning_with_its_count(smooth_volume):
+    """register() adds this warning to the report (and the CLI and the panel show it) whenever the result folds
+    on the fixed grid, whatever a method's own checks saw on its working grid."""
+    grid = smooth_volume.grid
+    for amplitude, folds in ((2.0, False), (60.0, True)):
+        field = DisplacementField(_smooth_field(grid, 3, amplitude), grid)
+        report, jacobian = quality_report(smooth_volume, smooth_volume, RigidTransform(), field)
+        n = int((jacobian.array <= 0).sum())
+        assert (n > 0) == folds and report["folding_voxels"] == n
+        warning = folding_warning(report)
+        assert (warning is None) == (not folds)
+        if folds:
+            assert f"{n} voxels" in warning
+

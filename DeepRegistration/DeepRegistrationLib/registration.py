@@ -25,7 +25,7 @@ from .core.transforms import RigidTransform, write_transform
 from .core.validation import check_overlap, check_volume
 from .core.warp import warp
 from .pipeline import jsonable, plan, run as run_stages, transform_report
-from .metrics.quality_report import quality_report
+from .metrics.quality_report import folding_warning, quality_report
 
 
 @dataclass
@@ -91,6 +91,9 @@ def register(fixed: Image, moving: Image, method: str = "nmi", device: str = "au
         "fixed_grid": fixed.grid.to_dict(), "moving_grid": moving.grid.to_dict(),
         **quality, **transform_report(out.transform), **note, **out.report,
     }
+    folding = folding_warning(quality)
+    if folding:
+        report["warnings"] = [*report.get("warnings", []), folding]
     report["seconds_method"] = t_method
     report["seconds_resample"] = t_warp
     report["seconds_total"] = time.perf_counter() - t0

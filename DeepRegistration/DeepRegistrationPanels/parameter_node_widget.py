@@ -9,6 +9,7 @@ import qt
 import vtk
 
 import slicer
+from slicer.i18n import tr as _
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
@@ -22,6 +23,7 @@ class ParameterNodeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._job = None
         self._timer = None
+        self.jobWarnings = []
 
     # --- what a panel defines ---
 
@@ -85,18 +87,22 @@ class ParameterNodeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def startPolling(self, poll, intervalMs: int) -> None:
         """Call ``poll`` every ``intervalMs`` while the job runs."""
+        self.jobWarnings = []
         self._timer = qt.QTimer()
         self._timer.timeout.connect(poll)
         self._timer.start(intervalMs)
 
     def readJob(self) -> tuple:
-        """(events, finished): the job's new progress events, its new log lines appended to the log, and whether
-        it has ended (then polling stops). ``finished`` is read before the events are drained, so every event of
-        a finished job is among them."""
+        """(events, finished): the job's new progress events, its new log lines and the warnings of its result
+        appended to the log (the warnings also to ``jobWarnings``), and whether it has ended (then polling stops). ``finished`` is read before the events
+        are drained, so every event of a finished job is among them."""
         finished = self._job.finished
         events = self._job.events()
         for line in self._job.new_log_lines():
             self.ui.logTextEdit.appendPlainText(line)
+        for warning in (w for event in events if event.get("event") == "done" for w in event.get("warnings", [])):
+            self.jobWarnings.append(warning)
+            self.ui.logTextEdit.appendPlainText(_("Warning: {text}").format(text=warning))
         if finished:
             self._timer.stop()
         return events, finished

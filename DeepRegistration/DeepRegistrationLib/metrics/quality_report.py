@@ -60,6 +60,14 @@ def inverse_consistency_mm(inverse, mapped: torch.Tensor, points: torch.Tensor, 
     return {"mean": float(err.mean()), "max": float(err.max()), "fraction_of_voxels": float(inside.double().mean())}
 
 
+def folding_warning(report: dict) -> Optional[str]:
+    """The warning for a result that folds (Jacobian determinant <= 0 on the fixed grid), or None."""
+    if not report.get("folding_voxels"):
+        return None
+    return (f"the deformation folds: {report['folding_voxels']} voxels ({report['folding_percent']:.4f} %) of the "
+            "fixed grid have a Jacobian determinant <= 0 (see the Jacobian map)")
+
+
 def quality_report(fixed: Image, moving: Image, initial, transform, inverse=None, device="cpu",
                    deformable: bool = True) -> tuple:
     """(report entries, Jacobian determinant image or None) for ``transform`` (fixed -> moving)."""
