@@ -167,6 +167,26 @@ def test_an_iterate_that_folds_is_refused_for_every_method(case, method):
     assert r.report["folding_voxels"] == 0
 
 
+def test_a_correction_that_folds_on_the_output_grid_is_scaled_down_until_it_does_not():
+    """The field the user gets is the working grid's field on the fixed grid: where the full IO correction
+    folds there, the largest of its halves that does not is kept (the Jacobian as the report measures it)."""
+    from DeepRegistrationLib.core.jacobian import jacobian_determinant
+    grid = Grid((20, 22, 18), (2.0, 2.0, 2.0), np.zeros(3))
+    start = torch.zeros(1, 3, *grid.shape)
+    bump = torch.as_tensor(smooth_random_field(grid, np.random.default_rng(4), 3.0, 8.0, integrate=False)
+                           .displacement_mm).permute(3, 0, 1, 2)[None].float()
+    to_output = lambda u: DisplacementField(u[0].permute(1, 2, 3, 0).numpy(), grid)   # noqa: E731
+    folds = lambda u: int((jacobian_determinant(to_output(u)) <= 0).sum())           # noqa: E731
+    scale = next(a for a in (2.0, 4.0, 8.0, 16.0) if folds(a * bump) and not folds(a / 4 * bump))
+    output, kept, warning = io.fold_free_on_output(start, scale * bump, to_output)
+    assert kept < 1.0 and (jacobian_determinant(output) > 0).all()
+    assert f"folded {folds(scale * bump)} voxels" in warning and f"kept {kept:g}" in warning
+    assert folds(2 * kept * scale * bump) > 0                                  # the largest fold-free half
+    output, kept, warning = io.fold_free_on_output(start, scale / 8 * bump, to_output)
+    assert kept == 1.0 and warning is None
+    np.testing.assert_array_equal(output.displacement_mm, to_output(scale / 8 * bump).displacement_mm)
+
+
 def test_cancel_during_instance_optimization_raises_and_writes_nothing(case, tmp_path):
     seen = []
     progress = Progress(lambda f, message: seen.append(message),

@@ -152,7 +152,11 @@ def register_deepsim(fixed: Image, moving: Image, ctx: RegistrationContext) -> M
     m = normalize_intensity(resample_to(moving, grid, initial).array)
     ctx.progress(0.25, "predicting the deformation")
     u = predict_displacement(net, f, m, ctx.device)
+
+    def on_fixed_grid(u_vox):
+        return displacement_on(u_vox, grid, ndim).continued_onto(fixed.grid, ctx.device)
     if options["iterations"] > 0:
+        u_net = u
         similarity, described = dissimilarity(options["similarity"], meta, ctx.device)
         lam = float(meta.get("lambda") or 0.0)
         weights = [None if w is None else w.reshape(u.shape[0], 1, *u.shape[2:]) for w in (
@@ -162,15 +166,17 @@ def register_deepsim(fixed: Image, moving: Image, ctx: RegistrationContext) -> M
             u, stages = optimize_field(u, as_batch(f, ndim, ctx.device), as_batch(m, ndim, ctx.device),
                                        list(reversed(grid.spacing.tolist())), lam, similarity, options,
                                        ctx.progress.sub(0.3, 0.85), *weights)
+        ctx.progress(0.88, "field on the fixed grid")
+        on_fixed, kept, fold_warning = io.fold_free_on_output(u_net, u, on_fixed_grid)
         report["instance_optimization"], io_warnings = io.report(
             described, stages, levels=options["io_levels"], learning_rate=options["learning_rate"], reg_weight=lam,
-            parameters="displacement field of the model grid (u = u_net + correction)")
-        warnings += io_warnings
-    elif ctx.fixed_mask is not None or ctx.moving_mask is not None:
-        warnings.append(MASKS_UNUSED)
-    field = displacement_on(u, grid, ndim)
-    ctx.progress(0.88, "field on the fixed grid")
-    on_fixed = field.continued_onto(fixed.grid, ctx.device)
+            parameters="displacement field of the model grid (u = u_net + correction)", correction_kept=kept)
+        warnings += io_warnings + ([fold_warning] if fold_warning else [])
+    else:
+        if ctx.fixed_mask is not None or ctx.moving_mask is not None:
+            warnings.append(MASKS_UNUSED)
+        ctx.progress(0.88, "field on the fixed grid")
+        on_fixed = on_fixed_grid(u)
     transform = on_fixed if initial is None else compose(on_fixed, initial)
     report.update({"model": str(resolve_model_path(name)), "model_dimension": ndim,
                    "model_similarity": meta.get("similarity", "unknown"),

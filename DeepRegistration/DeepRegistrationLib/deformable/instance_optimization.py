@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.image import Grid, Image
+from ..core.jacobian import jacobian_determinant
 from ..core.warp import warp
 from ..metrics.similarity import local_ncc, normalized_mse
 
@@ -179,6 +180,31 @@ def report(similarity: str, stages: list, **settings) -> tuple:
              "iterations_done": sum(s.iterations_done for s in stages),
              "seconds": round(sum(s.seconds for s in stages), 3)}
     return entry, warnings
+
+
+#: Fractions of an IO correction tried, largest first, when the full one folds on the output grid.
+CORRECTION_FRACTIONS = (1.0, 0.5, 0.25, 0.125, 0.0)
+
+
+def fold_free_on_output(start: torch.Tensor, result: torch.Tensor, to_output: Callable) -> tuple:
+    """(field on the output grid, fraction of the correction kept, warning or None).
+
+    IO checks folding on its working grid; the field the user gets is that grid's field interpolated onto the
+    fixed image's grid (``to_output``), where it can fold although the working grid did not. There the
+    correction ``result − start`` is halved until the field is fold-free (Jacobian determinant > 0 at every
+    voxel, as the report measures), down to the network's start; if that folds too, the full result is kept
+    (and the report's folding warning says so)."""
+    for fraction in CORRECTION_FRACTIONS:
+        output = to_output(start + fraction * (result - start))
+        folds = int((jacobian_determinant(output) <= 0).sum())
+        if fraction == 1.0:
+            full, full_folds = output, folds
+        if folds == 0:
+            warning = None if fraction == 1.0 else (
+                f"instance optimization: its result folded {full_folds} voxels on the fixed grid (the optimization "
+                f"checks the model grid); kept {fraction:g} of its correction, which does not fold")
+            return output, fraction, warning
+    return full, 1.0, None
 
 
 def folding_refusal(*fields: torch.Tensor) -> Optional[str]:
