@@ -67,7 +67,7 @@ def test_bundled_models_state_their_provenance_and_are_tiny():
         assert meta["training"]["command"].startswith(("deepregistration train-deepsim ",
                                                        "python benchmarks/accuracy/deepsim_comparison.py"))
         assert meta["features"] == f"deepsim_features_brain_t1_{ndim}d" and meta["lambda"] > 0
-        assert "ICBM" in meta["training"]["data"] and "val" in meta["training"]["validation"]
+        assert "icbm" in meta["training"]["data"].lower() and "val" in meta["training"]["validation"]
         net, _ = load_registration_net(f"deepsim_brain_t1_{ndim}d")
         extractor, _ = load_feature_extractor(f"deepsim_features_brain_t1_{ndim}d")
         assert sum(p.numel() for p in net.parameters()) < 200_000
@@ -76,8 +76,7 @@ def test_bundled_models_state_their_provenance_and_are_tiny():
 
 def test_cli_register_deepsim_default_model_end_to_end(brain_pair, tmp_path, capsys):
     folder, fixed, moving, labels, moving_labels = brain_pair
-    rc, out, report = cli_register(folder, "deepsim", tmp_path, capsys,
-                                   "iterations=3")   # instance optimization on, short (its own tests go further)
+    rc, out, report = cli_register(folder, "deepsim", tmp_path, capsys)   # the default call: IO on
     assert rc == 0 and "used the bundled model 'deepsim_brain_t1_3d'" in out
     assert report["model_dimension"] == 3 and report["model_similarity"] == "deepsim"
     assert report["instance_optimization"]["iterations_done"] > 0
@@ -86,7 +85,9 @@ def test_cli_register_deepsim_default_model_end_to_end(brain_pair, tmp_path, cap
     transform = DisplacementField.from_transform(read_transform(tmp_path / "t.h5"), fixed.grid)
     warped_labels = warp(moving_labels, fixed.grid, transform, mode="nearest")
     before, after = mean_dice(labels, moving_labels), mean_dice(labels, warped_labels)
-    assert after > before + 0.01          # measured: 0.833 -> 0.851 with the bundled 3D model and 3 IO iterations
+    # measured: 0.833 -> 0.853 with the bundled (corpus-trained) 3D model; its network alone does not improve on
+    # this ICBM pair (0.830), which the ICBM-trained model it replaced did (0.849; with IO 0.859)
+    assert after > before + 0.01
 
 
 def test_2d_model_registers_slice_by_slice_in_plane(brain_pair):

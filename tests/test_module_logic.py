@@ -280,53 +280,47 @@ def test_background_deepsim_registration_adds_nodes_and_leaves_inputs(scene, bra
     assert "--initial-transform" in args
 
 
-def test_apply_shows_the_results_warnings_in_the_log_and_the_status(scene, brain):
-    """The warnings of the result (here: masks given to the network alone, which cannot use them) reach the
-    panel: each in the log, and their count in the status line."""
+def _apply_in_panel(scene, brain, method: str, options: dict, fixed_mask: bool = False):
+    """The DeepRegistration panel with the brain pair, ``method`` and ``options``, after Apply and its background
+    run: (module, widget, the fixed image)."""
     import time
     from PySide6.QtWidgets import QApplication
     mod, widget = harness.build_widget("DeepRegistration", scene)
     harness.PyTorchUtilsRecorder.installed = True
     image, _, moving, _ = brain
-    ui, p, logic = widget.ui, widget._parameterNode, widget.logic
+    p = widget._parameterNode
     p.fixedVolume = mrml.image_to_volume_node(image, scene, "fixed")
     p.movingVolume = mrml.image_to_volume_node(moving, scene, "moving")
-    p.fixedMask = mrml.image_to_volume_node(image.with_array((image.array > image.array.mean()).astype(np.uint8)),
-                                            scene, "fixed mask")
-    p.method, p.device = mod.Method("diffeo"), "cpu"
-    p.methodOptions = logic.withOptionValues(p, {"iterations": 0})
-    ui.applyButton.click()
+    if fixed_mask:
+        p.fixedMask = mrml.image_to_volume_node(
+            image.with_array((image.array > image.array.mean()).astype(np.uint8)), scene, "fixed mask")
+    p.method, p.device = mod.Method(method), "cpu"
+    p.methodOptions = widget.logic.withOptionValues(p, options)
+    widget.ui.applyButton.click()
+    assert widget._job is not None, widget.ui.statusLabel.text
     deadline = time.time() + 300
     while widget._job is not None and time.time() < deadline:
         QApplication.processEvents()
         time.sleep(0.05)
-    assert widget._job is None and p.outputTransform is not None, ui.statusLabel.text
-    assert "Warning: the masks were not used" in ui.logTextEdit.toPlainText()
-    assert "warning(s): see the log" in ui.statusLabel.text
+    assert widget._job is None and p.outputTransform is not None, widget.ui.statusLabel.text
+    return mod, widget, image
+
+
+def test_apply_shows_the_results_warnings_in_the_log_and_the_status(scene, brain):
+    """The warnings of the result (here: masks given to the network alone, which cannot use them) reach the
+    panel: each in the log, and their count in the status line."""
+    _, widget, _ = _apply_in_panel(scene, brain, "diffeo", {"iterations": 0}, fixed_mask=True)
+    assert "Warning: the masks were not used" in widget.ui.logTextEdit.toPlainText()
+    assert "warning(s): see the log" in widget.ui.statusLabel.text
 
 
 def test_pipeline_from_apply_adds_each_stage_transform_and_shows_the_confidence(scene, brain):
     """``nmi+nmi-affine`` from Apply (one background ``register`` call): the rigid stage's transform joins the
     output transform (the affine composite) in the scene, referenced by it; the rigid stage's confidence is put on
     the output transform, where the panel's label reads it (a warning style when flagged)."""
-    import time
-    from PySide6.QtWidgets import QApplication
-    mod, widget = harness.build_widget("DeepRegistration", scene)
-    harness.PyTorchUtilsRecorder.installed = True
-    image, _, moving, _ = brain
+    mod, widget, image = _apply_in_panel(scene, brain, "nmi+nmi-affine", {"nmi-affine.max_evaluations": 300})
     ui, p, logic = widget.ui, widget._parameterNode, widget.logic
-    p.fixedVolume = mrml.image_to_volume_node(image, scene, "fixed")
-    p.movingVolume = mrml.image_to_volume_node(moving, scene, "moving")
-    p.method, p.device = mod.Method("nmi+nmi-affine"), "cpu"
-    p.methodOptions = logic.withOptionValues(p, {"nmi-affine.max_evaluations": 300})
-    ui.applyButton.click()
-    assert widget._job is not None, ui.statusLabel.text
-    deadline = time.time() + 300
-    while widget._job is not None and time.time() < deadline:
-        QApplication.processEvents()
-        time.sleep(0.05)
     output = p.outputTransform
-    assert widget._job is None and output is not None, ui.statusLabel.text
 
     rigid = output.GetNthNodeReference(mrml.STAGE_REFERENCE, 0)
     assert output.GetNumberOfNodeReferences(mrml.STAGE_REFERENCE) == 1 and rigid.IsLinear() and output.IsLinear()
