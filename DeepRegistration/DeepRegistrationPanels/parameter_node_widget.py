@@ -94,8 +94,9 @@ class ParameterNodeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def readJob(self) -> tuple:
         """(events, finished): the job's new progress events, its new log lines and the warnings of its result
-        appended to the log (the warnings also to ``jobWarnings``), and whether it has ended (then polling stops). ``finished`` is read before the events
-        are drained, so every event of a finished job is among them."""
+        appended to the log (the warnings also to ``jobWarnings``), and whether it has ended (then polling
+        stops). ``finished`` is read before the events are drained, so every event of a finished job is among
+        them."""
         finished = self._job.finished
         events = self._job.events()
         for line in self._job.new_log_lines():

@@ -14,8 +14,8 @@ model's own 2 mm; a coarser finest level costs about 8 times less per halving bu
 held-out T1, left the result worse than the network's: the 4 mm loss cannot see a 1 mm misalignment;
 the velocity itself stays on the model grid) (the same kernel K = (α∇² + γ)², read on the level's voxel size, and
 scaling and squaring, integrated as the output is: the first squarings on every other voxel where that grid
-holds the level's starting velocity), so the result is exp(v) with its exact inverse exp(−v). The loss is eq. 3.2 with
-the chosen similarity ε: w·‖Lv‖² + ½ ε(I₁∘φ⁻¹, I₂) + ½ ε(I₂∘φ, I₁), ‖Lv‖² = ⟨v, m⟩ with m = L²v (L by
+holds the level's starting velocity), so the result is exp(v) with its exact inverse exp(−v). The loss is
+eq. 3.2 with the chosen similarity ε: w·‖Lv‖² + ½ ε(I₁∘φ⁻¹, I₂) + ½ ε(I₂∘φ, I₁), ‖Lv‖² = ⟨v, m⟩ with m = L²v (L by
 finite differences). Masks weight ε: the fixed mask on the fixed side and the moving mask carried
 through φ (and the other way round for the inverse term). An iterate with a folding voxel in either
 direction stops the level (the best fold-free iterate is kept).

@@ -7,10 +7,11 @@ axis) that show enough content; a pair's two crops are taken at the same place. 
 drawn once with a fixed seed.
 
 Sources: ``from_corpus`` (synthetic subjects of one split of the subject corpus, :mod:`..data.corpus_pairs`,
-with their tissue classes; every ordered pair of distinct subjects on one grid), ``from_subjects`` (ICBM 2009a template
-subjects of one seed stream, :func:`..data.corpus_pairs.template_subjects`) or ``from_csv`` (the training contract's pairs CSV: each fixed image
-on a grid of the model spacing covering it, the moving image resampled onto the same grid, label maps
-with nearest-neighbour; every fifth row is kept apart for validation when there are at least two).
+with their tissue classes; every ordered pair of distinct subjects on one grid), ``from_subjects`` (ICBM
+2009a template subjects of one seed stream, :func:`..data.corpus_pairs.template_subjects`) or ``from_csv``
+(the training contract's pairs CSV: each fixed image on a grid of the model spacing covering it, the moving
+image resampled onto the same grid, label maps with nearest-neighbour; every fifth row is kept apart for
+validation when there are at least two).
 """
 from __future__ import annotations
 
