@@ -5,13 +5,15 @@ The validation loss of training is a proxy; this measures what a user gets.
 Pairs: each validation-split subject of the corpus with a T1 (``--subjects``), resampled to 2 mm, against
 itself under ``--pairs`` known smooth diffeomorphisms (the generator of deformable_evaluation.py: φ = exp(v),
 v a cubic B-spline velocity at 24 mm, coefficients U(±6) mm, 1 % noise on each image; seeds 5000+k, apart
-from the test evaluation's). Each candidate registers each pair once, network alone (``iterations=0``:
-the weights are what is being chosen) or with ``--param KEY=VALUE`` options; both directions come from one
-call. Reported per candidate and pair: the mean displacement error (mm, inside the head) of each direction
-and the folding voxels; the candidate with the lowest mean over pairs (one value per pair: the mean of
-its two directions) is chosen. Results: ``--json`` (default benchmarks/results/diffeo_model_selection.json).
+from the test evaluation's). Each candidate (a model of ``--method``) registers each pair, network alone
+(``iterations=0``: the weights are what is being chosen) or with ``--param KEY=VALUE`` options, in both
+directions: from one call where the method gives an inverse (``diffeo``), else from a second call with the
+images swapped. Reported per candidate and pair: the mean displacement error (mm, inside the head) of
+each direction and the folding voxels; the candidate with the lowest mean over pairs (one value per pair:
+the mean of its two directions) is chosen. Results: ``--json`` (default
+benchmarks/results/METHOD_model_selection.json).
 
-    OMP_NUM_THREADS=1 python benchmarks/ablations/diffeo_model_selection.py \
+    OMP_NUM_THREADS=1 python benchmarks/ablations/model_selection.py --method diffeo \
         --candidate previous=PREVIOUS.pt --candidate bundled=diffeo_brain_t1
 """
 from __future__ import annotations
