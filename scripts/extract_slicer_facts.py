@@ -1,6 +1,6 @@
 """Extract, from Slicer's source at each supported tag, the facts the module files are tested against.
 
-Writes ``tests/slicer_facts/<tag>.json`` per tag: the public names of ``slicer.util``,
+Writes ``tests/slicer_facts/<tag>.json`` per tag: the public names of ``slicer.util``, ``slicer.i18n``,
 ``slicer.packaging`` (absent before 5.11), ``slicer.parameterNodeWrapper``,
 ``slicer.ScriptedLoadableModule`` and the ``SampleData`` module, with its sample names; the MRML/qMRML/Slicer class names (from header files); the
 Q_PROPERTY names of the qMRML widgets; the public methods of every ``vtkMRML*``/``vtkSlicer*`` class with its base
@@ -208,6 +208,7 @@ def facts(gitdir: str, tag: str) -> dict:
         "tag": tag,
         "commit": git(gitdir, "rev-parse", f"{tag}^{{commit}}").strip(),
         "slicer.util": public_names(show(gitdir, tag, "Base/Python/slicer/util.py")),
+        "slicer.i18n": public_names(show(gitdir, tag, "Base/Python/slicer/i18n.py")),
         "slicer.packaging": public_names(packaging) if packaging else None,
         "slicer.parameterNodeWrapper": wrapper_names(gitdir, tag),
         "slicer.ScriptedLoadableModule": public_names(show(gitdir, tag, "Base/Python/slicer/ScriptedLoadableModule.py")),

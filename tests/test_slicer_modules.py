@@ -76,12 +76,12 @@ def test_the_connector_rules_refuse_what_slicer_refuses():
 # --- the API manifest ------------------------------------------------------------------------------
 
 class _SlicerNames(ast.NodeVisitor):
-    """Names a file uses from slicer.util, slicer.packaging, slicer.parameterNodeWrapper,
+    """Names a file uses from slicer.util, slicer.i18n, slicer.packaging, slicer.parameterNodeWrapper,
     slicer.ScriptedLoadableModule and the MRML/Slicer classes, each with whether it is guarded
     (``alias = getattr(slicer, "packaging", None)``, then ``alias is not None`` or ``hasattr(alias, "name")``
     in the function that uses ``alias.name``)."""
 
-    MODULES = ("util", "packaging", "parameterNodeWrapper", "ScriptedLoadableModule")
+    MODULES = ("util", "i18n", "packaging", "parameterNodeWrapper", "ScriptedLoadableModule")
 
     def __init__(self):
         self.used = {}          # (module, name) -> guarded
@@ -170,6 +170,14 @@ def test_the_manifest_check_catches_the_old_calls(tmp_path):
     old.write_text("import slicer\ndef f(n):\n    return slicer.util.pip_check(n) or slicer.packaging.pip_ensure(n)\n")
     used = used_slicer_names(old)
     assert used == {("util", "pip_check"): False, ("packaging", "pip_ensure"): False}
+
+
+def test_the_translation_function_the_panels_import_is_checked_too():
+    """Both module files and the shared panel code import ``tr`` from ``slicer.i18n``; the scanner sees the
+    import, so the manifest test above checks it in every supported release."""
+    panels = [path for path in SLICER_FILES if path.name != "mrml.py"]
+    assert len(panels) == 3 and all(("i18n", "tr") in used_slicer_names(path) for path in panels)
+    assert all("tr" in manifest(tag, "i18n") and "trx" not in manifest(tag, "i18n") for tag in SUPPORTED)
 
 
 # --- the C++ methods called on MRML nodes, the scene and module logics ---------------------------------
