@@ -167,18 +167,25 @@ def test_an_iterate_that_folds_is_refused_for_every_method(case, method):
     assert r.report["folding_voxels"] == 0
 
 
-def test_a_correction_that_folds_on_the_output_grid_is_scaled_down_until_it_does_not():
+def test_a_correction_that_folds_on_the_output_grid_is_scaled_down_until_it_does_not(oblique_grid):
     """The field the user gets is the working grid's field on the fixed grid: where the full IO correction
-    folds there, the largest of its halves that does not is kept (the Jacobian as the report measures it)."""
+    folds there, the largest of its halves that does not is kept (the Jacobian as the report measures it).
+    Both grids oblique and anisotropic; the working grid twice as coarse, as a model grid is."""
     from DeepRegistrationLib.core.jacobian import jacobian_determinant
-    grid = Grid((20, 22, 18), (2.0, 2.0, 2.0), np.zeros(3))
-    start = torch.zeros(1, 3, *grid.shape)
-    bump = torch.as_tensor(smooth_random_field(grid, np.random.default_rng(4), 3.0, 8.0, integrate=False)
+    working = Grid(tuple((n + 1) // 2 for n in oblique_grid.size), oblique_grid.spacing * 2, oblique_grid.origin,
+                   oblique_grid.direction)
+    start = torch.zeros(1, 3, *working.shape)
+    bump = torch.as_tensor(smooth_random_field(working, np.random.default_rng(4), 3.0, 8.0, integrate=False)
                            .displacement_mm).permute(3, 0, 1, 2)[None].float()
-    to_output = lambda u: DisplacementField(u[0].permute(1, 2, 3, 0).numpy(), grid)   # noqa: E731
-    folds = lambda u: int((jacobian_determinant(to_output(u)) <= 0).sum())           # noqa: E731
-    scale = next(a for a in (2.0, 4.0, 8.0, 16.0) if folds(a * bump) and not folds(a / 4 * bump))
+
+    def to_output(u):
+        return DisplacementField(u[0].permute(1, 2, 3, 0).numpy(), working).continued_onto(oblique_grid)
+
+    def folds(u):
+        return int((jacobian_determinant(to_output(u)) <= 0).sum())
+    scale = next(a for a in (2.0, 4.0, 8.0, 16.0, 32.0) if folds(a * bump) and not folds(a / 4 * bump))
     output, kept, warning = io.fold_free_on_output(start, scale * bump, to_output)
+    assert output.grid.same_as(oblique_grid)
     assert kept < 1.0 and (jacobian_determinant(output) > 0).all()
     assert f"folded {folds(scale * bump)} voxels" in warning and f"kept {kept:g}" in warning
     assert folds(2 * kept * scale * bump) > 0                                  # the largest fold-free half

@@ -88,4 +88,3 @@ def test_a_folding_result_gets_a_warning_with_its_count(smooth_volume):
         assert (warning is None) == (not folds)
         if folds:
             assert f"{n} voxels" in warning
-
