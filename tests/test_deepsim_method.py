@@ -85,9 +85,9 @@ def test_cli_register_deepsim_default_model_end_to_end(brain_pair, tmp_path, cap
     transform = DisplacementField.from_transform(read_transform(tmp_path / "t.h5"), fixed.grid)
     warped_labels = warp(moving_labels, fixed.grid, transform, mode="nearest")
     before, after = mean_dice(labels, moving_labels), mean_dice(labels, warped_labels)
-    # measured: 0.833 -> 0.853 with the bundled (corpus-trained) 3D model; its network alone does not improve on
-    # this ICBM pair (0.830), which the ICBM-trained model it replaced did (0.849; with IO 0.859)
-    assert after > before + 0.01
+    with capsys.disabled():
+        print(f"\ndeepsim default call on the ICBM pair: tissue Dice {before:.3f} -> {after:.3f}")
+    assert after > before + 0.01          # measured: 0.833 -> 0.853 with the bundled (corpus-trained) 3D model
 
 
 def test_2d_model_registers_slice_by_slice_in_plane(brain_pair):

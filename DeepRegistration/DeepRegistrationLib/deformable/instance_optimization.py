@@ -195,7 +195,7 @@ def fold_free_on_output(start: torch.Tensor, result: torch.Tensor, to_output: Ca
     voxel, as the report measures), down to the network's start; if that folds too, the full result is kept
     (and the report's folding warning says so)."""
     for fraction in CORRECTION_FRACTIONS:
-        output = to_output(start + fraction * (result - start))
+        output = to_output(result if fraction == 1.0 else start + fraction * (result - start))
         folds = int((jacobian_determinant(output) <= 0).sum())
         if fraction == 1.0:
             full, full_folds = output, folds
