@@ -83,6 +83,31 @@ def test_partial_volume_histogram_spreads_each_sample_over_its_four_bins():
     entropy = lambda q: -np.sum(q[q > 0] * np.log(q[q > 0]))  # noqa: E731
     direct = (entropy(p.sum(1)) + entropy(p.sum(0))) / entropy(p)
     assert float(objective.nmi(m, inside)) == pytest.approx(direct, abs=1e-6)
+    assert float(objective.nmi(m)) == float(objective.nmi(m, inside))      # all inside: the same value, bit for bit
+
+
+@pytest.mark.parametrize("linear", [True, False])
+def test_points_all_inside_take_the_short_path_with_the_same_value(pair, linear):
+    """When every point lands inside the moving image, the evaluation skips the per-point inside test; its
+    value is that of the per-point path with all weights 1, bit for bit. A pose that moves points outside
+    takes the per-point path and counts only the points inside."""
+    fixed, moving, _ = pair
+    interior = np.zeros(fixed.array.shape, bool)
+    interior[3:-3, 3:-3, 3:-3] = True                           # 3 voxels (12 mm) from every border
+    objective = SampledNMI.on_grid(fixed, moving, 32, 5000, 0, "cpu", linear=linear,
+                                   indices=torch.as_tensor(np.flatnonzero(interior)))
+    near = objective.coordinates(RigidTransform(translation_mm=[0.5, -0.3, 0.2]))
+    assert float(near.abs().max()) <= 1.0
+    values = torch.nn.functional.grid_sample(objective.moving_volume, near.reshape(1, 1, 1, -1, 3),
+                                             align_corners=True).reshape(-1)
+    assert objective.from_coordinates(near) == float(objective.nmi(values, torch.ones_like(values)))
+    far = objective.coordinates(RigidTransform(translation_mm=[40.0, 0.0, 0.0]))
+    inside = far.abs().amax(dim=-1) <= 1.0 + 1e-6
+    assert 0 < int(inside.sum()) < len(inside)
+    values = torch.nn.functional.grid_sample(objective.moving_volume, far.reshape(1, 1, 1, -1, 3),
+                                             align_corners=True).reshape(-1)
+    assert objective.from_coordinates(far) == float(objective.nmi(values, inside.float()))
+    assert objective.from_coordinates(far) != float(objective.nmi(values, torch.ones_like(values)))
 
 
 def test_register_nmi_and_learned_metric_use_the_same_sampling_region_with_masks(pair):
