@@ -152,7 +152,7 @@ def register_diffeo(fixed: Image, moving: Image, ctx: RegistrationContext) -> Me
     spacing_zyx = list(reversed(grid.spacing.tolist()))
     refine, stages = None, []
     if options["iterations"] > 0:
-        tensors = [torch.as_tensor(a, device=ctx.device)[None, None] for a in (f, m)]
+        tensors = [torch.as_tensor(a, device=ctx.device)[None, None] for a in (f, io.matched_histogram(m, f))]
         weights = (io.mask_on_grid(ctx.fixed_mask, grid, device=ctx.device),
                    io.mask_on_grid(ctx.moving_mask, grid, initial, ctx.device))
 
