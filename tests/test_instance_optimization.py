@@ -242,3 +242,16 @@ def test_out_of_domain_inputs_are_warned_about(case, tmp_path, capsys):
                  "--param", "iterations=0", "--quiet"]) == 0
     err = capsys.readouterr().err
     assert "warning: moving image: intensities from -1000" in err
+
+
+
+def test_diffeo_is_not_pulled_by_a_change_of_contrast(case):
+    """The moving image under a gamma of 1.6 (another scanner's contrast curve). diffeo histogram-matches it to
+    the fixed image before the network and IO see it, which keeps both as close to φ as with the original
+    contrast (measured: 0.73 mm and 0.55 mm, both contrasts; without the matching 1.37 mm and 1.12 mm; matched
+    as demons does, above the mean intensity with 7 points, 0.97 mm and 1.12 mm)."""
+    moving = case["moving"]
+    lo, hi = float(moving.array.min()), float(moving.array.max())
+    gamma = moving.with_array((lo + (hi - lo) * ((moving.array - lo) / (hi - lo)) ** 1.6).astype(np.float32))
+    assert error_mm(case, register(case["fixed"], gamma, "diffeo", iterations=0).transform) < 0.8
+    assert error_mm(case, register(case["fixed"], gamma, "diffeo", iterations=ITERATIONS["diffeo"]).transform) < 0.6

@@ -38,7 +38,7 @@ from . import instance_optimization as io
 from . import lddmm
 from .patchwise import (FINE_SQUARINGS, MODEL_KIND, coarse_grid_holds, predict_fields, tiles_per_call,
                         voxels_to_lps_mm)
-from ..core.network_input import normalize_intensity, resample_to
+from ..core.network_input import matched_histogram, normalize_intensity, resample_to
 from .model_input import MASKS_UNUSED, domain_warnings, initial_or_none
 
 
@@ -147,12 +147,12 @@ def register_diffeo(fixed: Image, moving: Image, ctx: RegistrationContext) -> Me
     warnings = domain_warnings(fixed, moving, meta)
     ctx.progress(0.05, "resampling to the model spacing")
     f = normalize_intensity(resample_to(fixed, grid).array)
-    m = normalize_intensity(resample_to(moving, grid, initial).array)
+    m = matched_histogram(normalize_intensity(resample_to(moving, grid, initial).array), f)
     params = lddmm_parameters(meta)
     spacing_zyx = list(reversed(grid.spacing.tolist()))
     refine, stages = None, []
     if options["iterations"] > 0:
-        tensors = [torch.as_tensor(a, device=ctx.device)[None, None] for a in (f, io.matched_histogram(m, f))]
+        tensors = [torch.as_tensor(a, device=ctx.device)[None, None] for a in (f, m)]
         weights = (io.mask_on_grid(ctx.fixed_mask, grid, device=ctx.device),
                    io.mask_on_grid(ctx.moving_mask, grid, initial, ctx.device))
 

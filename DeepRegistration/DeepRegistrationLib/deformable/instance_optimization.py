@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
@@ -126,16 +125,6 @@ def mask_on_grid(mask: Optional[Image], grid: Grid, fixed_to_mask=None, device="
         return None
     binary = mask.with_array((mask.array > 0).astype(np.float32))
     return torch.as_tensor(warp(binary, grid, fixed_to_mask).array, device=device)[None, None]
-
-
-def matched_histogram(moving: np.ndarray, fixed: np.ndarray) -> np.ndarray:
-    """``moving``'s intensities mapped onto ``fixed``'s histogram (SimpleITK's histogram matching: 256 levels,
-    7 match points, the voxels above each image's mean), as demons prepares a pair. Each image is normalized
-    by its own percentiles; where the fields of view differ (anatomy cut off in one image, or more
-    background), those differ, and an intensity-difference similarity would bend the deformation to make up
-    for it."""
-    matched = sitk.HistogramMatching(sitk.GetImageFromArray(moving), sitk.GetImageFromArray(fixed), 256, 7, True)
-    return sitk.GetArrayFromImage(matched).astype(np.float32)
 
 
 def similarity_function(name: str) -> Callable:
