@@ -141,7 +141,7 @@ def test_oblique_anisotropic_inputs_register_in_physical_space(case, capsys):
     with capsys.disabled():
         print(f"\ndiffeo on oblique anisotropic grids: GM Dice {dice_before:.4f} -> {dice_after:.4f}, folding "
               f"{r.report['folding_voxels']}, inverse consistency {r.report['inverse_consistency_mm']['mean']:.4f} mm")
-    assert dice_after > dice_before + 0.03         # measured 0.8763 -> 0.9217 (the network alone: +0.006)
+    assert dice_after > dice_before + 0.03         # measured 0.8763 -> 0.9180
     assert r.report["folding_voxels"] == 0
     assert r.report["inverse_consistency_mm"]["mean"] < 0.1
 

@@ -7,11 +7,14 @@ metadata).
 from __future__ import annotations
 
 import numpy as np
-import SimpleITK as sitk
 from scipy.ndimage import gaussian_filter
 
 from .image import Grid, Image
 from .warp import warp
+
+
+#: Percentiles matched by :func:`matched_histogram`.
+MATCH_POINTS = 32
 
 
 def normalize_intensity(array: np.ndarray) -> np.ndarray:
@@ -20,15 +23,21 @@ def normalize_intensity(array: np.ndarray) -> np.ndarray:
     return np.clip((array - lo) / max(hi - lo, 1e-6), 0.0, 1.0).astype(np.float32)
 
 
-def matched_histogram(moving: np.ndarray, fixed: np.ndarray) -> np.ndarray:
-    """``moving``'s intensities mapped onto ``fixed``'s histogram (SimpleITK's histogram matching: 256 levels,
-    32 match points, every voxel; demons prepares a pair this way, with 7 points above the mean intensity,
-    which left a gamma change's dark tissue mismatched). Each image is normalized
-    by its own percentiles; where the fields of view differ (anatomy cut off at the border of one image, more
-    background in the other) or the contrast curves do (another scanner, a gamma), the two normalizations
-    differ, and a network or an intensity-difference similarity would bend the deformation to make up for it."""
-    matched = sitk.HistogramMatching(sitk.GetImageFromArray(moving), sitk.GetImageFromArray(fixed), 256, 32, False)
-    return sitk.GetArrayFromImage(matched).astype(np.float32)
+def matched_histogram(moving: np.ndarray, fixed: np.ndarray, points: int = MATCH_POINTS) -> np.ndarray:
+    """``moving`` (normalized to [0, 1], on ``fixed``'s grid) with its intensities mapped onto ``fixed``'s: the
+    piecewise-linear map that takes ``points`` evenly spaced percentiles of one onto the other's, both read over
+    the voxels where both images are above their lowest level (inside both fields of view and off the darkest
+    background). Each image is normalized by its own percentiles; where the fields of view differ or the contrast
+    curves do (another scanner, a gamma), the normalizations differ, and a network or an intensity-difference
+    similarity would bend the deformation to make up for it. SimpleITK's histogram matching has no mask: over
+    every voxel it counts background of different extent in each image, above the mean intensity it leaves dark
+    tissue mismatched (both measured worse, see docs/lab/instance-optimization.md)."""
+    both = (moving > 0) & (fixed > 0)
+    if not both.any():
+        return moving
+    levels = np.linspace(0.0, 100.0, points)
+    out = np.interp(moving, np.percentile(moving[both], levels), np.percentile(fixed[both], levels))
+    return np.where(moving > 0, out, 0.0).astype(np.float32)
 
 
 def resample_to(image: Image, grid: Grid, fixed_to_image=None) -> Image:
