@@ -247,16 +247,20 @@ def test_out_of_domain_inputs_are_warned_about(case, tmp_path, capsys):
 
 
 
-def test_diffeo_is_not_pulled_by_a_change_of_contrast(case):
-    """The moving image under a gamma of 1.6 (another scanner's contrast curve). diffeo histogram-matches it to
-    the fixed image before the network and IO see it, which keeps both as close to φ as with the original
-    contrast (measured: network 0.73 mm and IO 0.55 mm with either contrast; without the matching 1.37 mm and
-    1.12 mm; with SimpleITK's matching above the mean intensity, as demons does, 0.97 mm and 1.12 mm)."""
+def test_diffeo_is_not_pulled_by_a_change_of_contrast(case, results, capsys):
+    """The moving image under a gamma of 1.6 (another scanner's contrast curve). diffeo matches its intensities
+    to the fixed image's before the network and IO see it, which keeps both about as close to φ as with the
+    original contrast (without the matching, this test fails)."""
     moving = case["moving"]
     lo, hi = float(moving.array.min()), float(moving.array.max())
     gamma = moving.with_array((lo + (hi - lo) * ((moving.array - lo) / (hi - lo)) ** 1.6).astype(np.float32))
-    assert error_mm(case, register(case["fixed"], gamma, "diffeo", iterations=0).transform) < 0.8
-    assert error_mm(case, register(case["fixed"], gamma, "diffeo", iterations=ITERATIONS["diffeo"]).transform) < 0.6
+    network = error_mm(case, register(case["fixed"], gamma, "diffeo", iterations=0).transform)
+    refined = error_mm(case, register(case["fixed"], gamma, "diffeo", iterations=ITERATIONS["diffeo"]).transform)
+    original = [error_mm(case, results["diffeo", k].transform) for k in ("network", "io")]
+    with capsys.disabled():
+        print(f"\ndiffeo under a gamma of 1.6: network {network:.3f} mm, IO {refined:.3f} mm "
+              f"(original contrast: {original[0]:.3f} mm, {original[1]:.3f} mm)")
+    assert network < original[0] + 0.05 and refined < original[1] + 0.05
 
 
 def test_histogram_matching_reads_only_where_both_images_have_signal():
