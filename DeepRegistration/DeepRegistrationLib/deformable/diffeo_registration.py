@@ -1,8 +1,9 @@
 """Patch-wise diffeomorphic registration with a momentum U-Net (the thesis' method), behind ``--method diffeo``.
 
 Both images are resampled to the model's spacing on a grid covering the fixed image with its axes (the
-moving image through the initial rigid transform), normalized as in training, and the whole-volume
-momentum is predicted tile by tile, smoothed and integrated (:mod:`.patchwise`). φ = exp(v) is returned
+moving image through the initial rigid transform) and normalized as in training; the moving image's
+intensities are then matched to the fixed image's (:func:`~..core.network_input.matched_histogram`), and the
+whole-volume momentum is predicted tile by tile, smoothed and integrated (:mod:`.patchwise`). φ = exp(v) is returned
 on the fixed image's own grid as an LPS-mm displacement field (composed with the initial transform when
 that is not the identity), and φ⁻¹ = exp(−v) as a field on the moving image's grid. The options are
 declared in :mod:`.diffeo_method`.
