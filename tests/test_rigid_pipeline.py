@@ -90,12 +90,14 @@ def test_partial_volume_histogram_spreads_each_sample_over_its_four_bins():
 def test_points_all_inside_take_the_short_path_with_the_same_value(pair, linear):
     """When every point lands inside the moving image, the evaluation skips the per-point inside test; its
     value is that of the per-point path with all weights 1, bit for bit. A pose that moves points outside
-    takes the per-point path and counts only the points inside."""
-    fixed, moving, _ = pair
-    interior = np.zeros(fixed.array.shape, bool)
-    interior[3:-3, 3:-3, 3:-3] = True                           # 3 voxels (12 mm) from every border
-    objective = SampledNMI.on_grid(fixed, moving, 32, 5000, 0, "cpu", linear=linear,
-                                   indices=torch.as_tensor(np.flatnonzero(interior)))
+    takes the per-point path and counts only the points inside. Fixed image on an oblique, anisotropic grid
+    inside the moving image's field of view."""
+    t1, moving, _ = pair
+    direction = RigidTransform([0.1, -0.08, 0.15]).rotation_matrix()
+    size, spacing = np.array([24, 30, 22]), np.array([5.0, 4.5, 6.0])
+    origin = t1.grid.center_physical() - direction @ (spacing * (size - 1) / 2)
+    fixed = warp(t1, Grid(tuple(size), spacing, origin, direction))
+    objective = SampledNMI.on_grid(fixed, moving, 32, 5000, 0, "cpu", linear=linear)
     near = objective.coordinates(RigidTransform(translation_mm=[0.5, -0.3, 0.2]))
     assert float(near.abs().max()) <= 1.0
     values = torch.nn.functional.grid_sample(objective.moving_volume, near.reshape(1, 1, 1, -1, 3),

@@ -124,9 +124,11 @@ class SampledNMI:
         lo, hi = self.moving_range
         moving_bin, moving_weight = _split(_bins(moving_values, lo, hi, n), n, self.linear)
         if self.linear:
-            v1 = moving_weight if weights is None else weights * moving_weight
-            # weights are 0 or 1: weights - v1 = weights (1 - w)
-            moving_weights = torch.stack((1 - v1 if weights is None else weights - v1, v1))
+            if weights is None:
+                moving_weights = torch.stack((1 - moving_weight, moving_weight))
+            else:
+                v1 = weights * moving_weight
+                moving_weights = torch.stack((weights - v1, v1))    # weights are 0 or 1: weights - v1 = weights (1 - w)
             hist = torch.bincount((self._corner_index + moving_bin).view(-1),
                                   (self._fixed_weights * moving_weights).view(-1), minlength=n * n)
         else:
