@@ -6,7 +6,8 @@ image is displaced by a rigid transform from Sedghi et al.'s distribution (|t_i|
 random sign, θ_i ~ U[-0.2, 0.2] rad) and registered back: by SimpleITK from the identity, and by ``nmi``
 twice, with its default call (coarse rotation search, the NMI pyramid, the confidence) and with the
 registration alone from the identity (``init=none``, ``confidence=False``). Errors as Sedghi et al.'s
-Table 1; mean ± sd over the cases. Times in the same run, each with ``--threads`` threads (torch's and
+Table 1; mean ± sd over the cases. ``--data validation`` runs the same cases on each validation subject of the
+corpus against its gradient magnitude, where the objective's settings are chosen. Times in the same run, each with ``--threads`` threads (torch's and
 SimpleITK's): the transform (our report's ``seconds_method``; SimpleITK's whole call, which computes only
 the transform) and our whole call (which adds the QA report and the resampled image); the ratios per task
 compare the transforms. Results: benchmarks/results/rigid_nmi_accuracy.json.
@@ -27,7 +28,7 @@ import torch
 
 from DeepRegistrationLib.api import register
 from DeepRegistrationLib.core.warp import warp
-from DeepRegistrationLib.data import sources
+from DeepRegistrationLib.data import corpus, sources
 from DeepRegistrationLib.data.synthetic import gradient_magnitude, random_rigid
 from DeepRegistrationLib.metrics.evaluation import rigid_errors
 from DeepRegistrationLib.rigid.pyramid import downsample
@@ -39,7 +40,13 @@ from results_json import add_json_argument, write_results  # noqa: E402
 COLUMNS = ("t_norm_mm", "t_x_mm", "t_y_mm", "t_z_mm", "theta_x_deg", "theta_y_deg", "theta_z_deg")
 
 
-def tasks():
+def tasks(data: str):
+    """The reported tasks (``templates``), or each validation subject's image against its gradient magnitude
+    (``validation``: the corpus split that chooses the objective's settings)."""
+    if data == "validation":
+        images = {s.id: corpus.load_image(s.id) for s in corpus.subjects("validation")}
+        return {f"{name} {image_name}-GM": (image, gradient_magnitude(image)) for (name, image), image_name
+                in zip(images.items(), (corpus.subject(n).images[0].upper() for n in images))}
     t1, t2, pd = (sources.spm_avg152(m) for m in ("T1", "T2", "PD"))
     icbm = downsample(sources.icbm152("t1"), 2)
     return {"T1-T2 (SPM avg152)": (t1, t2), "T1-PD (SPM avg152)": (t1, pd),
@@ -64,12 +71,14 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch and SimpleITK threads")
     parser.add_argument("--tasks", default="all", help="comma-separated prefixes of task names (default all)")
+    parser.add_argument("--data", choices=("templates", "validation"), default="templates",
+                        help="the reported template tasks, or the validation subjects against their gradient magnitude")
     add_json_argument(parser, "rigid_nmi_accuracy")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
     record, cases = [], []
-    for name, (fixed, moving_aligned) in tasks().items():
+    for name, (fixed, moving_aligned) in tasks(args.data).items():
         if args.tasks != "all" and not any(name.startswith(t) for t in args.tasks.split(",")):
             continue
         rng = np.random.default_rng(args.seed)
@@ -115,9 +124,10 @@ def main():
         lines.append(f"\ntime ratio SimpleITK / {m}, transforms, per task (above 1: ours is faster): " +
                      ", ".join(f"{k}: {v:.2f}" for k, v in by_task.items()))
     print("\n".join(lines))
+    data = ("SPM avg152 T1/T2/PD (2 mm) and the ICBM 2009a T1 at 2 mm with its gradient magnitude"
+            if args.data == "templates" else "the corpus validation subjects against their gradient magnitude")
     write_results(args.json, "benchmarks/accuracy/rigid_nmi_accuracy.py",
-                  "SPM avg152 T1/T2/PD (2 mm) and the ICBM 2009a T1 at 2 mm with its gradient magnitude; "
-                  f"{args.cases} random rigid misregistrations per task (seed {args.seed}), no training involved",
+                  f"{data}; {args.cases} random rigid misregistrations per task (seed {args.seed}), no training involved",
                   record, seed=args.seed, device=args.device, threads=args.threads,
                   time_ratio_sitk_over_ours=ratios, cases=cases)
 

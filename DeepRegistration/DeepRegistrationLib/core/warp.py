@@ -36,11 +36,18 @@ def physical_grid_points(grid: Grid, device=None, dtype=torch.float32, z_range=N
     return affine_points(index, m[:3, :3], m[:3, 3]).to(dtype)
 
 
-def physical_points_at(grid: Grid, flat_indices: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
-    """LPS coordinates (N, 3) of the voxels with the given flat indices into the z-first array."""
-    nx, ny, _ = grid.size
+def physical_points_at(grid: Grid, flat_indices: torch.Tensor, dtype=torch.float32, jitter_voxels: float = 0.0,
+                       seed: int = 0) -> torch.Tensor:
+    """LPS coordinates (N, 3) of the voxels with the given flat indices into the z-first array; with
+    ``jitter_voxels``, each point is moved off its voxel centre by a normal offset of that many voxels per
+    axis (drawn with ``seed``) and kept inside the grid."""
+    nx, ny, nz = grid.size
     flat = flat_indices.to(torch.int64)
     index = torch.stack([flat % nx, (flat // nx) % ny, flat // (nx * ny)], dim=-1).to(torch.float64)
+    if jitter_voxels:
+        offsets = torch.randn(index.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        last = torch.tensor([nx - 1, ny - 1, nz - 1], dtype=torch.float64, device=flat.device)
+        index = torch.minimum((index + jitter_voxels * offsets.to(flat.device)).clamp_(min=0), last)
     m = torch.as_tensor(grid.index_to_physical_matrix(), device=flat.device, dtype=torch.float64)
     return affine_points(index, m[:3, :3], m[:3, 3]).to(dtype)
 
@@ -50,16 +57,22 @@ def sample_voxel_indices(grid: Grid, max_points: int, seed: int = 0, mask: np.nd
 
     With a mask, only voxels where it is non-zero. Never builds a full-grid coordinate array.
     """
-    g = torch.Generator().manual_seed(seed)
     if mask is not None:
-        candidates = torch.as_tensor(np.flatnonzero(np.asarray(mask).reshape(-1)))
-        if candidates.numel() > max_points:
-            candidates = candidates[torch.randperm(candidates.numel(), generator=g)[:max_points]]
-        return torch.sort(candidates).values.to(device)
+        return subsample_indices(torch.as_tensor(np.flatnonzero(np.asarray(mask).reshape(-1))), max_points, seed
+                                 ).to(device)
     n = grid.num_voxels
     if n <= max_points:
         return torch.arange(n, device=device)
+    g = torch.Generator().manual_seed(seed)
     return torch.sort(torch.randperm(n, generator=g)[:max_points]).values.to(device)
+
+
+def subsample_indices(indices: torch.Tensor, max_points: int, seed: int) -> torch.Tensor:
+    """At most ``max_points`` of ``indices`` (all of them if fewer), drawn with a fixed seed, in increasing order."""
+    if indices.numel() > max_points:
+        g = torch.Generator().manual_seed(seed)
+        indices = indices[torch.randperm(indices.numel(), generator=g)[:max_points].to(indices.device)]
+    return torch.sort(indices).values
 
 
 def physical_to_normalized(grid: Grid, points_lps: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,8 @@ import torch
 from ..core.grid_sampling import grid_sample
 from ..core.image import Image
 from ..core.transforms import LinearTransform
-from ..core.warp import physical_points_at, physical_to_normalized, sample_voxel_indices
+from ..core.warp import (physical_points_at, physical_to_normalized, sample_at_points, sample_voxel_indices,
+                         subsample_indices)
 
 #: Fewest points inside the moving image for which NMI is computed; below it the value is 1 (no information).
 MIN_POINTS = 64
@@ -76,13 +77,17 @@ class SampledNMI:
         device = torch.device(device)
         if indices is None:
             indices = sample_voxel_indices(fixed.grid, max_points, seed, device=device)
-        elif indices.numel() > max_points:
-            g = torch.Generator().manual_seed(seed)
-            indices = torch.sort(indices[torch.randperm(indices.numel(), generator=g)[:max_points].to(indices.device)]
-                                 ).values
-        indices = indices.to(device)
+        indices = subsample_indices(indices, max_points, seed).to(device)
         values = torch.as_tensor(fixed.array, device=device, dtype=torch.float32).reshape(-1)[indices]
         return cls(physical_points_at(fixed.grid, indices), values, moving, bins, linear)
+
+    @classmethod
+    def reading_fixed_at(cls, fixed: Image, points: torch.Tensor, moving: Image, bins: int,
+                         linear: bool = True) -> "SampledNMI":
+        """At the fixed ``points`` (N, 3) mm, anywhere in the fixed grid: the fixed image is read there by
+        linear interpolation."""
+        volume = torch.as_tensor(fixed.array, device=points.device, dtype=torch.float32)[None]
+        return cls(points, sample_at_points(volume, fixed.grid, points)[0], moving, bins, linear)
 
     def coordinates(self, transform: LinearTransform) -> torch.Tensor:
         """``grid_sample`` coordinates in the moving image of T(points), as one matrix product."""

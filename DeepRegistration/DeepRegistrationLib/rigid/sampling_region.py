@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from ..core.errors import InputError
 from ..core.image import Grid, Image
-from ..core.warp import physical_points_at, sample_at_points, warp
+from ..core.warp import physical_points_at, sample_at_points, subsample_indices, warp
 
 FOREGROUND_DEFAULT = "automatic: Gaussian (4 mm) smoothed image > 0.15 x its 99th percentile, holes filled"
 
@@ -71,3 +71,17 @@ def region_indices(fixed: Image, fixed_fg: np.ndarray, moving: Image, moving_fg:
         raise InputError("no point of the fixed foreground maps into the moving foreground at the start pose; "
                          "the images' anatomy does not overlap there (check the initial transform and the masks)")
     return idx[keep]
+
+
+def region_points(fixed: Image, fixed_fg: np.ndarray, moving: Image, moving_fg: np.ndarray, start, max_points: int,
+                  seed: int, jitter_voxels: float, device="cpu") -> torch.Tensor:
+    """At most ``max_points`` LPS points (N, 3) of the region (:func:`region_indices`), drawn with ``seed``, each
+    moved off its voxel centre by ``jitter_voxels`` (:func:`~..core.warp.physical_points_at`); a point moved out
+    of the region (out of the fixed foreground, or mapped by ``start`` out of the moving one) is left out."""
+    indices = subsample_indices(region_indices(fixed, fixed_fg, moving, moving_fg, start, device), max_points, seed)
+    points = physical_points_at(fixed.grid, indices, jitter_voxels=jitter_voxels, seed=seed)
+    fixed_tensor, moving_tensor = (torch.as_tensor(fg, dtype=torch.float32, device=device)[None]
+                                   for fg in (fixed_fg, moving_fg))
+    keep = in_foreground(fixed_tensor, fixed.grid, points) & in_both_foregrounds(points, moving_tensor, moving.grid,
+                                                                                  start)
+    return points[keep]
