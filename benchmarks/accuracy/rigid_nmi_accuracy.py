@@ -73,10 +73,13 @@ def main():
     parser.add_argument("--tasks", default="all", help="comma-separated prefixes of task names (default all)")
     parser.add_argument("--data", choices=("templates", "validation"), default="templates",
                         help="the reported template tasks, or the validation subjects against their gradient magnitude")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="an nmi option for both of our calls (as `register --param`), e.g. bins=32")
     add_json_argument(parser, "rigid_nmi_accuracy")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
+    options = dict(p.split("=", 1) for p in args.param)
     record, cases = [], []
     for name, (fixed, moving_aligned) in tasks(args.data).items():
         if args.tasks != "all" and not any(name.startswith(t) for t in args.tasks.split(",")):
@@ -92,7 +95,7 @@ def main():
                     transform = register_sitk_mattes(fixed, moving)
                     transform_times[method].append(time.perf_counter() - t0)
                 else:
-                    result = register(fixed, moving, "nmi", args.device, **OURS[method])
+                    result = register(fixed, moving, "nmi", args.device, **options, **OURS[method])
                     transform = result.transform
                     transform_times[method].append(result.report["seconds_method"])
                 times[method].append(time.perf_counter() - t0)
@@ -128,7 +131,7 @@ def main():
             if args.data == "templates" else "the corpus validation subjects against their gradient magnitude")
     write_results(args.json, "benchmarks/accuracy/rigid_nmi_accuracy.py",
                   f"{data}; {args.cases} random rigid misregistrations per task (seed {args.seed}), no training involved",
-                  record, seed=args.seed, device=args.device, threads=args.threads,
+                  record, seed=args.seed, device=args.device, threads=args.threads, nmi_options=options,
                   time_ratio_sitk_over_ours=ratios, cases=cases)
 
 
