@@ -246,7 +246,6 @@ def test_out_of_domain_inputs_are_warned_about(case, tmp_path, capsys):
     assert "warning: moving image: intensities from -1000" in err
 
 
-
 def test_diffeo_is_not_pulled_by_a_change_of_contrast(case, results, capsys):
     """The moving image under a gamma of 1.6 (another scanner's contrast curve). diffeo matches its intensities
     to the fixed image's before the network and IO see it, which keeps both about as close to φ as with the

@@ -1,6 +1,7 @@
 """The shared sampling region (masks for every rigid metric), nmi-affine, and one-call pipelines, on real images."""
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
 from DeepRegistrationLib.api import register
@@ -8,7 +9,7 @@ from DeepRegistrationLib.cli import main
 from DeepRegistrationLib.core.errors import InputError
 from DeepRegistrationLib.core.image import Grid, Image
 from DeepRegistrationLib.core.transforms import AffineTransform, RigidTransform, read_transform
-from DeepRegistrationLib.core.warp import physical_points_at, warp
+from DeepRegistrationLib.core.warp import physical_points_at, sample_at_points, warp
 from DeepRegistrationLib.data import sources
 from DeepRegistrationLib.methods import PIPELINE_PRESETS, pipeline_specs
 from DeepRegistrationLib.metrics.sampled_nmi import SampledNMI
@@ -220,3 +221,35 @@ def test_deepsim_rigid_averages_over_the_same_sampling_region(pair):
     assert whole(RigidTransform()) == pytest.approx(1.0, abs=1e-4)
     shifted = RigidTransform(translation_mm=[0.0, 0.0, 6.0])
     assert abs(whole(shifted) - masked(shifted)) > 1e-3
+
+
+def test_off_centre_sample_points_keep_the_oblique_anisotropic_geometry(pair):
+    """On an oblique grid with spacings 5 / 4.5 / 6 mm: the points moved off their voxel centres stay within the
+    grid, their offsets in voxel units have the asked σ on every axis (so in mm they scale with each axis'
+    spacing), without offsets they are the voxel centres, and the fixed values NMI reads there are the image
+    interpolated at those physical points (SimpleITK's linear interpolation)."""
+    t1, _, _ = pair
+    direction = RigidTransform([0.1, -0.08, 0.15]).rotation_matrix()
+    size, spacing = np.array([24, 30, 22]), np.array([5.0, 4.5, 6.0])
+    origin = t1.grid.center_physical() - direction @ (spacing * (size - 1) / 2)
+    fixed = warp(t1, Grid(tuple(size), spacing, origin, direction))
+    flat = torch.arange(fixed.grid.num_voxels)
+    centres = physical_points_at(fixed.grid, flat, dtype=torch.float64)
+    moved = physical_points_at(fixed.grid, flat, dtype=torch.float64, jitter_voxels=0.5, seed=3)
+    to_index = np.linalg.inv(fixed.grid.index_to_physical_matrix())
+    index = moved.numpy() @ to_index[:3, :3].T + to_index[:3, 3]
+    assert (index >= -1e-9).all() and (index <= size - 1 + 1e-9).all()
+    offsets = index - (centres.numpy() @ to_index[:3, :3].T + to_index[:3, 3])
+    inner = (np.abs(offsets) < 0.5 * 4).all(axis=1) & (index > 2).all(axis=1) & (index < size - 3).all(axis=1)
+    assert np.allclose(offsets[inner].std(axis=0), 0.5, atol=0.02)
+    assert torch.allclose(physical_points_at(fixed.grid, flat[:50], jitter_voxels=0.0),
+                          centres[:50].to(torch.float32))
+    points = moved[:200].to(torch.float32)
+    image = fixed.to_sitk()
+    expected = np.array([image.EvaluateAtPhysicalPoint(tuple(map(float, p)), sitk.sitkLinear) for p in points.numpy()])
+    read = sample_at_points(torch.as_tensor(fixed.array)[None], fixed.grid, points)[0].numpy()
+    np.testing.assert_allclose(read, expected, atol=1e-4 * float(fixed.array.max()))
+    objective = SampledNMI.reading_fixed_at(fixed, points, t1, 32)
+    assert torch.equal(objective.points, points)
+    reference = SampledNMI(points, torch.as_tensor(read), t1, 32)
+    assert torch.equal(objective._fixed_index, reference._fixed_index)

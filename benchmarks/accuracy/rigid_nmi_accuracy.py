@@ -44,9 +44,8 @@ def tasks(data: str):
     """The reported tasks (``templates``), or each validation subject's image against its gradient magnitude
     (``validation``: the corpus split that chooses the objective's settings)."""
     if data == "validation":
-        images = {s.id: corpus.load_image(s.id) for s in corpus.subjects("validation")}
-        return {f"{name} {image_name}-GM": (image, gradient_magnitude(image)) for (name, image), image_name
-                in zip(images.items(), (corpus.subject(n).images[0].upper() for n in images))}
+        images = {f"{s.id} {s.images[0].upper()}-GM": corpus.load_image(s.id) for s in corpus.subjects("validation")}
+        return {name: (image, gradient_magnitude(image)) for name, image in images.items()}
     t1, t2, pd = (sources.spm_avg152(m) for m in ("T1", "T2", "PD"))
     icbm = downsample(sources.icbm152("t1"), 2)
     return {"T1-T2 (SPM avg152)": (t1, t2), "T1-PD (SPM avg152)": (t1, pd),
